@@ -1,0 +1,9 @@
+//! Collection: readers of the kernel and /proc. Nothing here decides what a reading means
+//! for the records; the tracking layer does.
+pub mod destroy;
+pub mod host;
+pub mod ownership;
+pub mod packages;
+pub mod proc_events;
+pub mod procinfo;
+pub mod sockdiag;

@@ -1,0 +1,103 @@
+//! Process fork/exec/exit events from the kernel's proc connector (cn_proc).
+//!
+//! Used only as hints: a pid that forked or exec'd may hold new sockets (read its fds first);
+//! a pid that exited can be dropped from the caches at once. Losing events costs a wider /proc
+//! walk, never a wrong attribution. Where the connector is unavailable (other pid namespace,
+//! old kernel without the unprivileged filter) depmap runs without it.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use proc_connector::{EventMask, ProcConnector, ProcEvent};
+
+/// What happened to a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcChange {
+    /// Forked or exec'd: may hold new sockets or a new identity.
+    Started(u32),
+    /// The whole process (thread group leader) exited.
+    Exited(u32),
+}
+
+pub struct ProcEvents {
+    pub queue: Receiver<ProcChange>,
+    pub errors: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProcEvents {
+    pub fn start() -> io::Result<ProcEvents> {
+        let conn = ProcConnector::new().map_err(to_io)?;
+        let mask = EventMask(EventMask::FORK.0 | EventMask::EXEC.0 | EventMask::EXIT.0);
+        conn.subscribe_filtered(mask).map_err(to_io)?;
+        let _ = conn.set_recv_buf_size(4 << 20);
+        let (tx, queue) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let stop = stop.clone();
+            let errors = errors.clone();
+            std::thread::Builder::new()
+                .name("proc-events".into())
+                .spawn(move || {
+                    let mut buf = vec![0u8; 8192];
+                    while !stop.load(Ordering::Relaxed) {
+                        match conn.recv_timeout(&mut buf, Duration::from_millis(200)) {
+                            Ok(Some(ev)) => {
+                                let change = match ev {
+                                    ProcEvent::Fork {
+                                        child_pid,
+                                        child_tgid,
+                                        ..
+                                    } if child_pid == child_tgid => {
+                                        Some(ProcChange::Started(child_tgid))
+                                    }
+                                    ProcEvent::Exec { tgid, .. } => Some(ProcChange::Started(tgid)),
+                                    ProcEvent::Exit { pid, tgid, .. } if pid == tgid => {
+                                        Some(ProcChange::Exited(tgid))
+                                    }
+                                    _ => None,
+                                };
+                                if let Some(c) = change
+                                    && tx.send(c).is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(_) => {
+                                // ENOBUFS and friends: events were lost; the fd-count walk
+                                // catches up. Back off so a broken socket cannot spin.
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                    }
+                })?
+        };
+        Ok(ProcEvents {
+            queue,
+            errors,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ProcEvents {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn to_io(e: proc_connector::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}

@@ -1,0 +1,192 @@
+//! What /proc says about one process: identity for its pool and the VMProcess columns.
+//!
+//! Every read may fail: the process can exit between two reads, or belong to a user whose
+//! files we may not read. A process that vanished yields `None`; an unreadable field is `None`.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The /proc facts of one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// Start time in clock ticks after boot (field 22 of `stat`): with the pid, the identity of
+    /// a process that survives pid reuse.
+    pub start_ticks: u64,
+    /// `comm` (the kernel's short name), used when the executable is unreadable.
+    pub comm: String,
+    pub exe: Option<String>,
+    /// Arguments joined by spaces; arguments are NUL-separated in /proc and may be huge, so the
+    /// line is capped at [`MAX_CMDLINE`] bytes.
+    pub cmdline: String,
+    pub cwd: Option<String>,
+    pub uid: Option<u32>,
+    /// The cgroup (v2 unified path, else the first line) identifying the container or unit.
+    pub cgroup: Option<String>,
+}
+
+/// Longest command line kept, in bytes.
+pub const MAX_CMDLINE: usize = 4096;
+
+impl ProcessInfo {
+    /// Reads `/proc/<pid>`; `None` if the process is gone or its `stat` is unreadable.
+    pub fn read(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
+        let dir = proc_root.join(pid.to_string());
+        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        let (comm, start_ticks) = parse_stat(&stat)?;
+        let exe = fs::read_link(dir.join("exe")).ok().map(path_string);
+        let cmdline = fs::read(dir.join("cmdline"))
+            .map(|b| join_cmdline(&b))
+            .unwrap_or_default();
+        let cwd = fs::read_link(dir.join("cwd")).ok().map(path_string);
+        let uid = fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|s| parse_status_uid(&s));
+        let cgroup = fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|s| parse_cgroup(&s));
+        Some(ProcessInfo {
+            pid,
+            start_ticks,
+            comm,
+            exe,
+            cmdline,
+            cwd,
+            uid,
+            cgroup,
+        })
+    }
+
+    /// The executable's file name, else `comm`.
+    pub fn executable_name(&self) -> String {
+        self.exe
+            .as_deref()
+            .and_then(|e| e.rsplit('/').next())
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| self.comm.clone())
+    }
+}
+
+fn path_string(p: PathBuf) -> String {
+    let s = String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned();
+    // A replaced binary reads as "/usr/bin/x (deleted)"; the pool is the same program.
+    s.strip_suffix(" (deleted)")
+        .map(str::to_string)
+        .unwrap_or(s)
+}
+
+/// `comm` and start time from `/proc/<pid>/stat`. `comm` may contain spaces and parentheses,
+/// so the fields after it are found from the last `)`.
+pub fn parse_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    // After ") " come fields 3.. ; start time is field 22, i.e. index 19 from field 3.
+    let rest = stat.get(close + 1..)?;
+    let start = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some((comm, start))
+}
+
+/// Real uid from the `Uid:` line of `/proc/<pid>/status`.
+pub fn parse_status_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+}
+
+/// The cgroup v2 path (`0::/path`), else the first hierarchy's path.
+pub fn parse_cgroup(text: &str) -> Option<String> {
+    let mut first = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(_), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if id == "0" {
+            return Some(path.to_string());
+        }
+        first.get_or_insert_with(|| path.to_string());
+    }
+    first
+}
+
+/// NUL-separated arguments to one space-separated line, lossy UTF-8, capped.
+pub fn join_cmdline(raw: &[u8]) -> String {
+    let raw = &raw[..raw.len().min(MAX_CMDLINE)];
+    let trimmed = raw.strip_suffix(&[0]).unwrap_or(raw);
+    let text = String::from_utf8_lossy(trimmed);
+    text.replace('\0', " ")
+}
+
+/// The user name for a uid from /etc/passwd, else the number as text.
+pub fn user_name(uid: u32) -> String {
+    fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| passwd_lookup(&p, uid))
+        .unwrap_or_else(|| uid.to_string())
+}
+
+pub fn passwd_lookup(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        let id: u32 = f.next()?.parse().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_comm() {
+        let stat = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200";
+        assert_eq!(parse_stat(stat), Some(("my (odd) prog".into(), 98765)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn cmdline_is_joined_lossy_and_capped() {
+        assert_eq!(
+            join_cmdline(b"nginx: worker\0-c\0/etc/x\0"),
+            "nginx: worker -c /etc/x"
+        );
+        assert_eq!(join_cmdline(b"a\xffb\0"), "a\u{fffd}b");
+        let huge = vec![b'x'; MAX_CMDLINE * 3];
+        assert_eq!(join_cmdline(&huge).len(), MAX_CMDLINE);
+    }
+
+    #[test]
+    fn status_and_cgroup_and_passwd() {
+        assert_eq!(
+            parse_status_uid("Name:\tx\nUid:\t1000\t1000\t1000\t1000\n"),
+            Some(1000)
+        );
+        assert_eq!(
+            parse_cgroup("0::/system.slice/nginx.service\n"),
+            Some("/system.slice/nginx.service".into())
+        );
+        assert_eq!(parse_cgroup("12:cpu:/a\n11:mem:/b\n"), Some("/a".into()));
+        assert_eq!(
+            passwd_lookup(
+                "root:x:0:0::/root:/bin/sh\nbob:x:1000:1000::/h:/bin/sh\n",
+                1000
+            ),
+            Some("bob".into())
+        );
+    }
+
+    #[test]
+    fn reads_itself_and_not_a_missing_pid() {
+        let me = ProcessInfo::read(Path::new("/proc"), std::process::id()).unwrap();
+        assert!(me.exe.is_some());
+        assert!(me.start_ticks > 0);
+        assert!(ProcessInfo::read(Path::new("/proc"), u32::MAX - 1).is_none());
+    }
+}

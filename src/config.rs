@@ -1,0 +1,273 @@
+//! Configuration: the TOML file of SPEC §3. Unknown keys are errors, durations are written
+//! like `500ms`, `10s`, `5m`, `1h`, and every error is one line naming the file and the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The default configuration file; when it is missing the defaults apply.
+pub const DEFAULT_PATH: &str = "/etc/depmap/depmap.toml";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub collect: CollectConfig,
+    pub sink: SinkConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// `Computer` column; empty means the host's FQDN, else its hostname.
+    pub computer: String,
+    /// `AgentId`; empty means UUIDv5 of /etc/machine-id (persisted random UUID if absent).
+    pub agent_id: String,
+    /// Where depmap keeps its state (agent id, records of the file sink).
+    pub state_dir: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            computer: String::new(),
+            agent_id: String::new(),
+            state_dir: PathBuf::from("/var/lib/depmap"),
+        }
+    }
+}
+
+/// Which processes get VMProcess records.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessScope {
+    /// Processes that hold TCP sockets.
+    Connected,
+    /// Every process.
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectConfig {
+    /// VMConnection/VMBoundPort window; windows align to multiples since the epoch.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// Period of the full sock_diag dump.
+    #[serde(with = "duration")]
+    pub socket_poll: Duration,
+    /// Period of VMComputer/VMProcess re-emission.
+    #[serde(with = "duration")]
+    pub inventory_interval: Duration,
+    /// Dump IPv6 sockets too.
+    pub ipv6: bool,
+    pub processes: ProcessScope,
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        CollectConfig {
+            window: Duration::from_secs(60),
+            socket_poll: Duration::from_secs(1),
+            inventory_interval: Duration::from_secs(3600),
+            ipv6: true,
+            processes: ProcessScope::Connected,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    File,
+    Stdout,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    pub file: FileSinkConfig,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::File,
+            file: FileSinkConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSinkConfig {
+    /// Directory of the NDJSON files; empty means `<state_dir>/records`.
+    pub dir: PathBuf,
+    /// A file is closed and a new one started past this size (bytes); 0 means 64 MiB.
+    pub max_file_bytes: u64,
+    /// Closed files kept per table, oldest deleted first; 0 means 168 (a week of hours).
+    pub max_files: usize,
+}
+
+impl FileSinkConfig {
+    pub fn dir(&self, state_dir: &Path) -> PathBuf {
+        if self.dir.as_os_str().is_empty() {
+            state_dir.join("records")
+        } else {
+            self.dir.clone()
+        }
+    }
+}
+
+/// A configuration error, displayed as one line.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads `path`, or the defaults when no path was given and the default file is missing.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (file, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(e) => return Err(ConfigError(format!("{}: cannot read: {e}", file.display()))),
+        };
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", file.display())))
+    }
+
+    /// Parses and validates TOML text; the error names the key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| one_line(e.message()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = one_line(inner.message());
+            let line = inner
+                .span()
+                .map(|s| {
+                    format!(
+                        "line {}: ",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
+                .unwrap_or_default();
+            if key == "." || key.is_empty() {
+                format!("{line}{msg}")
+            } else {
+                format!("{line}key `{key}`: {msg}")
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let c = &self.collect;
+        if c.socket_poll < Duration::from_millis(100) {
+            return Err("key `collect.socket_poll`: must be at least 100ms".into());
+        }
+        if c.window < c.socket_poll || !c.window.as_nanos().is_multiple_of(c.socket_poll.as_nanos()) {
+            return Err(format!(
+                "key `collect.window`: must be a multiple of collect.socket_poll ({})",
+                humantime::format_duration(c.socket_poll)
+            ));
+        }
+        if c.inventory_interval < Duration::from_secs(1) {
+            return Err("key `collect.inventory_interval`: must be at least 1s".into());
+        }
+        if self.agent.state_dir.as_os_str().is_empty() {
+            return Err("key `agent.state_dir`: must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Parses a duration like `500ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration `{s}` ({e}); write e.g. 500ms, 10s, 5m, 1h"))?;
+    if d.is_zero() {
+        return Err(format!("duration `{s}` must be greater than zero"));
+    }
+    Ok(d)
+}
+
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        let c = Config::parse(
+            "[collect]\nwindow = \"10s\"\nsocket_poll = \"500ms\"\n[sink]\nkind = \"stdout\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.collect.window, Duration::from_secs(10));
+        assert_eq!(c.collect.socket_poll, Duration::from_millis(500));
+        assert_eq!(c.sink.kind, SinkKind::Stdout);
+        // The effective config round-trips.
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse("[collect]\nwindw = \"10s\"\n").unwrap_err();
+        assert!(e.contains("windw"), "{e}");
+        let e = Config::parse("[collect]\nwindow = \"ten seconds\"\n").unwrap_err();
+        assert!(e.contains("collect.window") && e.contains("line 2"), "{e}");
+        let e = Config::parse("[sink]\nkind = \"kafka\"\n").unwrap_err();
+        assert!(e.contains("sink.kind"), "{e}");
+        let e = Config::parse("[collect]\nwindow = \"1500ms\"\n").unwrap_err();
+        assert!(
+            e.contains("collect.window") && e.contains("multiple"),
+            "{e}"
+        );
+        let e = Config::parse("[collect\n").unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            !Config::parse("[agent]\ncomputer = 3\n")
+                .unwrap_err()
+                .is_empty()
+        );
+    }
+}

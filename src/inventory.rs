@@ -1,0 +1,230 @@
+//! VMComputer and VMProcess: turning host facts and process pools into inventory records.
+//!
+//! Emitted at start, every `inventory_interval`, and for a pool as soon as it is first seen.
+//! Package data (ProductName/ProductVersion, Group) comes from the distribution's package
+//! database for the pool's executable; `Role` is inferred from well-known executables and
+//! listening ports.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::collect::host::HostFacts;
+use crate::collect::packages::PackageDb;
+use crate::records::identity::Identity;
+use crate::records::{Record, SOURCE_SYSTEM, VmComputer, VmProcess, datetime};
+use crate::track::pools::Pool;
+
+/// The agent version reported in `DependencyAgentVersion`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `Computer`: configured, else FQDN, else hostname.
+pub fn computer_name(configured: &str, facts: &HostFacts) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    facts
+        .fqdn
+        .clone()
+        .or_else(|| facts.host_name.clone())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+pub fn computer_record(id: &Identity, facts: &HostFacts, now: SystemTime) -> Record {
+    let ms = |v: i64| datetime(UNIX_EPOCH + Duration::from_millis(v.max(0) as u64));
+    let host = facts
+        .host_name
+        .clone()
+        .unwrap_or_else(|| id.computer.clone());
+    Record::Computer(Box::new(VmComputer {
+        agent_id: id.agent_id.clone(),
+        boot_time: facts.boot_time_ms.map(ms),
+        computer: id.computer.clone(),
+        cpus: facts.cpus,
+        cpu_speed: facts.cpu_mhz,
+        dependency_agent_version: VERSION.to_string(),
+        display_name: host.clone(),
+        dns_names: facts.dns_names.clone(),
+        full_display_name: facts.fqdn.clone().unwrap_or(host),
+        host_name: facts.host_name.clone(),
+        hypervisor_type: facts.hypervisor_type.clone(),
+        ipv4_addresses: facts.ipv4_addresses.clone(),
+        ipv4_default_gateways: facts.ipv4_default_gateways.clone(),
+        ipv4_subnet_masks: facts.ipv4_subnet_masks.clone(),
+        ipv6_addresses: facts.ipv6_addresses.clone(),
+        mac_addresses: facts.mac_addresses.clone(),
+        machine: id.machine.clone(),
+        operating_system_family: "linux".to_string(),
+        operating_system_full_name: facts.os_full_name.clone(),
+        physical_memory_mb: facts.physical_memory_mb,
+        resource_id: id.resource_id.clone(),
+        source_system: SOURCE_SYSTEM,
+        time_generated: datetime(now),
+        time_zone: facts.time_zone.clone(),
+        kind: "VMComputer",
+        virtualization_state: facts.virtualization_state.clone(),
+        virtual_machine_native_id: facts.virtual_machine_native_id.clone(),
+        virtual_machine_native_name: facts.virtual_machine_native_name.clone(),
+        virtual_machine_type: facts.virtual_machine_type.clone(),
+        ..Default::default()
+    }))
+}
+
+/// Clock facts needed to turn /proc start ticks into a time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub boot_time_ms: i64,
+    pub ticks_per_second: u64,
+}
+
+impl Clock {
+    pub fn read(facts: &HostFacts) -> Clock {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Clock {
+            boot_time_ms: facts.boot_time_ms.unwrap_or(0),
+            ticks_per_second: if hz > 0 { hz as u64 } else { 100 },
+        }
+    }
+
+    pub fn start_time(&self, ticks: u64) -> SystemTime {
+        let ms = self.boot_time_ms.max(0) as u64 + ticks * 1000 / self.ticks_per_second;
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+}
+
+/// The systemd unit of a cgroup path (`/system.slice/nginx.service` → `nginx.service`).
+pub fn systemd_unit(cgroup: &str) -> Option<String> {
+    cgroup
+        .rsplit('/')
+        .find(|seg| seg.ends_with(".service"))
+        .map(str::to_string)
+}
+
+/// `Role` from the executable name, else from the listening ports.
+pub fn infer_role(executable: &str, listening_ports: &[u16]) -> Option<&'static str> {
+    let exe = executable.to_ascii_lowercase();
+    let by_name: &[(&[&str], &str)] = &[
+        (
+            &[
+                "nginx", "apache2", "httpd", "caddy", "lighttpd", "haproxy", "envoy", "traefik",
+            ],
+            "webServer",
+        ),
+        (
+            &[
+                "postgres",
+                "mysqld",
+                "mariadbd",
+                "mongod",
+                "redis-server",
+                "clickhouse-server",
+                "memcached",
+                "cassandra",
+                "influxd",
+                "etcd",
+            ],
+            "databaseServer",
+        ),
+        (&["slapd"], "ldapServer"),
+        (&["smbd"], "smbServer"),
+        (
+            &["php-fpm", "gunicorn", "uwsgi", "puma", "unicorn", "tomcat"],
+            "appServer",
+        ),
+    ];
+    for (names, role) in by_name {
+        if names
+            .iter()
+            .any(|n| exe == *n || exe.starts_with(&format!("{n}:")) || exe.starts_with(n))
+        {
+            return Some(role);
+        }
+    }
+    for port in listening_ports {
+        let role = match port {
+            80 | 443 | 8080 | 8443 => "webServer",
+            5432 | 3306 | 1433 | 1521 | 27017 | 6379 | 9042 | 11211 => "databaseServer",
+            389 | 636 => "ldapServer",
+            139 | 445 => "smbServer",
+            _ => continue,
+        };
+        return Some(role);
+    }
+    None
+}
+
+/// The VMProcess record of one pool.
+pub fn process_record(
+    id: &Identity,
+    pool: &Pool,
+    packages: &mut PackageDb,
+    clock: &Clock,
+    listening_ports: &[u16],
+    now: SystemTime,
+) -> Record {
+    let package = pool
+        .executable_path
+        .as_deref()
+        .and_then(|p| packages.lookup(p));
+    let unit = pool.cgroup.as_deref().and_then(systemd_unit);
+    let oldest = pool.oldest();
+    Record::Process(Box::new(VmProcess {
+        agent_id: id.agent_id.clone(),
+        command_line: pool.command_line.clone(),
+        computer: id.computer.clone(),
+        display_name: pool.executable_name.clone(),
+        executable_name: pool.executable_name.clone(),
+        executable_path: pool.executable_path.clone(),
+        first_pid: oldest.map(|(_, pid)| pid as i32),
+        group: package
+            .as_ref()
+            .map(|p| p.name.clone())
+            .or_else(|| unit.clone()),
+        machine: id.machine.clone(),
+        process: pool.id.to_string(),
+        product_name: package.as_ref().map(|p| p.name.clone()),
+        product_version: package.as_ref().map(|p| p.version.clone()),
+        resource_id: format!("{}/processes/{}", id.resource_id, pool.id),
+        role: infer_role(&pool.executable_name, listening_ports).map(str::to_string),
+        services: unit.map(|u| vec![u]),
+        source_system: SOURCE_SYSTEM,
+        start_time: oldest.map(|(ticks, _)| datetime(clock.start_time(ticks))),
+        time_generated: datetime(now),
+        kind: "VMProcess",
+        user_name: pool.user_name.clone(),
+        working_directory: pool.working_directory.clone(),
+        ..Default::default()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_units() {
+        assert_eq!(infer_role("nginx", &[]), Some("webServer"));
+        assert_eq!(infer_role("postgres", &[]), Some("databaseServer"));
+        assert_eq!(infer_role("myapp", &[5432]), Some("databaseServer"));
+        assert_eq!(infer_role("myapp", &[12345]), None);
+        assert_eq!(
+            systemd_unit("/system.slice/nginx.service"),
+            Some("nginx.service".into())
+        );
+        assert_eq!(
+            systemd_unit("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
+    }
+
+    #[test]
+    fn start_time_from_ticks() {
+        let c = Clock {
+            boot_time_ms: 1_000_000,
+            ticks_per_second: 100,
+        };
+        assert_eq!(
+            c.start_time(250),
+            UNIX_EPOCH + Duration::from_millis(1_002_500)
+        );
+    }
+}

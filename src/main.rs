@@ -1,0 +1,140 @@
+//! `depmap` binary: parses the command line and runs one of the commands.
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+
+use depmap::agent::{Agent, run_loop};
+use depmap::cli::{Cli, Command, Format};
+use depmap::config::Config;
+use depmap::records::{Record, TABLES};
+use depmap::{report, sink};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DEPMAP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    match cli.command {
+        Command::Version => {
+            println!("depmap {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &e.to_string()),
+        },
+        Command::Once {
+            config,
+            duration,
+            format,
+            tables,
+        } => match Config::load(config.as_deref()) {
+            Ok(c) => once(c, duration, format, &tables),
+            Err(e) => fail(2, &e.to_string()),
+        },
+        Command::Run { config } => match Config::load(config.as_deref()) {
+            Ok(c) => run(c),
+            Err(e) => fail(2, &e.to_string()),
+        },
+    }
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("depmap: {msg}");
+    ExitCode::from(code)
+}
+
+/// `depmap once`: the capability report, then one window of `duration`.
+fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -> ExitCode {
+    let poll = config.collect.socket_poll.min(duration);
+    let mut agent = match Agent::start(config) {
+        Ok(a) => a,
+        Err(e) => return fail(1, &e),
+    };
+    let caps = report::capabilities(&agent.capabilities);
+    match format {
+        Format::Table => println!("{caps}"),
+        Format::Ndjson => eprint!("{caps}"),
+    }
+    agent.poll();
+    let start = SystemTime::now();
+    let began = Instant::now();
+    while began.elapsed() < duration {
+        std::thread::sleep(poll.min(duration.saturating_sub(began.elapsed())));
+        agent.poll();
+    }
+    let mut records = agent.inventory(SystemTime::now());
+    records.extend(agent.close_window(start));
+    let wanted = |r: &Record| tables.is_empty() || tables.iter().any(|t| t == r.table());
+    match format {
+        Format::Ndjson => {
+            for r in records.iter().filter(|r| wanted(r)) {
+                println!("{}", r.to_json());
+            }
+        }
+        Format::Table => {
+            for t in TABLES
+                .iter()
+                .filter(|t| tables.is_empty() || tables.iter().any(|w| w == *t))
+            {
+                println!("{}", report::table(t, &records));
+            }
+        }
+    }
+    tracing::debug!(summary = %agent.loss_summary(), "once done");
+    ExitCode::SUCCESS
+}
+
+/// `depmap run`: the daemon. Signals stop the poll loop, which flushes the current window.
+fn run(config: Config) -> ExitCode {
+    let mut sink = match sink::build(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                1,
+                &format!("cannot open the {:?} sink: {e}", config.sink.kind),
+            );
+        }
+    };
+    let mut agent = match Agent::start(config) {
+        Ok(a) => a,
+        Err(e) => return fail(1, &e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
+    };
+    let result = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let poller =
+            tokio::task::spawn_blocking(move || run_loop(&mut agent, sink.as_mut(), &stop_rx));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut poller = poller;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            done = &mut poller => return done.map_err(std::io::Error::other)?,
+        }
+        tracing::info!("signal received; flushing the current window");
+        let _ = stop_tx.send(());
+        poller.await.map_err(std::io::Error::other)?
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &format!("stopped: {e}")),
+    }
+}

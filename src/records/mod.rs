@@ -1,0 +1,63 @@
+//! The four record types of the VM Insights Map, as typed values with the real column names,
+//! in the order of `research/azure-tables.md` §1 (service-side columns left out). Serialising a
+//! record gives one NDJSON line with its `Type`.
+
+pub mod identity;
+mod tables;
+
+pub use tables::{VmBoundPort, VmComputer, VmConnection, VmProcess};
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// `SourceSystem` of every record.
+pub const SOURCE_SYSTEM: &str = "depmap";
+
+/// A record of any of the four tables.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Record {
+    Computer(Box<VmComputer>),
+    Process(Box<VmProcess>),
+    Connection(Box<VmConnection>),
+    BoundPort(Box<VmBoundPort>),
+}
+
+impl Record {
+    /// The table name (`Type`).
+    pub fn table(&self) -> &'static str {
+        match self {
+            Record::Computer(_) => "VMComputer",
+            Record::Process(_) => "VMProcess",
+            Record::Connection(_) => "VMConnection",
+            Record::BoundPort(_) => "VMBoundPort",
+        }
+    }
+
+    /// One JSON object, no newline.
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The four table names, in the order `once` prints them.
+pub const TABLES: [&str; 4] = ["VMComputer", "VMProcess", "VMBoundPort", "VMConnection"];
+
+/// `datetime` columns: RFC 3339 UTC with milliseconds.
+pub fn datetime(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn datetimes_have_milliseconds_and_z() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(datetime(t), "2026-11-18T11:06:40.123Z");
+    }
+}

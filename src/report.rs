@@ -1,0 +1,152 @@
+//! What `depmap once` prints for people: the capability report and aligned tables.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use crate::agent::Capabilities;
+use crate::records::Record;
+
+/// The capability report: what depmap can see on this host, and what is missing and why.
+pub fn capabilities(c: &Capabilities) -> String {
+    let mut out = String::from("depmap capability report\n");
+    let line = |out: &mut String, name: &str, r: &Result<(), String>, cost: &str| {
+        let _ = match r {
+            Ok(()) => writeln!(out, "  [ok]   {name}"),
+            Err(e) => writeln!(out, "  [--]   {name}: {e}\n         missing: {cost}"),
+        };
+    };
+    line(
+        &mut out,
+        "sock_diag IPv4 dump (tcp_info)",
+        &c.sock_diag,
+        "all connection records",
+    );
+    line(
+        &mut out,
+        "sock_diag IPv6 dump",
+        &c.sock_diag_v6,
+        "IPv6 connections and ports",
+    );
+    line(
+        &mut out,
+        "TCP destroy notifications",
+        &c.destroy_events,
+        "connections shorter than one poll, and the bytes of a socket's last poll interval",
+    );
+    line(
+        &mut out,
+        "proc connector (process events)",
+        &c.proc_connector,
+        "nothing; new sockets are attributed by a wider /proc walk",
+    );
+    let (readable, total) = c.proc_fd_readable;
+    if readable == total {
+        let _ = writeln!(
+            out,
+            "  [ok]   /proc/PID/fd readable for all {total} processes"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  [--]   /proc/PID/fd readable for {readable} of {total} processes\n         missing: Process/ProcessName of sockets held by the others (run as root, or grant CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH)"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  [--]   Azure Instance Metadata: not queried (Azure* columns are null)"
+    );
+    out
+}
+
+/// Columns shown per table in `--format table` (all columns are in NDJSON).
+fn columns(table: &str) -> &'static [&'static str] {
+    match table {
+        "VMComputer" => &[
+            "Computer",
+            "OperatingSystemFullName",
+            "Cpus",
+            "PhysicalMemoryMB",
+            "VirtualizationState",
+            "Ipv4Addresses",
+            "Machine",
+        ],
+        "VMProcess" => &[
+            "Process",
+            "ExecutableName",
+            "FirstPid",
+            "UserName",
+            "Role",
+            "ProductName",
+            "CommandLine",
+        ],
+        "VMBoundPort" => &[
+            "ProcessName",
+            "Ip",
+            "Port",
+            "IsWildcardBind",
+            "LinksEstablished",
+            "LinksTerminated",
+            "LinksLive",
+            "BytesSent",
+            "BytesReceived",
+        ],
+        _ => &[
+            "Direction",
+            "ProcessName",
+            "SourceIp",
+            "DestinationIp",
+            "DestinationPort",
+            "LinksEstablished",
+            "LinksTerminated",
+            "LinksLive",
+            "BytesSent",
+            "BytesReceived",
+        ],
+    }
+}
+
+fn cell(v: &Value) -> String {
+    let s = match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 48 {
+        let cut: String = s.chars().take(47).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}
+
+/// One aligned table of the records of `table`.
+pub fn table(table: &str, records: &[Record]) -> String {
+    let cols = columns(table);
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .filter(|r| r.table() == table)
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .map(|v| cols.iter().map(|c| cell(&v[*c])).collect())
+        .collect();
+    let mut widths: Vec<usize> = cols.iter().map(|c| c.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = format!("{table} ({} records)\n", rows.len());
+    let fmt_row = |cells: Vec<&str>| {
+        let mut line = String::from("  ");
+        for (c, w) in cells.iter().zip(&widths) {
+            let _ = write!(line, "{c:<w$}  ");
+        }
+        line.trim_end().to_string() + "\n"
+    };
+    out.push_str(&fmt_row(cols.to_vec()));
+    for r in &rows {
+        out.push_str(&fmt_row(r.iter().map(String::as_str).collect()));
+    }
+    out
+}

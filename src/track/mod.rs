@@ -1,0 +1,6 @@
+//! Tracking: socket state across polls, process pools, windows, and the per-window sums that
+//! become VMConnection and VMBoundPort records. No I/O happens here.
+pub mod pools;
+pub mod ports;
+pub mod sockets;
+pub mod window;

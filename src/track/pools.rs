@@ -1,0 +1,172 @@
+//! Process pools: processes that share executable, command line, user and cgroup are one
+//! pool (pre-forked workers are one service), identified by `p-` + SHA-1 so that the id is the
+//! same after the service restarts. `FirstPid`/`StartTime` describe the oldest live member.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use crate::collect::procinfo::{ProcessInfo, user_name};
+use crate::records::identity::process_id;
+
+use super::sockets::PoolId;
+
+/// One pool and what VMProcess reports of it.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub id: PoolId,
+    pub executable_name: String,
+    pub executable_path: Option<String>,
+    pub command_line: String,
+    pub user_name: String,
+    pub working_directory: Option<String>,
+    pub cgroup: Option<String>,
+    /// Live members as (start ticks, pid): the first is the oldest.
+    pub members: BTreeSet<(u64, u32)>,
+    /// Whether the pool has held a TCP socket (VMProcess reports those by default).
+    pub has_tcp: bool,
+    /// Whether a VMProcess record was emitted since the pool appeared.
+    pub reported: bool,
+}
+
+impl Pool {
+    pub fn oldest(&self) -> Option<(u64, u32)> {
+        self.members.first().copied()
+    }
+}
+
+pub struct PoolRegistry {
+    machine: String,
+    proc_root: PathBuf,
+    /// pid → (start ticks, pool)
+    by_pid: HashMap<u32, (u64, PoolId)>,
+    pools: HashMap<PoolId, Pool>,
+    users: HashMap<u32, String>,
+}
+
+impl PoolRegistry {
+    pub fn new(machine: String, proc_root: PathBuf) -> PoolRegistry {
+        PoolRegistry {
+            machine,
+            proc_root,
+            by_pid: HashMap::new(),
+            pools: HashMap::new(),
+            users: HashMap::new(),
+        }
+    }
+
+    /// The pool of a live pid, reading /proc the first time; `None` if the process is gone.
+    pub fn pool_of(&mut self, pid: u32) -> Option<PoolId> {
+        if let Some((_, id)) = self.by_pid.get(&pid) {
+            return Some(id.clone());
+        }
+        let info = ProcessInfo::read(&self.proc_root, pid)?;
+        Some(self.admit(info))
+    }
+
+    /// Adds a process read from /proc to its pool (creating the pool when new).
+    pub fn admit(&mut self, info: ProcessInfo) -> PoolId {
+        let user = match info.uid {
+            Some(uid) => self
+                .users
+                .entry(uid)
+                .or_insert_with(|| user_name(uid))
+                .clone(),
+            None => String::new(),
+        };
+        let exe_key = info.exe.clone().unwrap_or_else(|| info.comm.clone());
+        let id: PoolId = process_id(
+            &self.machine,
+            &exe_key,
+            &info.cmdline,
+            &user,
+            info.cgroup.as_deref().unwrap_or(""),
+        )
+        .into();
+        let pool = self.pools.entry(id.clone()).or_insert_with(|| Pool {
+            id: id.clone(),
+            executable_name: info.executable_name(),
+            executable_path: info.exe.clone(),
+            command_line: info.cmdline.clone(),
+            user_name: user,
+            working_directory: info.cwd.clone(),
+            cgroup: info.cgroup.clone(),
+            members: BTreeSet::new(),
+            has_tcp: false,
+            reported: false,
+        });
+        pool.members.insert((info.start_ticks, info.pid));
+        self.by_pid.insert(info.pid, (info.start_ticks, id.clone()));
+        id
+    }
+
+    /// A process exited: it leaves its pool (the pool stays, for records already counted).
+    pub fn exited(&mut self, pid: u32) {
+        if let Some((ticks, id)) = self.by_pid.remove(&pid)
+            && let Some(p) = self.pools.get_mut(&id)
+        {
+            p.members.remove(&(ticks, pid));
+        }
+    }
+
+    /// A process exec'd: its identity may have changed, read it again when next needed.
+    pub fn changed(&mut self, pid: u32) {
+        self.exited(pid);
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Pool> {
+        self.pools.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Pool> {
+        self.pools.get_mut(id)
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.values()
+    }
+
+    pub fn pools_mut(&mut self) -> impl Iterator<Item = &mut Pool> {
+        self.pools.values_mut()
+    }
+
+    /// Drops pools with no live member that nothing refers to any more.
+    pub fn prune(&mut self, in_use: impl Fn(&PoolId) -> bool) {
+        self.pools
+            .retain(|id, p| !p.members.is_empty() || in_use(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(pid: u32, ticks: u64, cmd: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            start_ticks: ticks,
+            comm: "srv".into(),
+            exe: Some("/usr/bin/srv".into()),
+            cmdline: cmd.into(),
+            cwd: Some("/".into()),
+            uid: Some(0),
+            cgroup: Some("/system.slice/srv.service".into()),
+        }
+    }
+
+    #[test]
+    fn workers_share_a_pool_and_the_id_survives_a_restart() {
+        let mut r = PoolRegistry::new("m-x".into(), "/proc".into());
+        let parent = r.admit(info(100, 50, "srv --workers 2"));
+        let child = r.admit(info(101, 60, "srv --workers 2"));
+        let other = r.admit(info(200, 70, "srv --other"));
+        assert_eq!(parent, child);
+        assert_ne!(parent, other);
+        assert!(parent.starts_with("p-") && parent.len() == 42);
+        assert_eq!(r.get(&parent).unwrap().oldest(), Some((50, 100)));
+        r.exited(100);
+        assert_eq!(r.get(&parent).unwrap().oldest(), Some((60, 101)));
+        // Restarted under a new pid: same pool id.
+        let mut r2 = PoolRegistry::new("m-x".into(), "/proc".into());
+        assert_eq!(r2.admit(info(999, 80, "srv --workers 2")), parent);
+    }
+}

@@ -1,0 +1,513 @@
+//! Per-socket state across polls, turned into per-window sums by logical connection.
+//!
+//! Each physical connection is tracked by its socket cookie. At every poll its `tcp_info`
+//! counters are turned into payload bytes and the increase since the last poll is added to the
+//! window's [`ConnStats`] of its [`ConnKey`]. A socket's destroy notification supplies the final
+//! counters, so the last increase is counted too, exactly once. Sockets present when depmap
+//! starts are a baseline: their earlier bytes and their establishment are not in any window.
+//!
+//! This file does no I/O: the agent feeds it samples, which keeps the arithmetic testable.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::collect::sockdiag::{TcpCounters, TcpSample, state};
+
+/// Identity of a process pool (`p-` + 40 hex).
+pub type PoolId = Arc<str>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// The VMConnection grouping key (Machine and Protocol are the same for every record).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub direction: Direction,
+    /// `None` when no readable process holds (or held) the socket.
+    pub process: Option<PoolId>,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    pub destination_port: u16,
+}
+
+/// Sums of one logical connection (or one bound port) over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    pub links_established: u64,
+    pub links_terminated: u64,
+    pub links_live: u64,
+    /// Attempts that closed without ever being established (reported from issue 3 on).
+    pub links_failed: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl ConnStats {
+    pub fn add(&mut self, o: &ConnStats) {
+        self.links_established += o.links_established;
+        self.links_terminated += o.links_terminated;
+        self.links_live += o.links_live;
+        self.links_failed += o.links_failed;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+    }
+}
+
+/// A dumped socket is forgotten after this many dumps without it and without a destroy
+/// notification (notifications lost to ENOBUFS); counted in `closed_without_final`.
+pub const MISSING_DUMPS_BEFORE_CLOSE: u32 = 5;
+
+/// Payload bytes sent and received, from counters that also count SYN and FIN.
+///
+/// * sent: `bytes_acked` counts the SYN for the side that connected (`syn_acked = 1`) and the
+///   FIN once acked; `bytes_sent − bytes_retrans` counts payload transmitted once, never SYN or
+///   FIN. Their minimum is the payload the peer acknowledged.
+/// * received: `bytes_received` counts the peer's FIN (measured: 5,000 B + FIN = 5,001).
+pub fn payload(c: &TcpCounters, syn_acked: u64, fin_received: bool) -> (u64, u64) {
+    let transmitted = c.bytes_sent.saturating_sub(c.bytes_retrans);
+    let acked = c.bytes_acked.saturating_sub(syn_acked);
+    let sent = transmitted.min(acked);
+    let received = c.bytes_received.saturating_sub(u64::from(fin_received));
+    (sent, received)
+}
+
+/// Whether a socket in `state` has received its peer's FIN; `None` when the state cannot tell
+/// (`CLOSE`: the agent asks the kernel whether a TIME_WAIT minisocket remains).
+pub fn fin_received_in_state(s: u8) -> Option<bool> {
+    match s {
+        state::CLOSE_WAIT | state::LAST_ACK | state::CLOSING | state::TIME_WAIT => Some(true),
+        state::CLOSE => None,
+        _ => Some(false),
+    }
+}
+
+fn is_established(s: u8) -> bool {
+    !matches!(s, state::SYN_SENT | state::SYN_RECV | state::LISTEN)
+}
+
+#[derive(Debug)]
+struct Tracked {
+    key: ConnKey,
+    syn_acked: u64,
+    sent: u64,
+    received: u64,
+    established: bool,
+    last_seen: u64,
+}
+
+/// Losses and anomalies, for the self-metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TrackerStats {
+    /// Sockets that vanished from dumps without a destroy notification.
+    pub closed_without_final: u64,
+    /// Destroy notifications for sockets already finalised (ignored).
+    pub duplicate_finals: u64,
+    /// Sockets reported without `tcp_info` (bytes not counted).
+    pub without_counters: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct SocketTracker {
+    sockets: HashMap<u64, Tracked>,
+    /// Cookies finalised recently, with the dump generation, to ignore late duplicates.
+    closed: HashMap<u64, u64>,
+    generation: u64,
+    baseline_done: bool,
+    window: HashMap<ConnKey, ConnStats>,
+    pub stats: TrackerStats,
+}
+
+impl SocketTracker {
+    pub fn new() -> SocketTracker {
+        SocketTracker::default()
+    }
+
+    /// Whether a cookie is already tracked (its key need not be computed again).
+    pub fn knows(&self, cookie: u64) -> bool {
+        self.sockets.contains_key(&cookie)
+    }
+
+    /// Number of tracked connections.
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// A connected socket seen in the current dump. `key` is used only for a new cookie.
+    pub fn observe(&mut self, s: &TcpSample, fin_received: bool, key: impl FnOnce() -> ConnKey) {
+        let generation = self.generation;
+        let baseline = !self.baseline_done;
+        let established_now = is_established(s.state);
+        let tracked = self.sockets.entry(s.cookie).or_insert_with(|| {
+            let key = key();
+            let syn_acked = u64::from(key.direction == Direction::Outbound);
+            Tracked {
+                key,
+                syn_acked,
+                sent: 0,
+                received: 0,
+                // Connections older than depmap are not "established during the window".
+                established: baseline && established_now,
+                last_seen: generation,
+            }
+        });
+        tracked.last_seen = generation;
+        let stats = self.window.entry(tracked.key.clone()).or_default();
+        if established_now && !tracked.established {
+            tracked.established = true;
+            stats.links_established += 1;
+        }
+        let Some(c) = &s.counters else {
+            self.stats.without_counters += 1;
+            return;
+        };
+        let (sent, received) = payload(c, tracked.syn_acked, fin_received);
+        if baseline {
+            tracked.sent = sent;
+            tracked.received = received;
+            return;
+        }
+        stats.bytes_sent += sent.saturating_sub(tracked.sent);
+        stats.bytes_received += received.saturating_sub(tracked.received);
+        tracked.sent = tracked.sent.max(sent);
+        tracked.received = tracked.received.max(received);
+    }
+
+    /// Ends a dump: sockets missing for too long are closed with what was last seen.
+    pub fn end_dump(&mut self) {
+        let generation = self.generation;
+        let mut lost = Vec::new();
+        for (cookie, t) in &self.sockets {
+            if generation.saturating_sub(t.last_seen) >= u64::from(MISSING_DUMPS_BEFORE_CLOSE) {
+                lost.push(*cookie);
+            }
+        }
+        for cookie in lost {
+            if let Some(t) = self.sockets.remove(&cookie) {
+                self.stats.closed_without_final += 1;
+                let stats = self.window.entry(t.key).or_default();
+                if t.established {
+                    stats.links_terminated += 1;
+                } else {
+                    stats.links_failed += 1;
+                }
+                self.closed.insert(cookie, generation);
+            }
+        }
+        // Forget finalised cookies after a while; cookies are never reused within a boot.
+        self.closed
+            .retain(|_, g| generation.saturating_sub(*g) < 3600);
+        self.generation += 1;
+        self.baseline_done = true;
+    }
+
+    /// Whether the socket was seen in the latest dump.
+    pub fn seen_in_last_dump(&self, cookie: u64) -> bool {
+        self.sockets
+            .get(&cookie)
+            .is_some_and(|t| t.last_seen + 1 == self.generation)
+    }
+
+    /// Pools referred to by tracked sockets.
+    pub fn processes(&self) -> std::collections::HashSet<PoolId> {
+        self.sockets
+            .values()
+            .filter_map(|t| t.key.process.clone())
+            .collect()
+    }
+
+    /// The tracked key of a cookie, if any.
+    pub fn key_of(&self, cookie: u64) -> Option<&ConnKey> {
+        self.sockets.get(&cookie).map(|t| &t.key)
+    }
+
+    /// A destroy notification with a socket's final counters. For a socket never seen in a
+    /// dump, `key` is computed, and `inbound` tells whether it was accepted on a listener.
+    pub fn closed(&mut self, s: &TcpSample, fin_received: bool, key: impl FnOnce() -> ConnKey) {
+        if self.closed.contains_key(&s.cookie) {
+            self.stats.duplicate_finals += 1;
+            return;
+        }
+        let generation = self.generation;
+        let tracked = match self.sockets.remove(&s.cookie) {
+            Some(t) => t,
+            None => {
+                let key = key();
+                let syn_acked = u64::from(key.direction == Direction::Outbound);
+                Tracked {
+                    key,
+                    syn_acked,
+                    sent: 0,
+                    received: 0,
+                    established: false,
+                    last_seen: generation,
+                }
+            }
+        };
+        self.closed.insert(s.cookie, generation);
+        let stats = self.window.entry(tracked.key.clone()).or_default();
+        let (sent, received) = s
+            .counters
+            .as_ref()
+            .map(|c| payload(c, tracked.syn_acked, fin_received))
+            .unwrap_or((tracked.sent, tracked.received));
+        // An accepted socket was established by definition; a connecting one once its SYN
+        // was acknowledged.
+        let was_established = tracked.established
+            || tracked.key.direction == Direction::Inbound
+            || s.counters.is_some_and(|c| c.bytes_acked > 0);
+        if was_established {
+            if !tracked.established {
+                stats.links_established += 1;
+            }
+            stats.links_terminated += 1;
+        } else {
+            stats.links_failed += 1;
+        }
+        stats.bytes_sent += sent.saturating_sub(tracked.sent);
+        stats.bytes_received += received.saturating_sub(tracked.received);
+    }
+
+    /// Closes the window: adds `LinksLive` for every established socket seen in the last dump
+    /// and returns the sums, leaving an empty window behind.
+    pub fn close_window(&mut self) -> HashMap<ConnKey, ConnStats> {
+        let last = self.generation.saturating_sub(1);
+        for t in self.sockets.values() {
+            if t.established && t.last_seen == last {
+                self.window.entry(t.key.clone()).or_default().links_live += 1;
+            }
+        }
+        std::mem::take(&mut self.window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn key(dir: Direction) -> ConnKey {
+        ConnKey {
+            direction: dir,
+            process: Some("p-1".into()),
+            source_ip: "10.0.0.1".parse().unwrap(),
+            destination_ip: "10.0.0.2".parse().unwrap(),
+            destination_port: 80,
+        }
+    }
+
+    fn sample(cookie: u64, st: u8, acked: u64, sent: u64, recv: u64) -> TcpSample {
+        TcpSample {
+            cookie,
+            state: st,
+            local: "10.0.0.1:40000".parse::<SocketAddr>().unwrap(),
+            remote: "10.0.0.2:80".parse::<SocketAddr>().unwrap(),
+            uid: 0,
+            inode: 1,
+            counters: Some(TcpCounters {
+                bytes_acked: acked,
+                bytes_sent: sent,
+                bytes_received: recv,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn poll(t: &mut SocketTracker, samples: &[TcpSample], dir: Direction) {
+        for s in samples {
+            t.observe(s, fin_received_in_state(s.state).unwrap_or(false), || {
+                key(dir)
+            });
+        }
+        t.end_dump();
+    }
+
+    #[test]
+    fn payload_strips_syn_and_fin() {
+        let c = TcpCounters {
+            bytes_acked: 302,
+            bytes_sent: 300,
+            bytes_received: 5001,
+            ..Default::default()
+        };
+        assert_eq!(payload(&c, 1, true), (300, 5000));
+        // In flight: acked lags sent.
+        let c = TcpCounters {
+            bytes_acked: 101,
+            bytes_sent: 300,
+            ..Default::default()
+        };
+        assert_eq!(payload(&c, 1, false).0, 100);
+        // Retransmissions are not payload twice.
+        let c = TcpCounters {
+            bytes_acked: 5001,
+            bytes_sent: 6000,
+            bytes_retrans: 1000,
+            ..Default::default()
+        };
+        assert_eq!(payload(&c, 0, false).0, 5000);
+    }
+
+    #[test]
+    fn baseline_sockets_count_only_later_bytes_and_are_not_established() {
+        let mut t = SocketTracker::new();
+        poll(
+            &mut t,
+            &[sample(1, state::ESTABLISHED, 1001, 1000, 500)],
+            Direction::Outbound,
+        );
+        let w = t.close_window();
+        let s = w[&key(Direction::Outbound)];
+        assert_eq!(
+            (
+                s.links_established,
+                s.links_live,
+                s.bytes_sent,
+                s.bytes_received
+            ),
+            (0, 1, 0, 0)
+        );
+        poll(
+            &mut t,
+            &[sample(1, state::ESTABLISHED, 1101, 1100, 550)],
+            Direction::Outbound,
+        );
+        let w = t.close_window();
+        let s = w[&key(Direction::Outbound)];
+        assert_eq!(
+            (
+                s.links_established,
+                s.links_live,
+                s.bytes_sent,
+                s.bytes_received
+            ),
+            (0, 1, 100, 50)
+        );
+    }
+
+    #[test]
+    fn deltas_across_polls_windows_and_close_sum_to_the_final_counters() {
+        let mut t = SocketTracker::new();
+        poll(&mut t, &[], Direction::Outbound); // baseline: nothing
+        poll(
+            &mut t,
+            &[sample(7, state::ESTABLISHED, 11, 10, 20)],
+            Direction::Outbound,
+        );
+        poll(
+            &mut t,
+            &[sample(7, state::ESTABLISHED, 31, 30, 40)],
+            Direction::Outbound,
+        );
+        let w1 = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!(
+            (
+                w1.links_established,
+                w1.links_live,
+                w1.bytes_sent,
+                w1.bytes_received
+            ),
+            (1, 1, 30, 40)
+        );
+        poll(
+            &mut t,
+            &[sample(7, state::ESTABLISHED, 51, 50, 60)],
+            Direction::Outbound,
+        );
+        // Final: 70 sent (+FIN acked), 80 received (+peer FIN).
+        t.closed(
+            &sample(7, state::CLOSE, 72, 70, 81),
+            true,
+            || unreachable!(),
+        );
+        // A late duplicate is ignored.
+        t.closed(
+            &sample(7, state::CLOSE, 72, 70, 81),
+            true,
+            || unreachable!(),
+        );
+        poll(&mut t, &[], Direction::Outbound);
+        let w2 = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!(
+            (w2.links_established, w2.links_terminated, w2.links_live),
+            (0, 1, 0)
+        );
+        assert_eq!(w1.bytes_sent + w2.bytes_sent, 70);
+        assert_eq!(w1.bytes_received + w2.bytes_received, 80);
+        assert_eq!(t.stats.duplicate_finals, 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_socket_seen_only_at_destroy_is_established_and_terminated() {
+        let mut t = SocketTracker::new();
+        poll(&mut t, &[], Direction::Outbound);
+        t.closed(&sample(9, state::CLOSE, 202, 200, 301), true, || {
+            key(Direction::Outbound)
+        });
+        // A connect that failed (SYN never acked) is not established.
+        t.closed(&sample(10, state::CLOSE, 0, 0, 0), false, || {
+            key(Direction::Outbound)
+        });
+        let s = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!(
+            (s.links_established, s.links_terminated, s.links_failed),
+            (1, 1, 1)
+        );
+        assert_eq!((s.bytes_sent, s.bytes_received), (200, 300));
+    }
+
+    #[test]
+    fn syn_sent_becomes_established_later_and_missing_sockets_close() {
+        let mut t = SocketTracker::new();
+        poll(&mut t, &[], Direction::Outbound);
+        poll(
+            &mut t,
+            &[sample(3, state::SYN_SENT, 0, 0, 0)],
+            Direction::Outbound,
+        );
+        poll(
+            &mut t,
+            &[sample(3, state::ESTABLISHED, 1, 0, 0)],
+            Direction::Outbound,
+        );
+        let s = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!((s.links_established, s.links_live), (1, 1));
+        for _ in 0..MISSING_DUMPS_BEFORE_CLOSE {
+            poll(&mut t, &[], Direction::Outbound);
+        }
+        let s = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!((s.links_terminated, s.links_live), (1, 0));
+        assert_eq!(t.stats.closed_without_final, 1);
+    }
+
+    #[test]
+    fn inbound_sockets_have_no_syn_in_bytes_acked() {
+        let mut t = SocketTracker::new();
+        poll(&mut t, &[], Direction::Inbound);
+        t.closed(&sample(4, state::CLOSE, 5001, 5000, 301), true, || {
+            key(Direction::Inbound)
+        });
+        let s = t.close_window()[&key(Direction::Inbound)];
+        assert_eq!(
+            (s.bytes_sent, s.bytes_received, s.links_established),
+            (5000, 300, 1)
+        );
+    }
+}
