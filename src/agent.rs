@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Instant, SystemTime};
 
-use crate::collect::destroy::DestroyListener;
+use crate::collect::destroy::{DestroyListener, Final};
 use crate::collect::host::HostFacts;
 use crate::collect::ownership::SocketOwners;
 use crate::collect::packages::PackageDb;
@@ -158,6 +158,7 @@ impl Agent {
                         hints.push(pid);
                     }
                     ProcChange::Exited(pid) => {
+                        tracing::trace!(pid, "process exited");
                         self.owners.forget(pid);
                         self.pools.exited(pid);
                     }
@@ -175,6 +176,9 @@ impl Agent {
             hints.clear();
         }
         self.owners.resolve(&wanted, &hints, Instant::now());
+        for pid in self.owners.take_exited() {
+            self.pools.exited(pid);
+        }
 
         self.listeners = Listeners::default();
         let samples = std::mem::take(&mut self.samples);
@@ -227,7 +231,7 @@ impl Agent {
 
     fn apply_destroys(&mut self) {
         let Some(d) = &self.destroys else { return };
-        let finals: Vec<TcpSample> = d.queue.try_iter().collect();
+        let finals: Vec<Final> = d.queue.try_iter().collect();
         let overruns = d.counters.overruns.load(Ordering::Relaxed);
         if overruns > self.reported_overruns {
             tracing::warn!(
@@ -236,29 +240,30 @@ impl Agent {
             );
             self.reported_overruns = overruns;
         }
-        for s in finals.iter().filter(|s| !s.is_listener()) {
-            let fin = self.fin_received_at_close(s);
+        for f in finals.iter().filter(|f| !f.sample.is_listener()) {
+            let s = &f.sample;
             if self.tracker.knows(s.cookie) {
-                self.tracker.closed(s, fin, || unreachable_key(s));
+                self.tracker
+                    .closed(s, f.fin_received, || unreachable_key(s));
             } else {
                 let key = self.key_for(s);
-                self.tracker.closed(s, fin, || key);
+                self.tracker.closed(s, f.fin_received, || key);
             }
         }
     }
 
-    /// Whether a closed socket's final `bytes_received` includes the peer's FIN. A TIME_WAIT
-    /// minisocket with the same cookie means this side closed first, and its full socket was
-    /// freed when its own FIN was acknowledged, before the peer's FIN (measured: 5,000 B
-    /// received, not 5,001). Without one the socket closed through LAST_ACK, after the peer's
-    /// FIN. A connection reset after data but before any FIN is the one case this counts a
-    /// byte short.
+    /// Whether a dumped socket in state CLOSE (freed by TCP, still held by a file) has
+    /// received its peer's FIN: the same TIME_WAIT test as for destroy notifications
+    /// (`collect::destroy`).
     fn fin_received_at_close(&mut self, s: &TcpSample) -> bool {
         let Some(c) = &s.counters else { return false };
         if c.bytes_received == 0 {
             return false;
         }
-        !matches!(self.diag.lookup(s.local, s.remote, s.cookie), Ok(Some(_)))
+        match self.diag.lookup(s.local, s.remote, s.cookie) {
+            Ok(Some(tw)) => tw.state != crate::collect::sockdiag::state::FIN_WAIT2,
+            _ => true,
+        }
     }
 
     /// The grouping key of a socket seen for the first time.
@@ -407,6 +412,7 @@ impl Agent {
         if self.config.collect.processes == ProcessScope::All {
             self.admit_all_processes();
         }
+        self.pools.refresh_members();
         let facts = HostFacts::read();
         let mut out = vec![inventory::computer_record(&self.identity, &facts, now)];
         out.extend(self.process_records(now, false));

@@ -182,7 +182,8 @@ impl Config {
         if c.socket_poll < Duration::from_millis(100) {
             return Err("key `collect.socket_poll`: must be at least 100ms".into());
         }
-        if c.window < c.socket_poll || !c.window.as_nanos().is_multiple_of(c.socket_poll.as_nanos()) {
+        if c.window < c.socket_poll || !c.window.as_nanos().is_multiple_of(c.socket_poll.as_nanos())
+        {
             return Err(format!(
                 "key `collect.window`: must be a multiple of collect.socket_poll ({})",
                 humantime::format_duration(c.socket_poll)

@@ -42,6 +42,8 @@ pub struct SocketOwners {
     by_inode: HashMap<u32, Vec<u32>>,
     procs: HashMap<u32, ProcFds>,
     unresolved: HashMap<u32, Instant>,
+    /// Pids found gone by the last walk, for the process pools.
+    exited: Vec<u32>,
     pub stats: OwnershipStats,
 }
 
@@ -52,6 +54,7 @@ impl SocketOwners {
             by_inode: HashMap::new(),
             procs: HashMap::new(),
             unresolved: HashMap::new(),
+            exited: Vec::new(),
             stats: OwnershipStats::default(),
         }
     }
@@ -59,6 +62,11 @@ impl SocketOwners {
     /// Pids holding `inode`, lowest first; empty when unknown.
     pub fn owners(&self, inode: u32) -> &[u32] {
         self.by_inode.get(&inode).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Pids that the last walks found gone.
+    pub fn take_exited(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.exited)
     }
 
     /// Forgets a pid that exited.
@@ -134,6 +142,7 @@ impl SocketOwners {
             .collect();
         for pid in gone {
             self.forget(pid);
+            self.exited.push(pid);
         }
     }
 

@@ -80,12 +80,38 @@ impl ProcEvents {
                     }
                 })?
         };
-        Ok(ProcEvents {
+        let events = ProcEvents {
             queue,
             errors,
             stop,
             thread: Some(thread),
-        })
+        };
+        events.self_test()?;
+        Ok(events)
+    }
+
+    /// The kernel delivers cn_proc events only to listeners in the initial network (and pid)
+    /// namespace; elsewhere the subscription succeeds and nothing ever arrives. Start a child
+    /// and wait (at most 1 s) for its exit event to know which case this is.
+    fn self_test(&self) -> io::Result<()> {
+        let mut child = std::process::Command::new("/bin/true")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        let _ = child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.queue.recv_timeout(left) {
+                Ok(ProcChange::Exited(p)) if p == pid => return Ok(()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Err(io::Error::other(
+            "no events arrive here (not the initial network namespace?)",
+        ))
     }
 }
 
@@ -100,4 +126,32 @@ impl Drop for ProcEvents {
 
 fn to_io(e: proc_connector::Error) -> io::Error {
     io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_a_child_start_and_exit() {
+        let Ok(events) = ProcEvents::start() else {
+            return; // no proc connector here: nothing to test
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let _ = child.wait();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(c) = events.queue.recv_timeout(Duration::from_millis(100)) {
+                seen.push(c);
+                if c == ProcChange::Exited(pid) {
+                    break;
+                }
+            }
+        }
+        assert!(seen.contains(&ProcChange::Started(pid)), "{seen:?}");
+        assert!(seen.contains(&ProcChange::Exited(pid)), "{seen:?}");
+    }
 }

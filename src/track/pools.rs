@@ -3,9 +3,9 @@
 //! same after the service restarts. `FirstPid`/`StartTime` describe the oldest live member.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::collect::procinfo::{ProcessInfo, user_name};
+use crate::collect::procinfo::{ProcessInfo, parse_stat, user_name};
 use crate::records::identity::process_id;
 
 use super::sockets::PoolId;
@@ -94,9 +94,35 @@ impl PoolRegistry {
             has_tcp: false,
             reported: false,
         });
+        // Members that died without an exit event (no proc connector) leave now.
+        let proc_root = &self.proc_root;
+        pool.members
+            .retain(|(ticks, pid)| still_running(proc_root, *pid, *ticks));
+        // A pool that comes back to life (a restarted service) is reported again: its
+        // FirstPid and StartTime changed.
+        if pool.members.is_empty() {
+            tracing::trace!(pid = info.pid, pool = %id, "pool (re)appears");
+            pool.reported = false;
+        }
         pool.members.insert((info.start_ticks, info.pid));
         self.by_pid.insert(info.pid, (info.start_ticks, id.clone()));
         id
+    }
+
+    /// Drops members that are no longer running (checked against /proc, for hosts without
+    /// process events); called before inventory so FirstPid is a live process.
+    pub fn refresh_members(&mut self) {
+        let proc_root = &self.proc_root;
+        let by_pid = &mut self.by_pid;
+        for pool in self.pools.values_mut() {
+            pool.members.retain(|(ticks, pid)| {
+                let alive = still_running(proc_root, *pid, *ticks);
+                if !alive {
+                    by_pid.remove(pid);
+                }
+                alive
+            });
+        }
     }
 
     /// A process exited: it leaves its pool (the pool stays, for records already counted).
@@ -134,6 +160,19 @@ impl PoolRegistry {
         self.pools
             .retain(|id, p| !p.members.is_empty() || in_use(id));
     }
+}
+
+/// Whether `pid` is still the process that started at `ticks` (a zombie is not running).
+fn still_running(proc_root: &Path, pid: u32, ticks: u64) -> bool {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))
+        .ok()
+        .is_some_and(|s| {
+            let zombie = s
+                .rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X");
+            !zombie && parse_stat(&s).is_some_and(|(_, t)| t == ticks)
+        })
 }
 
 #[cfg(test)]

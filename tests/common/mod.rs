@@ -1,0 +1,346 @@
+//! Test harness: network namespaces, veth links, test peers and a depmap under test.
+//!
+//! Every namespace is created by the test and deleted (with every process in it) when its
+//! guard drops, also when the test fails. Traffic stays on loopback and the veth links
+//! between the test's own namespaces. Every wait is bounded and ends on a signal: a line
+//! printed by the peer, or a record printed by depmap.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEPMAP: &str = env!("CARGO_BIN_EXE_depmap");
+pub const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Network tests run one at a time: the machine has two cores and depmap polls every 200 ms.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace owned by the test.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!(
+            "dmt-{}-{}-{tag}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Links two namespaces with a veth pair and gives each end an address (/24).
+pub fn veth(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (va, vb) = (format!("dma{n}"), format!("dmb{n}"));
+    sh(&[
+        "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+        &b.name,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &a.name,
+        "addr",
+        "add",
+        &format!("{a_ip}/24"),
+        "dev",
+        &va,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &b.name,
+        "addr",
+        "add",
+        &format!("{b_ip}/24"),
+        "dev",
+        &vb,
+    ]);
+    sh(&["ip", "-n", &a.name, "link", "set", &va, "up"]);
+    sh(&["ip", "-n", &b.name, "link", "set", &vb, "up"]);
+}
+
+/// A child process whose stdout lines are collected by a reader thread.
+pub struct Proc {
+    pub child: Child,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next stdout line, waiting at most `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> String {
+        let l = self
+            .lines
+            .recv_timeout(timeout)
+            .unwrap_or_else(|_| panic!("no output within {timeout:?}; so far: {:?}", self.seen));
+        self.seen.push(l.clone());
+        l
+    }
+
+    pub fn json_line(&mut self, timeout: Duration) -> Value {
+        serde_json::from_str(&self.line(timeout)).expect("peer JSON")
+    }
+
+    /// Collects lines until `done(lines so far)` holds or `timeout` passes; returns whether it held.
+    pub fn until(&mut self, timeout: Duration, mut done: impl FnMut(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.seen) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if let Ok(l) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                self.seen.push(l);
+            }
+        }
+    }
+
+    /// SIGTERM, then the rest of stdout until the process exits (bounded), then its status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc_kill(self.child.id() as i32, 15);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Ok(l) = self.lines.try_recv() {
+                self.seen.push(l);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Drain what the reader thread still holds.
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(300)) {
+                    self.seen.push(l);
+                }
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A depmap `run` inside a namespace, writing NDJSON to stdout.
+pub struct Depmap {
+    pub proc: Proc,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "depmap-test-{}-{}-{tag}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Depmap {
+    /// Starts depmap with a 2 s window and 200 ms polls; returns once its first records
+    /// (the start-up inventory) are out, i.e. its baseline poll is done.
+    pub fn start(ns: &Netns) -> Depmap {
+        let dir = TempDir::new("cfg");
+        let cfg = dir.0.join("depmap.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[agent]\nstate_dir = \"{}\"\n[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\n[sink]\nkind = \"stdout\"\n",
+                dir.0.join("state").display()
+            ),
+        )
+        .expect("write config");
+        let mut cmd = ns.command(DEPMAP);
+        cmd.args(["run", "--config"]).arg(&cfg);
+        let mut proc = Proc::spawn(cmd);
+        let first = proc.line(Duration::from_secs(20));
+        assert!(first.contains("VMComputer"), "first record: {first}");
+        Depmap { proc, _dir: dir }
+    }
+
+    /// Waits (bounded) until the records so far satisfy `done`.
+    pub fn wait_for(&mut self, timeout: Duration, mut done: impl FnMut(&[Value]) -> bool) -> bool {
+        self.proc.until(timeout, |lines| done(&parse(lines)))
+    }
+
+    /// Stops depmap with SIGTERM and returns every record it wrote.
+    pub fn stop(mut self) -> Vec<Value> {
+        let status = self.proc.terminate(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "depmap exit: {status:?}"
+        );
+        parse(&self.proc.seen)
+    }
+}
+
+pub fn parse(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+pub fn of_type<'a>(records: &'a [Value], table: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["Type"] == table).collect()
+}
+
+/// Sums of VMConnection columns over all windows for the records matching `filter`.
+pub fn conn_sums(records: &[Value], filter: impl Fn(&Value) -> bool) -> HashMap<&'static str, i64> {
+    let mut sums = HashMap::new();
+    for r in of_type(records, "VMConnection")
+        .into_iter()
+        .filter(|r| filter(r))
+    {
+        for col in [
+            "LinksEstablished",
+            "LinksTerminated",
+            "BytesSent",
+            "BytesReceived",
+        ] {
+            *sums.entry(col).or_insert(0) += r[col].as_i64().unwrap_or(0);
+        }
+        *sums.entry("records").or_insert(0) += 1;
+    }
+    sums
+}
+
+/// A test server in a namespace; returns once it listens.
+pub fn server(ns: &Netns, host: &str, port: u16, prefork: u32) -> (Proc, Value) {
+    let mut cmd = ns.command("python3");
+    cmd.args([
+        PEER,
+        "serve",
+        "--host",
+        host,
+        "--port",
+        &port.to_string(),
+        "--prefork",
+        &prefork.to_string(),
+    ]);
+    let mut p = Proc::spawn(cmd);
+    let v = p.json_line(Duration::from_secs(20));
+    (p, v)
+}
+
+/// Runs a test client to completion (bounded) and returns its totals.
+pub fn client(ns: &Netns, args: &[&str]) -> Value {
+    let mut cmd = ns.command("python3");
+    cmd.arg(PEER).arg("client").args(args);
+    let mut p = Proc::spawn(cmd);
+    let v = p.json_line(Duration::from_secs(60));
+    let _ = p.child.wait();
+    v
+}
+
+pub type Shared<T> = Arc<Mutex<T>>;
+
+/// The test peers run under the machine's Python (`python3.11` here): the executable name.
+pub fn is_python(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| s.starts_with("python3"))
+}
