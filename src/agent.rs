@@ -260,7 +260,7 @@ impl Agent {
         if c.bytes_received == 0 {
             return false;
         }
-        match self.diag.lookup(s.local, s.remote, s.cookie) {
+        match self.diag.lookup(s) {
             Ok(Some(tw)) => tw.state != crate::collect::sockdiag::state::FIN_WAIT2,
             _ => true,
         }

@@ -151,7 +151,7 @@ fn fin_received(lookups: &mut SockDiag, s: &TcpSample) -> bool {
     if s.is_listener() || s.counters.is_none_or(|c| c.bytes_received == 0) {
         return false;
     }
-    match lookups.lookup(s.local, s.remote, s.cookie) {
+    match lookups.lookup(s) {
         Ok(Some(tw)) => tw.state != state::FIN_WAIT2,
         _ => true,
     }

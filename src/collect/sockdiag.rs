@@ -62,6 +62,8 @@ pub struct TcpCounters {
 pub struct TcpSample {
     /// Kernel socket cookie: the identity of a socket for its whole life.
     pub cookie: u64,
+    /// The socket's address family (an IPv6 socket may carry IPv4-mapped addresses).
+    pub family: Family,
     /// TCP state (see [`state`]); `CLOSE` in destroy notifications.
     pub state: u8,
     /// Local and remote endpoints; IPv4-mapped IPv6 addresses are shown as IPv4.
@@ -86,15 +88,6 @@ impl TcpSample {
 pub enum Family {
     V4,
     V6,
-}
-
-impl Family {
-    fn af(self) -> u8 {
-        match self {
-            Family::V4 => AF_INET,
-            Family::V6 => AF_INET6,
-        }
-    }
 }
 
 /// Counts of what a dump skipped, for the loss counters.
@@ -130,40 +123,55 @@ impl SockDiag {
         })
     }
 
-    /// Exact lookup of one socket by its endpoints and cookie (no dump; ≈4 µs whatever the
-    /// table size). Finds TIME_WAIT minisockets too, which keep their full socket's cookie and
-    /// report their sub-state (`FIN_WAIT2` or `TIME_WAIT`) as `state`.
-    pub fn lookup(
-        &mut self,
-        local: SocketAddr,
-        remote: SocketAddr,
-        cookie: u64,
-    ) -> io::Result<Option<TcpSample>> {
+    /// Sends one inet_diag request (a dump when `dump`, else an exact lookup).
+    fn request(&mut self, socket_id: SocketId, states: StateFlags, dump: bool) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let (family, mut socket_id) = match (local.ip(), remote.ip()) {
-            (IpAddr::V4(_), IpAddr::V4(_)) => (Family::V4, SocketId::new_v4()),
-            _ => (Family::V6, SocketId::new_v6()),
+        let family = match socket_id.source_address {
+            IpAddr::V4(_) => AF_INET,
+            IpAddr::V6(_) => AF_INET6,
         };
-        socket_id.source_port = local.port();
-        socket_id.destination_port = remote.port();
-        socket_id.source_address = local.ip();
-        socket_id.destination_address = remote.ip();
-        socket_id.cookie = cookie.to_ne_bytes();
         let request = InetRequest {
-            family: family.af(),
+            family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::INFO,
-            states: StateFlags::all(),
+            states,
             socket_id,
         };
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
+        header.flags = if dump {
+            NLM_F_REQUEST | NLM_F_DUMP
+        } else {
+            NLM_F_REQUEST
+        };
         header.sequence_number = self.seq;
         let mut packet = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
         packet.finalize();
         let mut out = vec![0u8; packet.header.length as usize];
         packet.serialize(&mut out[..]);
         self.socket.send(&out, 0)?;
+        Ok(())
+    }
+
+    /// Exact lookup of one socket by its endpoints and cookie (no dump; ≈4 µs whatever the
+    /// table size). Finds TIME_WAIT minisockets too, which keep their full socket's cookie and
+    /// report their sub-state (`FIN_WAIT2` or `TIME_WAIT`) as `state`.
+    pub fn lookup(&mut self, of: &TcpSample) -> io::Result<Option<TcpSample>> {
+        let (local, remote, cookie) = (of.local, of.remote, of.cookie);
+        let mut socket_id = match of.family {
+            Family::V4 => SocketId::new_v4(),
+            Family::V6 => SocketId::new_v6(),
+        };
+        socket_id.source_port = local.port();
+        socket_id.destination_port = remote.port();
+        if of.family == Family::V4 {
+            socket_id.source_address = local.ip();
+            socket_id.destination_address = remote.ip();
+        } else {
+            socket_id.source_address = IpAddr::V6(to_v6(local.ip()));
+            socket_id.destination_address = IpAddr::V6(to_v6(remote.ip()));
+        }
+        socket_id.cookie = cookie.to_ne_bytes();
+        self.request(socket_id, StateFlags::all(), false)?;
         let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
         let mut found = None;
         let mut stats = DumpStats::default();
@@ -181,27 +189,11 @@ impl SockDiag {
         family: Family,
         mut each: impl FnMut(TcpSample),
     ) -> io::Result<DumpStats> {
-        self.seq = self.seq.wrapping_add(1);
         let socket_id = match family {
             Family::V4 => SocketId::new_v4(),
             Family::V6 => SocketId::new_v6(),
         };
-        let request = InetRequest {
-            family: family.af(),
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
-            states: dumped_states(),
-            socket_id,
-        };
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
-        packet.finalize();
-        let mut out = vec![0u8; packet.header.length as usize];
-        packet.serialize(&mut out[..]);
-        self.socket.send(&out, 0)?;
-
+        self.request(socket_id, dumped_states(), true)?;
         let mut stats = DumpStats::default();
         loop {
             let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
@@ -228,6 +220,45 @@ impl SockDiag {
                 return Ok(stats);
             }
         }
+    }
+
+    /// The same dump without parsing: walks netlink headers only and returns
+    /// (messages, bytes). The kernel's own cost, for benchmarks.
+    pub fn dump_unparsed(&mut self, family: Family) -> io::Result<(u64, u64)> {
+        let socket_id = match family {
+            Family::V4 => SocketId::new_v4(),
+            Family::V6 => SocketId::new_v6(),
+        };
+        self.request(socket_id, dumped_states(), true)?;
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        loop {
+            let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            bytes += size as u64;
+            let mut off = 0;
+            while off + 16 <= size {
+                let b = &self.buf[off..];
+                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                let kind = u16::from_ne_bytes([b[4], b[5]]);
+                if len < 16 || kind == NLMSG_DONE || kind == NLMSG_ERROR {
+                    return Ok((messages, bytes));
+                }
+                messages += 1;
+                off += (len + 3) & !3;
+            }
+            if size == 0 {
+                return Ok((messages, bytes));
+            }
+        }
+    }
+}
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+fn to_v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
     }
 }
 
@@ -285,6 +316,11 @@ fn sample_from_response(r: &netlink_packet_sock_diag::inet::InetResponse) -> Tcp
     let id = &h.socket_id;
     TcpSample {
         cookie: u64::from_ne_bytes(id.cookie),
+        family: if h.family == AF_INET6 {
+            Family::V6
+        } else {
+            Family::V4
+        },
         state: h.state,
         local: SocketAddr::new(canonical_ip(id.source_address), id.source_port),
         remote: SocketAddr::new(canonical_ip(id.destination_address), id.destination_port),

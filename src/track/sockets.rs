@@ -315,6 +315,7 @@ mod tests {
     fn sample(cookie: u64, st: u8, acked: u64, sent: u64, recv: u64) -> TcpSample {
         TcpSample {
             cookie,
+            family: crate::collect::sockdiag::Family::V4,
             state: st,
             local: "10.0.0.1:40000".parse::<SocketAddr>().unwrap(),
             remote: "10.0.0.2:80".parse::<SocketAddr>().unwrap(),

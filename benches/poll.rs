@@ -1,0 +1,254 @@
+//! Poll-cost benchmark: depmap's poll against the bare kernel dump and `ss -tni`, on the same
+//! sockets, in the same run.
+//!
+//! Builds its own network namespace, fills it with `DEPMAP_BENCH_CONNS` loopback connections
+//! (default 10,000, i.e. twice as many established sockets) spread over farm processes (the
+//! machine caps open files at 20,000 per process), then measures, each as the median of
+//! `ROUNDS` runs:
+//! * kernel: the sock_diag dump (IPv4 + IPv6, tcp_info) read and walked without parsing;
+//! * parse: the same dump parsed into samples;
+//! * poll: `Agent::poll` (dump + parse + attribution + tracker update), warm cache;
+//! * `ss -tni` writing to /dev/null;
+//!
+//! and finally runs `depmap run` (1 s polls) for 30 s and reports its CPU and resident memory.
+//! Run with `cargo bench --bench poll` as root.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use depmap::agent::Agent;
+use depmap::collect::sockdiag::{Family, SockDiag};
+use depmap::config::Config;
+
+const ROUNDS: usize = 21;
+const PER_FARM: usize = 2_500;
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
+            let me = std::process::id().to_string();
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter(|p| *p != me)
+            {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut()>(mut f: F) -> Duration {
+    let mut runs = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        f();
+        runs.push(t.elapsed());
+    }
+    median(runs)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn status_kb(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (indices 11 and 12 after the state field).
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn main() {
+    let conns: usize = std::env::var("DEPMAP_BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let ns = Netns(format!("dmbench-{}", std::process::id()));
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // Farms: each holds PER_FARM connections (2 × PER_FARM sockets) to itself.
+    let farm = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/farm.py");
+    let mut farms: Vec<Child> = Vec::new();
+    let mut left = conns;
+    let mut port = 20_000;
+    while left > 0 {
+        let n = left.min(PER_FARM);
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "python3",
+                farm,
+                &port.to_string(),
+                &n.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("farm");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready"), "farm: {line}");
+        farms.push(child);
+        left -= n;
+        port += 1;
+    }
+
+    // Enter the namespace: every netlink socket opened from now on lives there.
+    let f = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();
+    // SAFETY: setns on a valid namespace fd for the calling (main) thread.
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+
+    let mut diag = SockDiag::open().unwrap();
+    let mut sockets = 0usize;
+    diag.dump(Family::V4, |_| sockets += 1).unwrap();
+    let kernel = time(|| {
+        diag.dump_unparsed(Family::V4).unwrap();
+        diag.dump_unparsed(Family::V6).unwrap();
+    });
+    let (_, bytes) = diag.dump_unparsed(Family::V4).unwrap();
+    let parse = time(|| {
+        let mut n = 0;
+        diag.dump(Family::V4, |_| n += 1).unwrap();
+        diag.dump(Family::V6, |_| n += 1).unwrap();
+    });
+    let rss_before = status_kb("self", "VmRSS:");
+    let mut agent = Agent::start(Config::default()).expect("agent");
+    let t = Instant::now();
+    agent.poll();
+    let cold = t.elapsed();
+    let poll = time(|| agent.poll());
+    let rss_after = status_kb("self", "VmRSS:");
+    let ss = time(|| {
+        let s = Command::new("ss")
+            .arg("-tni")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(s.success());
+    });
+    drop(agent);
+
+    // depmap run for 30 s at default settings (1 s polls), stdout sink to /dev/null.
+    let dir = std::env::temp_dir().join(format!("depmap-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("depmap.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\n[sink]\nkind = \"stdout\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_depmap"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = run.id();
+    std::thread::sleep(Duration::from_secs(5)); // start-up inventory and cold walk
+    let t0 = cpu_ticks(pid);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    let cpu = (cpu_ticks(pid) - t0) as f64 / 100.0 / start.elapsed().as_secs_f64();
+    let rss_run = status_kb(&pid.to_string(), "VmRSS:");
+    let hwm_run = status_kb(&pid.to_string(), "VmHWM:");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let _ = run.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    for mut f in farms {
+        drop(f.stdin.take());
+        let _ = f.wait();
+    }
+
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "connections: {conns}; sockets in the IPv4 dump: {sockets}; dump size: {bytes} bytes"
+    );
+    let _ = writeln!(
+        out,
+        "| measure (median of {ROUNDS}) | time | per socket | vs kernel | vs ss -tni |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (name, d) in [
+        ("kernel dump, unparsed (IPv4+IPv6)", kernel),
+        ("dump + parse", parse),
+        (
+            "depmap poll (dump + parse + attribution + tracker), warm",
+            poll,
+        ),
+        ("`ss -tni > /dev/null`", ss),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {:.2} µs | {:.2}× | {:.2}× |",
+            ms(d),
+            d.as_secs_f64() * 1e6 / sockets.max(1) as f64,
+            d.as_secs_f64() / kernel.as_secs_f64(),
+            d.as_secs_f64() / ss.as_secs_f64()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| depmap first poll (cold: full /proc fd walk) | {} | | | |",
+        ms(cold)
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "bench process RSS grew {} kB over the agent's start and polls",
+        rss_after.saturating_sub(rss_before)
+    );
+    let _ = writeln!(
+        out,
+        "`depmap run` (1 s polls, 60 s windows) over 30 s: CPU {:.2} % of one core, RSS {} kB (peak {} kB)",
+        cpu * 100.0,
+        rss_run,
+        hwm_run
+    );
+}
