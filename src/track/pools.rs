@@ -192,9 +192,27 @@ mod tests {
         }
     }
 
+    /// A fake /proc with a `stat` for each (pid, start ticks).
+    fn fake_proc(tag: &str, procs: &[(u32, u64)]) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("depmap-pools-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (pid, ticks) in procs {
+            let dir = root.join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let fields = vec!["0"; 18].join(" ");
+            std::fs::write(
+                dir.join("stat"),
+                format!("{pid} (srv) S {fields} {ticks} 0 0"),
+            )
+            .unwrap();
+        }
+        root
+    }
+
     #[test]
     fn workers_share_a_pool_and_the_id_survives_a_restart() {
-        let mut r = PoolRegistry::new("m-x".into(), "/proc".into());
+        let root = fake_proc("a", &[(100, 50), (101, 60), (200, 70)]);
+        let mut r = PoolRegistry::new("m-x".into(), root.clone());
         let parent = r.admit(info(100, 50, "srv --workers 2"));
         let child = r.admit(info(101, 60, "srv --workers 2"));
         let other = r.admit(info(200, 70, "srv --other"));
@@ -207,5 +225,27 @@ mod tests {
         // Restarted under a new pid: same pool id.
         let mut r2 = PoolRegistry::new("m-x".into(), "/proc".into());
         assert_eq!(r2.admit(info(999, 80, "srv --workers 2")), parent);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn a_pool_whose_members_died_unseen_is_reported_again_when_it_returns() {
+        let root = fake_proc("b", &[(100, 50)]);
+        let mut r = PoolRegistry::new("m-x".into(), root.clone());
+        let id = r.admit(info(100, 50, "srv"));
+        r.get_mut(&id).unwrap().reported = true;
+        // pid 100 exits without an exit event; a new process of the same pool appears.
+        std::fs::remove_dir_all(root.join("100")).unwrap();
+        std::fs::create_dir_all(root.join("300")).unwrap();
+        std::fs::write(
+            root.join("300/stat"),
+            format!("300 (srv) S {} 90 0 0", vec!["0"; 18].join(" ")),
+        )
+        .unwrap();
+        assert_eq!(r.admit(info(300, 90, "srv")), id);
+        let pool = r.get(&id).unwrap();
+        assert!(!pool.reported);
+        assert_eq!(pool.oldest(), Some((90, 300)));
+        let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -66,9 +66,17 @@ impl ConnStats {
     }
 }
 
-/// A dumped socket is forgotten after this many dumps without it and without a destroy
-/// notification (notifications lost to ENOBUFS); counted in `closed_without_final`.
+/// A dumped socket that is missing from this many dumps without a destroy notification is
+/// counted as terminated (`closed_without_final`). This happens when notifications are lost
+/// (ENOBUFS) and, legitimately, for a socket that TCP has closed while a process still holds
+/// its file (it leaves the kernel's tables; its notification comes when the file is closed).
 pub const MISSING_DUMPS_BEFORE_CLOSE: u32 = 5;
+
+/// How long (in dumps) a socket terminated without its final counters waits for a late
+/// destroy notification, whose bytes are then still counted; and how many such sockets are
+/// kept at most.
+pub const LATE_FINAL_DUMPS: u64 = 3600;
+pub const LATE_FINAL_MAX: usize = 65_536;
 
 /// Payload bytes sent and received, from counters that also count SYN and FIN.
 ///
@@ -113,8 +121,9 @@ struct Tracked {
 pub struct TrackerStats {
     /// Sockets that vanished from dumps without a destroy notification.
     pub closed_without_final: u64,
-    /// Destroy notifications for sockets already finalised (ignored).
-    pub duplicate_finals: u64,
+    /// Destroy notifications that arrived after their socket was counted as terminated; their
+    /// remaining bytes were still counted.
+    pub late_finals: u64,
     /// Sockets reported without `tcp_info` (bytes not counted).
     pub without_counters: u64,
 }
@@ -122,8 +131,9 @@ pub struct TrackerStats {
 #[derive(Debug, Default)]
 pub struct SocketTracker {
     sockets: HashMap<u64, Tracked>,
-    /// Cookies finalised recently, with the dump generation, to ignore late duplicates.
-    closed: HashMap<u64, u64>,
+    /// Sockets counted as terminated without their final counters, awaiting a late destroy
+    /// notification, with the dump generation they were terminated in.
+    awaiting_final: HashMap<u64, (Tracked, u64)>,
     generation: u64,
     baseline_done: bool,
     window: HashMap<ConnKey, ConnStats>,
@@ -137,7 +147,7 @@ impl SocketTracker {
 
     /// Whether a cookie is already tracked (its key need not be computed again).
     pub fn knows(&self, cookie: u64) -> bool {
-        self.sockets.contains_key(&cookie)
+        self.sockets.contains_key(&cookie) || self.awaiting_final.contains_key(&cookie)
     }
 
     /// Number of tracked connections.
@@ -154,6 +164,10 @@ impl SocketTracker {
         let generation = self.generation;
         let baseline = !self.baseline_done;
         let established_now = is_established(s.state);
+        // Missing from a few dumps (e.g. a failed dump) but not closed after all.
+        if let Some((t, _)) = self.awaiting_final.remove(&s.cookie) {
+            self.sockets.insert(s.cookie, t);
+        }
         let tracked = self.sockets.entry(s.cookie).or_insert_with(|| {
             let key = key();
             let syn_acked = u64::from(key.direction == Direction::Outbound);
@@ -201,18 +215,29 @@ impl SocketTracker {
         for cookie in lost {
             if let Some(t) = self.sockets.remove(&cookie) {
                 self.stats.closed_without_final += 1;
-                let stats = self.window.entry(t.key).or_default();
+                let stats = self.window.entry(t.key.clone()).or_default();
                 if t.established {
                     stats.links_terminated += 1;
                 } else {
                     stats.links_failed += 1;
                 }
-                self.closed.insert(cookie, generation);
+                self.awaiting_final.insert(cookie, (t, generation));
             }
         }
-        // Forget finalised cookies after a while; cookies are never reused within a boot.
-        self.closed
-            .retain(|_, g| generation.saturating_sub(*g) < 3600);
+        self.awaiting_final
+            .retain(|_, (_, g)| generation.saturating_sub(*g) < LATE_FINAL_DUMPS);
+        if self.awaiting_final.len() > LATE_FINAL_MAX {
+            let mut by_age: Vec<(u64, u64)> = self
+                .awaiting_final
+                .iter()
+                .map(|(c, (_, g))| (*g, *c))
+                .collect();
+            by_age.sort_unstable();
+            let excess = self.awaiting_final.len() - LATE_FINAL_MAX;
+            for (_, cookie) in by_age.into_iter().take(excess) {
+                self.awaiting_final.remove(&cookie);
+            }
+        }
         self.generation += 1;
         self.baseline_done = true;
     }
@@ -238,10 +263,17 @@ impl SocketTracker {
     }
 
     /// A destroy notification with a socket's final counters. For a socket never seen in a
-    /// dump, `key` is computed, and `inbound` tells whether it was accepted on a listener.
+    /// dump, `key` is computed.
     pub fn closed(&mut self, s: &TcpSample, fin_received: bool, key: impl FnOnce() -> ConnKey) {
-        if self.closed.contains_key(&s.cookie) {
-            self.stats.duplicate_finals += 1;
+        if let Some((t, _)) = self.awaiting_final.remove(&s.cookie) {
+            // Already counted as terminated; only its last bytes are new.
+            self.stats.late_finals += 1;
+            if let Some(c) = &s.counters {
+                let (sent, received) = payload(c, t.syn_acked, fin_received);
+                let stats = self.window.entry(t.key).or_default();
+                stats.bytes_sent += sent.saturating_sub(t.sent);
+                stats.bytes_received += received.saturating_sub(t.received);
+            }
             return;
         }
         let generation = self.generation;
@@ -260,7 +292,6 @@ impl SocketTracker {
                 }
             }
         };
-        self.closed.insert(s.cookie, generation);
         let stats = self.window.entry(tracked.key.clone()).or_default();
         let (sent, received) = s
             .counters
@@ -437,12 +468,6 @@ mod tests {
             true,
             || unreachable!(),
         );
-        // A late duplicate is ignored.
-        t.closed(
-            &sample(7, state::CLOSE, 72, 70, 81),
-            true,
-            || unreachable!(),
-        );
         poll(&mut t, &[], Direction::Outbound);
         let w2 = t.close_window()[&key(Direction::Outbound)];
         assert_eq!(
@@ -451,7 +476,6 @@ mod tests {
         );
         assert_eq!(w1.bytes_sent + w2.bytes_sent, 70);
         assert_eq!(w1.bytes_received + w2.bytes_received, 80);
-        assert_eq!(t.stats.duplicate_finals, 1);
         assert!(t.is_empty());
     }
 
@@ -496,6 +520,18 @@ mod tests {
         let s = t.close_window()[&key(Direction::Outbound)];
         assert_eq!((s.links_terminated, s.links_live), (1, 0));
         assert_eq!(t.stats.closed_without_final, 1);
+        // Its destroy notification arrives late (the process held the file): the last bytes
+        // still count, the link is not terminated twice.
+        assert!(t.knows(3));
+        t.closed(&sample(3, state::CLOSE, 41, 40, 9), true, || unreachable!());
+        poll(&mut t, &[], Direction::Outbound);
+        let s = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!(
+            (s.links_terminated, s.bytes_sent, s.bytes_received),
+            (0, 40, 8)
+        );
+        assert_eq!(t.stats.late_finals, 1);
+        assert!(!t.knows(3));
     }
 
     #[test]
