@@ -82,13 +82,12 @@ impl Agent {
         if let Err(e) = &sock_diag {
             return Err(format!("cannot read the kernel's TCP sockets: {e}"));
         }
-        let sock_diag_v6 = if config.collect.ipv6 {
-            diag.dump(Family::V6, |_| {})
-                .map(|_| ())
-                .map_err(|e| format!("IPv6 dump failed: {e}"))
-        } else {
-            Err("disabled by collect.ipv6 = false".into())
-        };
+        // IPv6 sockets are dumped even with `ipv6 = false`: a dual-stack (`::`) socket carries
+        // IPv4 traffic too. The setting only drops connections with real IPv6 addresses.
+        let sock_diag_v6 = diag
+            .dump(Family::V6, |_| {})
+            .map(|_| ())
+            .map_err(|e| format!("IPv6 dump failed: {e}"));
         let (destroys, destroy_events) = match DestroyListener::start(sock_diag_v6.is_ok()) {
             Ok(d) => (Some(d), Ok(())),
             Err(e) => (
@@ -166,10 +165,20 @@ impl Agent {
             }
         }
         self.dump();
+        // Inodes whose holders matter: listeners, new sockets, and tracked sockets no process
+        // was found for yet.
         let wanted: HashSet<u32> = self
             .samples
             .iter()
-            .filter(|s| s.inode != 0 && (s.is_listener() || !self.tracker.knows(s.cookie)))
+            .filter(|s| {
+                s.inode != 0
+                    && (s.is_listener()
+                        || !self.tracker.knows(s.cookie)
+                        || self
+                            .tracker
+                            .key_of(s.cookie)
+                            .is_some_and(|k| k.process.is_none()))
+            })
             .map(|s| s.inode)
             .collect();
         if wanted.is_empty() {
@@ -195,6 +204,15 @@ impl Agent {
                 None => self.fin_received_at_close(s),
             };
             if self.tracker.knows(s.cookie) {
+                if s.inode != 0
+                    && self
+                        .tracker
+                        .key_of(s.cookie)
+                        .is_some_and(|k| k.process.is_none())
+                    && let Some(pool) = self.pools_holding(s.inode).into_iter().next()
+                {
+                    self.tracker.attribute(s.cookie, pool);
+                }
                 self.tracker.observe(s, fin, || unreachable_key(s));
             } else {
                 let key = self.key_for(s);
@@ -217,8 +235,14 @@ impl Agent {
         if self.capabilities.sock_diag_v6.is_ok() {
             families.push(Family::V6);
         }
+        let ipv6 = self.config.collect.ipv6;
         for family in families {
-            match self.diag.dump(family, |s| samples.push(s)) {
+            let keep = |s: &TcpSample| ipv6 || s.is_listener() || !s.remote.is_ipv6();
+            match self.diag.dump(family, |s| {
+                if keep(&s) {
+                    samples.push(s)
+                }
+            }) {
                 Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
                 Err(e) => {
                     self.counters.dump_errors += 1;
@@ -240,7 +264,11 @@ impl Agent {
             );
             self.reported_overruns = overruns;
         }
-        for f in finals.iter().filter(|f| !f.sample.is_listener()) {
+        let ipv6 = self.config.collect.ipv6;
+        for f in finals
+            .iter()
+            .filter(|f| !f.sample.is_listener() && (ipv6 || !f.sample.remote.is_ipv6()))
+        {
             let s = &f.sample;
             if self.tracker.knows(s.cookie) {
                 self.tracker

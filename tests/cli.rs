@@ -66,7 +66,13 @@ fn a_bad_config_is_one_line_naming_the_key_and_exit_2() {
 fn once_reports_capabilities_then_one_window_as_ndjson() {
     let _serial = serial();
     let ns = Netns::new("once");
-    let (_srv, _) = server(&ns, "127.0.0.1", 6060, 0);
+    // The distribution's Python where there is one, so ProductName can be checked.
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let (_srv, _) = server_with(&ns, python, "127.0.0.1", 6060, 0);
     let out = ns
         .command(DEPMAP)
         .args(["once", "--duration", "1s", "--format", "ndjson"])
@@ -95,6 +101,25 @@ fn once_reports_capabilities_then_one_window_as_ndjson() {
         .find(|p| p["Process"] == port["Process"])
         .expect("process");
     assert!(is_python(&proc_rec["ExecutableName"]), "{}", proc_rec);
+    // ProductName/ProductVersion: the package owning the executable, as dpkg says.
+    let exe = proc_rec["ExecutablePath"].as_str().unwrap();
+    if let Ok(out) = Command::new("dpkg-query").args(["-S", exe]).output()
+        && out.status.success()
+    {
+        let owner = String::from_utf8_lossy(&out.stdout);
+        let package = owner.split(':').next().unwrap().trim().to_string();
+        let version = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", &package])
+            .output()
+            .unwrap();
+        assert_eq!(proc_rec["ProductName"], package.as_str(), "{proc_rec}");
+        assert_eq!(
+            proc_rec["ProductVersion"],
+            String::from_utf8_lossy(&version.stdout).trim(),
+            "{proc_rec}"
+        );
+        assert_eq!(proc_rec["Group"], package.as_str());
+    }
     // Table format for people, filtered to one table.
     let out = ns
         .command(DEPMAP)

@@ -139,6 +139,14 @@ fn loopback_and_veth_connections_on_both_ends_exact_bytes_across_windows() {
         .into_iter()
         .filter(|r| is(r, "inbound", "10.77.0.2", "10.77.0.1", 8080))
         .collect();
+    // One record per logical connection per window.
+    let mut per_window: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &inbound {
+        *per_window
+            .entry(r["TimeGenerated"].as_str().unwrap())
+            .or_default() += 1;
+    }
+    assert!(per_window.values().all(|n| *n == 1), "{per_window:?}");
     let live_windows: BTreeSet<&str> = inbound
         .iter()
         .filter(|r| r["LinksLive"] == 1)
@@ -247,6 +255,11 @@ fn hundred_short_connections_and_a_specific_bind() {
         ],
     );
     assert_eq!(totals["conns"], 100);
+    let longest = totals["max_ms"].as_f64().unwrap();
+    assert!(
+        longest < 50.0,
+        "each connection must live < 50 ms; the longest lived {longest} ms"
+    );
     assert!(dm.wait_for(Duration::from_secs(15), |r| {
         conn_sums(r, |r| {
             r["Direction"] == "inbound" && r["DestinationPort"] == 9090

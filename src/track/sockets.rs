@@ -257,6 +257,16 @@ impl SocketTracker {
             .collect()
     }
 
+    /// Credits a socket first seen without a known process to `process` from now on; what it
+    /// did before stays with the unattributed key.
+    pub fn attribute(&mut self, cookie: u64, process: PoolId) {
+        if let Some(t) = self.sockets.get_mut(&cookie)
+            && t.key.process.is_none()
+        {
+            t.key.process = Some(process);
+        }
+    }
+
     /// The tracked key of a cookie, if any.
     pub fn key_of(&self, cookie: u64) -> Option<&ConnKey> {
         self.sockets.get(&cookie).map(|t| &t.key)
@@ -532,6 +542,31 @@ mod tests {
         );
         assert_eq!(t.stats.late_finals, 1);
         assert!(!t.knows(3));
+    }
+
+    #[test]
+    fn a_socket_attributed_later_moves_to_its_process_from_then_on() {
+        let mut t = SocketTracker::new();
+        poll(&mut t, &[], Direction::Outbound);
+        let unknown = ConnKey {
+            process: None,
+            ..key(Direction::Outbound)
+        };
+        t.observe(&sample(5, state::ESTABLISHED, 11, 10, 0), false, || {
+            unknown.clone()
+        });
+        t.end_dump();
+        t.attribute(5, "p-1".into());
+        t.observe(
+            &sample(5, state::ESTABLISHED, 31, 30, 0),
+            false,
+            || unreachable!(),
+        );
+        t.end_dump();
+        let w = t.close_window();
+        assert_eq!(w[&unknown].bytes_sent, 10);
+        assert_eq!(w[&key(Direction::Outbound)].bytes_sent, 20);
+        assert_eq!(w[&key(Direction::Outbound)].links_live, 1);
     }
 
     #[test]

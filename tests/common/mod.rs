@@ -312,7 +312,12 @@ pub fn conn_sums(records: &[Value], filter: impl Fn(&Value) -> bool) -> HashMap<
 
 /// A test server in a namespace; returns once it listens.
 pub fn server(ns: &Netns, host: &str, port: u16, prefork: u32) -> (Proc, Value) {
-    let mut cmd = ns.command("python3");
+    server_with(ns, "python3", host, port, prefork)
+}
+
+/// A test server run by a given Python interpreter.
+pub fn server_with(ns: &Netns, python: &str, host: &str, port: u16, prefork: u32) -> (Proc, Value) {
+    let mut cmd = ns.command(python);
     cmd.args([
         PEER,
         "serve",

@@ -91,6 +91,7 @@ def one_connection(args, totals, lock):
     s = socket.socket(family, socket.SOCK_STREAM)
     if args.source:
         s.bind((args.source, 0))
+    began = time.monotonic()
     s.connect((args.host, args.port))
     sent = received = 0
     for i in range(args.exchanges):
@@ -106,14 +107,16 @@ def one_connection(args, totals, lock):
     if args.hold_ms:
         time.sleep(args.hold_ms / 1000.0)
     s.close()
+    lived_ms = (time.monotonic() - began) * 1000.0
     with lock:
         totals["sent"] += sent
         totals["received"] += received
         totals["conns"] += 1
+        totals["max_ms"] = max(totals["max_ms"], lived_ms)
 
 
 def client(args):
-    totals = {"sent": 0, "received": 0, "conns": 0, "pid": os.getpid()}
+    totals = {"sent": 0, "received": 0, "conns": 0, "max_ms": 0.0, "pid": os.getpid()}
     lock = threading.Lock()
     if args.concurrent:
         threads = [threading.Thread(target=one_connection, args=(args, totals, lock)) for _ in range(args.conns)]
