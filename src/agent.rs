@@ -6,11 +6,10 @@
 //! are produced at start, every `inventory_interval`, and when a new process pool appears.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::collect::destroy::{DestroyListener, Final};
 use crate::collect::host::HostFacts;
@@ -554,41 +553,80 @@ fn proc_fd_readable(proc_root: &std::path::Path) -> (usize, usize) {
     (readable, total)
 }
 
+/// Hands batches to the sink. A failed write is logged (once a minute at most) and counted,
+/// and the agent keeps collecting: a full disk or a dead collector must not stop the agent.
+struct Delivery<'a> {
+    sink: &'a mut dyn Sink,
+    failed_batches: u64,
+    failed_records: u64,
+    last_log: Option<Instant>,
+}
+
+impl Delivery<'_> {
+    fn send(&mut self, batch: Vec<Record>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.sink.write(&batch) {
+            self.failed_batches += 1;
+            self.failed_records += batch.len() as u64;
+            if self
+                .last_log
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                tracing::error!(
+                    error = %e,
+                    failed_batches = self.failed_batches,
+                    failed_records = self.failed_records,
+                    "the sink refused a batch; its records are lost"
+                );
+                self.last_log = Some(Instant::now());
+            }
+        }
+    }
+}
+
 /// Runs windows forever until `stop` fires (or its sender is dropped), then flushes the
 /// current window. This is the whole daemon loop.
-pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>) -> io::Result<()> {
+pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>) {
     let collect = agent.config.collect.clone();
+    let mut out = Delivery {
+        sink,
+        failed_batches: 0,
+        failed_records: 0,
+        last_log: None,
+    };
     agent.poll();
     let now = SystemTime::now();
-    sink.write(&agent.inventory(now))?;
-    let mut window_begin = window_start(now, collect.window);
-    let mut window_end = window_begin + collect.window;
+    out.send(agent.inventory(now));
+    let mut window = window_start(now, collect.window);
     let mut next_inventory = now + collect.inventory_interval;
     tracing::info!(window = ?collect.window, poll = ?collect.socket_poll, "depmap running");
     loop {
+        // Sleep to the next poll tick (multiples of socket_poll since the epoch), or stop.
         let now = SystemTime::now();
-        let tick = next_tick(now, collect.socket_poll);
-        let wait = tick.duration_since(now).unwrap_or_default();
+        let wait = next_tick(now, collect.socket_poll)
+            .duration_since(now)
+            .unwrap_or_default();
         let stopping = !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
+        if stopping {
+            // Let the notifications of sockets closed just before the signal arrive.
+            std::thread::sleep(Duration::from_millis(50));
+        }
         agent.poll();
         let now = SystemTime::now();
-        let fresh = agent.new_process_records(now);
-        if !fresh.is_empty() {
-            sink.write(&fresh)?;
+        out.send(agent.new_process_records(now));
+        // A window closes at its end, at shutdown, and when the clock stepped backwards.
+        if stopping || now >= window + collect.window || now < window {
+            out.send(agent.close_window(window));
+            window = window_start(now, collect.window);
         }
         if stopping {
-            sink.write(&agent.close_window(window_begin))?;
             tracing::info!(summary = %agent.loss_summary(), "stopped; current window flushed");
-            return Ok(());
+            return;
         }
-        if now >= window_end {
-            sink.write(&agent.close_window(window_begin))?;
-            tracing::debug!(summary = %agent.loss_summary(), "window closed");
-            window_begin = window_start(now, collect.window);
-            window_end = window_begin + collect.window;
-        }
-        if now >= next_inventory {
-            sink.write(&agent.inventory(now))?;
+        if now >= next_inventory || now + collect.inventory_interval < next_inventory {
+            out.send(agent.inventory(now));
             next_inventory = now + collect.inventory_interval;
         }
     }

@@ -119,19 +119,21 @@ fn run(config: Config) -> ExitCode {
         Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };
     let result = runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Handlers first: a signal that arrives while the first poll runs must flush, not kill.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let poller =
+        let mut poller =
             tokio::task::spawn_blocking(move || run_loop(&mut agent, sink.as_mut(), &stop_rx));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut poller = poller;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
-            done = &mut poller => return done.map_err(std::io::Error::other)?,
+            done = &mut poller => return done.map_err(std::io::Error::other),
         }
         tracing::info!("signal received; flushing the current window");
         let _ = stop_tx.send(());
-        poller.await.map_err(std::io::Error::other)?
+        poller.await.map_err(std::io::Error::other)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
