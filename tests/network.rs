@@ -499,15 +499,10 @@ fn file_sink_writes_every_table_and_flushes_the_last_window_on_sigterm() {
     let _serial = serial();
     let a = Netns::new("file");
     let dir = TempDir::new("files");
-    let cfg = dir.0.join("depmap.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nstate_dir = \"{}\"\n[collect]\nwindow = \"60s\"\nsocket_poll = \"200ms\"\n",
-            dir.0.join("state").display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_file(
+        &dir,
+        "[collect]\nwindow = \"60s\"\nsocket_poll = \"200ms\"\n",
+    );
     let records_dir = dir.0.join("state").join("records");
     let mut cmd = a.command(DEPMAP);
     cmd.args(["run", "--config"]).arg(&cfg);

@@ -241,20 +241,26 @@ impl Drop for TempDir {
     }
 }
 
+/// Writes `<dir>/depmap.toml` with `state_dir = <dir>/state` followed by `rest`.
+pub fn config_file(dir: &TempDir, rest: &str) -> PathBuf {
+    let cfg = dir.0.join("depmap.toml");
+    let text = format!(
+        "[agent]\nstate_dir = \"{}\"\n{rest}",
+        dir.0.join("state").display()
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    cfg
+}
+
 impl Depmap {
     /// Starts depmap with a 2 s window and 200 ms polls; returns once its first records
     /// (the start-up inventory) are out, i.e. its baseline poll is done.
     pub fn start(ns: &Netns) -> Depmap {
         let dir = TempDir::new("cfg");
-        let cfg = dir.0.join("depmap.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[agent]\nstate_dir = \"{}\"\n[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\n[sink]\nkind = \"stdout\"\n",
-                dir.0.join("state").display()
-            ),
-        )
-        .expect("write config");
+        let cfg = config_file(
+            &dir,
+            "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\n[sink]\nkind = \"stdout\"\n",
+        );
         let mut cmd = ns.command(DEPMAP);
         cmd.args(["run", "--config"]).arg(&cfg);
         let mut proc = Proc::spawn(cmd);
