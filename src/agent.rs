@@ -5,7 +5,8 @@
 //! boundary the tracker's sums become VMConnection and VMBoundPort records; inventory records
 //! are produced at start, every `inventory_interval`, and when a new process pool appears.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -60,6 +61,8 @@ pub struct Agent {
     /// Listeners of the latest dump, and of every dump of the current window.
     listeners: Listeners,
     window_listeners: Listeners,
+    /// Per listening address, the pool last seen holding a socket accepted on it.
+    acceptors: HashMap<SocketAddr, PoolId>,
     packages: PackageDb,
     clock: Clock,
     samples: Vec<TcpSample>,
@@ -132,6 +135,7 @@ impl Agent {
             tracker: SocketTracker::new(),
             listeners: Listeners::default(),
             window_listeners: Listeners::default(),
+            acceptors: HashMap::new(),
             packages: PackageDb::new(),
             samples: Vec::new(),
             counters: AgentCounters::default(),
@@ -163,10 +167,11 @@ impl Agent {
                 }
             }
         }
-        self.dump();
-        // Inodes whose holders matter: listeners, new sockets, and tracked sockets no process
-        // was found for yet.
-        let wanted: HashSet<u32> = self
+        let baseline_poll = !self.tracker.baseline_done();
+        let complete = self.dump();
+        // Inodes whose holders matter (with the socket's uid, to narrow the search):
+        // listeners, new sockets, and tracked sockets no process was found for yet.
+        let wanted: HashMap<u32, u32> = self
             .samples
             .iter()
             .filter(|s| {
@@ -178,7 +183,7 @@ impl Agent {
                             .key_of(s.cookie)
                             .is_some_and(|k| k.process.is_none()))
             })
-            .map(|s| s.inode)
+            .map(|s| (s.inode, s.uid))
             .collect();
         if wanted.is_empty() {
             hints.clear();
@@ -186,6 +191,9 @@ impl Agent {
         self.owners.resolve(&wanted, &hints, Instant::now());
         for pid in self.owners.take_exited() {
             self.pools.exited(pid);
+        }
+        for (pid, ticks) in self.owners.take_rescanned() {
+            self.pools.verify(pid, ticks);
         }
 
         self.listeners = Listeners::default();
@@ -210,6 +218,7 @@ impl Agent {
                         .is_some_and(|k| k.process.is_none())
                     && let Some(pool) = self.pools_holding(s.inode).into_iter().next()
                 {
+                    self.remember_acceptor(s, &pool);
                     self.tracker.attribute(s.cookie, pool);
                 }
                 self.tracker.observe(s, fin, || unreachable_key(s));
@@ -220,14 +229,16 @@ impl Agent {
         }
         self.counters.sockets_last_poll = samples.len() as u64;
         self.samples = samples;
-        self.tracker.end_dump();
-        self.apply_destroys();
+        self.tracker.end_dump(complete);
+        self.apply_destroys(baseline_poll);
         self.window_listeners.merge(&self.listeners);
         self.counters.polls += 1;
         self.counters.last_poll_micros = started.elapsed().as_micros() as u64;
     }
 
-    fn dump(&mut self) {
+    /// Dumps both families into `self.samples`; false when part of the dump failed.
+    fn dump(&mut self) -> bool {
+        let mut complete = true;
         let mut samples = std::mem::take(&mut self.samples);
         samples.clear();
         let mut families = vec![Family::V4];
@@ -244,15 +255,20 @@ impl Agent {
             }) {
                 Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
                 Err(e) => {
+                    complete = false;
                     self.counters.dump_errors += 1;
                     tracing::warn!(error = %e, ?family, "sock_diag dump failed; this poll is partial");
                 }
             }
         }
         self.samples = samples;
+        complete
     }
 
-    fn apply_destroys(&mut self) {
+    /// Applies the queued destroy notifications. In the baseline poll, notifications of
+    /// sockets the baseline dump did not hold are of sockets older than depmap that closed
+    /// while it started: their bytes and their establishment are not in any window.
+    fn apply_destroys(&mut self, baseline_poll: bool) {
         let Some(d) = &self.destroys else { return };
         let finals: Vec<Final> = d.queue.try_iter().collect();
         let overruns = d.counters.overruns.load(Ordering::Relaxed);
@@ -272,7 +288,7 @@ impl Agent {
             if self.tracker.knows(s.cookie) {
                 self.tracker
                     .closed(s, f.fin_received, || unreachable_key(s));
-            } else {
+            } else if !baseline_poll {
                 let key = self.key_for(s);
                 self.tracker.closed(s, f.fin_received, || key);
             }
@@ -306,17 +322,27 @@ impl Agent {
             Direction::Outbound
         };
         let held_by = if s.inode != 0 {
-            self.pools_holding(s.inode)
+            self.pools_holding(s.inode).into_iter().next()
         } else {
-            Vec::new()
+            None
         };
-        // A socket no readable process holds any more (closed before we saw it) is credited to
-        // the listener's holder when it was accepted: accept() hands sockets only to holders
-        // of the listening socket. An outbound one stays unattributed.
-        let process = held_by
-            .into_iter()
-            .next()
-            .or_else(|| listener.and_then(|l| l.owners.first().cloned()));
+        if let Some(pool) = &held_by {
+            self.remember_acceptor(s, pool);
+        }
+        // A socket that had left its file before we saw it (inode 0: closed between two polls,
+        // or orphaned) cannot be looked up. An accepted one is credited to the pool that
+        // accepted on its listener before, else to the listener's holder when only one pool
+        // holds it: accept() hands sockets only to holders of the listening socket. Otherwise
+        // (and always for outbound sockets) it stays unattributed. A socket whose holder is
+        // merely not known yet stays unattributed until it is found (`attribute`).
+        let process = held_by.or_else(|| {
+            let l = listener.filter(|_| s.inode == 0)?;
+            self.acceptors
+                .get(&l.addr)
+                .filter(|p| l.owners.contains(p))
+                .cloned()
+                .or_else(|| (l.owners.len() == 1).then(|| l.owners[0].clone()))
+        });
         let (source_ip, destination) = match direction {
             Direction::Inbound => (s.remote.ip(), s.local),
             Direction::Outbound => (s.local.ip(), s.remote),
@@ -327,6 +353,15 @@ impl Agent {
             source_ip,
             destination_ip: destination.ip(),
             destination_port: destination.port(),
+        }
+    }
+
+    /// Remembers which pool holds sockets accepted on the listener of `s` (if it is inbound).
+    fn remember_acceptor(&mut self, s: &TcpSample, pool: &PoolId) {
+        if let Some(l) = self.listeners.accepting(s.local)
+            && l.owners.contains(pool)
+        {
+            self.acceptors.insert(l.addr, pool.clone());
         }
     }
 

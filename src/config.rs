@@ -153,20 +153,20 @@ impl Config {
 
     /// Parses and validates TOML text; the error names the key.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let de = toml::Deserializer::parse(text).map_err(|e| one_line(e.message()))?;
+        let line_of = |span: Option<std::ops::Range<usize>>| {
+            span.map(|s| {
+                let upto = text.get(..s.start.min(text.len())).unwrap_or(text);
+                format!("line {}: ", upto.matches('\n').count() + 1)
+            })
+            .unwrap_or_default()
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| format!("{}{}", line_of(e.span()), one_line(e.message())))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let msg = one_line(inner.message());
-            let line = inner
-                .span()
-                .map(|s| {
-                    format!(
-                        "line {}: ",
-                        text[..s.start.min(text.len())].lines().count().max(1)
-                    )
-                })
-                .unwrap_or_default();
+            let line = line_of(inner.span());
             if key == "." || key.is_empty() {
                 format!("{line}{msg}")
             } else {
@@ -179,6 +179,26 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         let c = &self.collect;
+        for (key, value, max) in [
+            ("collect.window", c.window, Duration::from_secs(86_400)),
+            (
+                "collect.socket_poll",
+                c.socket_poll,
+                Duration::from_secs(3_600),
+            ),
+            (
+                "collect.inventory_interval",
+                c.inventory_interval,
+                Duration::from_secs(7 * 86_400),
+            ),
+        ] {
+            if value > max {
+                return Err(format!(
+                    "key `{key}`: at most {}",
+                    humantime::format_duration(max)
+                ));
+            }
+        }
         if c.socket_poll < Duration::from_millis(100) {
             return Err("key `collect.socket_poll`: must be at least 100ms".into());
         }
@@ -263,8 +283,10 @@ mod tests {
             e.contains("collect.window") && e.contains("multiple"),
             "{e}"
         );
-        let e = Config::parse("[collect\n").unwrap_err();
-        assert!(!e.contains('\n'), "{e}");
+        let e = Config::parse("\n[collect\n").unwrap_err();
+        assert!(!e.contains('\n') && e.contains("line 2"), "{e}");
+        let e = Config::parse("[collect]\ninventory_interval = \"300000000000y\"\n").unwrap_err();
+        assert!(e.contains("collect.inventory_interval"), "{e}");
         assert!(
             !Config::parse("[agent]\ncomputer = 3\n")
                 .unwrap_err()

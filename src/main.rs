@@ -1,6 +1,7 @@
 //! `depmap` binary: parses the command line and runs one of the commands.
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,12 +25,12 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Version => {
-            println!("depmap {}", env!("CARGO_PKG_VERSION"));
+            let _ = writeln!(std::io::stdout(), "depmap {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
-                print!("{}", c.to_toml());
+                let _ = write!(std::io::stdout(), "{}", c.to_toml());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(2, &e.to_string()),
@@ -63,10 +64,15 @@ fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -
         Err(e) => return fail(1, &e),
     };
     let caps = report::capabilities(&agent.capabilities);
+    // Writes ignore a closed pipe (`depmap once | head`): nothing is left to tell anyone.
+    let mut stdout = std::io::stdout().lock();
     match format {
-        Format::Table => println!("{caps}"),
+        Format::Table => {
+            let _ = writeln!(stdout, "{caps}");
+        }
         Format::Ndjson => eprint!("{caps}"),
     }
+    let _ = stdout.flush();
     agent.poll();
     let start = SystemTime::now();
     let began = Instant::now();

@@ -7,17 +7,22 @@
 //! 2. the pids the proc connector reported (fork/exec) since the last poll;
 //! 3. pids that are new or whose fd count changed (`stat(/proc/<pid>/fd).st_size` is the number
 //!    of open fds on Linux ≥ 6.2; 2.4 ms for 1,000 processes);
-//! 4. inodes still unknown after that are remembered for [`RETRY_UNRESOLVED`] so that an
+//! 4. for inodes still unknown, every process of the socket's uid (sock_diag reports it): a
+//!    process that closed one socket and opened another between two walks keeps its fd count;
+//! 5. inodes still unknown after that are remembered for [`RETRY_UNRESOLVED`] so that an
 //!    inode we cannot see (another user namespace, hidepid) does not trigger a walk each poll.
 //!
 //! An inode is only ever mapped to a pid whose fd table held it when last read, so a socket is
-//! never attributed to a process that does not hold it. Pids are keyed with their start time.
+//! never attributed to a process that does not hold it. Each pid is kept with its start time;
+//! a reused pid is reported as exited and read afresh.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use super::procinfo::parse_stat;
 
 /// How long an inode that no readable process holds is left alone before another walk.
 pub const RETRY_UNRESOLVED: Duration = Duration::from_secs(10);
@@ -26,6 +31,10 @@ pub const RETRY_UNRESOLVED: Duration = Duration::from_secs(10);
 struct ProcFds {
     /// `st_size` of `/proc/<pid>/fd` when last read (0 where the kernel does not report it).
     fd_count: u64,
+    /// Owner of `/proc/<pid>/fd`: the process's uid.
+    uid: u32,
+    /// Start time (clock ticks after boot) of the process read.
+    start_ticks: u64,
     inodes: Vec<u32>,
 }
 
@@ -42,8 +51,11 @@ pub struct SocketOwners {
     by_inode: HashMap<u32, Vec<u32>>,
     procs: HashMap<u32, ProcFds>,
     unresolved: HashMap<u32, Instant>,
-    /// Pids found gone by the last walk, for the process pools.
+    /// Pids found gone (or reused) since last taken, for the process pools.
     exited: Vec<u32>,
+    /// Pids whose fd tables were read since last taken, with their start ticks: their
+    /// identity may have changed (exec without process events).
+    rescanned: Vec<(u32, u64)>,
     pub stats: OwnershipStats,
 }
 
@@ -55,6 +67,7 @@ impl SocketOwners {
             procs: HashMap::new(),
             unresolved: HashMap::new(),
             exited: Vec::new(),
+            rescanned: Vec::new(),
             stats: OwnershipStats::default(),
         }
     }
@@ -64,9 +77,14 @@ impl SocketOwners {
         self.by_inode.get(&inode).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// Pids that the last walks found gone.
+    /// Pids found gone or reused since the last call.
     pub fn take_exited(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.exited)
+    }
+
+    /// Pids (with start ticks) whose fds were read since the last call.
+    pub fn take_rescanned(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.rescanned)
     }
 
     /// Forgets a pid that exited.
@@ -78,24 +96,40 @@ impl SocketOwners {
         }
     }
 
-    /// Makes sure every inode of `wanted` that some readable process holds is mapped.
-    /// `hinted` are pids to read first (from process events).
-    pub fn resolve(&mut self, wanted: &HashSet<u32>, hinted: &[u32], now: Instant) {
+    /// Makes sure every inode of `wanted` (inode → the socket's uid) that some readable process
+    /// holds is mapped. `hinted` are pids to read first (from process events).
+    pub fn resolve(&mut self, wanted: &HashMap<u32, u32>, hinted: &[u32], now: Instant) {
         for &pid in hinted {
             self.rescan(pid);
         }
         self.unresolved
             .retain(|_, since| now.duration_since(*since) < RETRY_UNRESOLVED);
-        let missing = |s: &Self| {
+        let missing = |s: &Self| -> HashSet<u32> {
             wanted
                 .iter()
-                .any(|i| *i != 0 && !s.by_inode.contains_key(i) && !s.unresolved.contains_key(i))
+                .filter(|(i, _)| {
+                    **i != 0 && !s.by_inode.contains_key(i) && !s.unresolved.contains_key(i)
+                })
+                .map(|(_, uid)| *uid)
+                .collect()
         };
-        if !missing(self) {
+        if missing(self).is_empty() {
             return;
         }
-        self.walk_changed();
-        for &ino in wanted {
+        let read = self.walk_changed();
+        let uids = missing(self);
+        if !uids.is_empty() {
+            let same_uid: Vec<u32> = self
+                .procs
+                .iter()
+                .filter(|(pid, p)| uids.contains(&p.uid) && !read.contains(pid))
+                .map(|(pid, _)| *pid)
+                .collect();
+            for pid in same_uid {
+                self.rescan(pid);
+            }
+        }
+        for &ino in wanted.keys() {
             if ino != 0 && !self.by_inode.contains_key(&ino) {
                 self.unresolved.entry(ino).or_insert(now);
             }
@@ -103,10 +137,12 @@ impl SocketOwners {
     }
 
     /// Reads the fd tables of pids that are new or whose fd count changed; drops pids gone.
-    fn walk_changed(&mut self) {
+    /// Returns the pids read.
+    fn walk_changed(&mut self) -> HashSet<u32> {
         self.stats.walks += 1;
+        let mut read = HashSet::new();
         let Ok(dir) = fs::read_dir(&self.proc_root) else {
-            return;
+            return read;
         };
         let mut alive = HashSet::new();
         for entry in dir.flatten() {
@@ -132,6 +168,7 @@ impl SocketOwners {
             };
             if changed {
                 self.rescan(pid);
+                read.insert(pid);
             }
         }
         let gone: Vec<u32> = self
@@ -144,17 +181,36 @@ impl SocketOwners {
             self.forget(pid);
             self.exited.push(pid);
         }
+        read
     }
 
     /// Re-reads one pid's fd table.
     pub fn rescan(&mut self, pid: u32) {
         self.stats.pids_rescanned += 1;
-        let fd_dir = self.proc_root.join(pid.to_string()).join("fd");
-        let size = fs::metadata(&fd_dir).map(|m| m.size()).unwrap_or(0);
-        let Ok(entries) = fs::read_dir(&fd_dir) else {
+        let dir = self.proc_root.join(pid.to_string());
+        let fd_dir = dir.join("fd");
+        let meta = fs::metadata(&fd_dir).ok();
+        let start_ticks = fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|s| parse_stat(&s))
+            .map(|(_, t)| t);
+        let (Some(meta), Some(start_ticks), Ok(entries)) =
+            (meta, start_ticks, fs::read_dir(&fd_dir))
+        else {
+            if self.procs.contains_key(&pid) {
+                self.exited.push(pid);
+            }
             self.forget(pid);
             return;
         };
+        if self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.start_ticks != start_ticks)
+        {
+            // The pid was reused: the process we knew is gone.
+            self.exited.push(pid);
+        }
         let mut inodes = Vec::new();
         for e in entries.flatten() {
             if let Ok(target) = fs::read_link(e.path())
@@ -176,10 +232,13 @@ impl SocketOwners {
         self.procs.insert(
             pid,
             ProcFds {
-                fd_count: size,
+                fd_count: meta.size(),
+                uid: meta.uid(),
+                start_ticks,
                 inodes,
             },
         );
+        self.rescanned.push((pid, start_ticks));
     }
 
     fn unlink(&mut self, ino: u32, pid: u32) {
@@ -218,11 +277,33 @@ mod tests {
         let link = fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
         let ino = socket_inode(link.as_os_str().as_encoded_bytes()).unwrap();
         let mut owners = SocketOwners::new("/proc".into());
-        let wanted: HashSet<u32> = [ino].into();
+        let wanted: HashMap<u32, u32> = [(ino, 0)].into();
         owners.resolve(&wanted, &[], Instant::now());
         assert_eq!(owners.owners(ino), &[std::process::id()]);
         drop(listener);
         owners.rescan(std::process::id());
         assert!(owners.owners(ino).is_empty());
+    }
+
+    #[test]
+    fn a_socket_replacing_another_is_found_through_its_uid() {
+        let mut owners = SocketOwners::new("/proc".into());
+        let me = std::process::id();
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ino_of = |l: &std::net::TcpListener| {
+            let link = fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
+            socket_inode(link.as_os_str().as_encoded_bytes()).unwrap()
+        };
+        let a = ino_of(&first);
+        let uid = fs::metadata("/proc/self/fd").unwrap().uid();
+        owners.resolve(&[(a, uid)].into(), &[], Instant::now());
+        assert_eq!(owners.owners(a), &[me]);
+        // Close one socket, open another: the fd count is unchanged.
+        drop(first);
+        let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = ino_of(&second);
+        owners.resolve(&[(b, uid)].into(), &[], Instant::now());
+        assert_eq!(owners.owners(b), &[me]);
+        assert!(owners.owners(a).is_empty());
     }
 }

@@ -97,11 +97,13 @@ pub struct DumpStats {
     pub unparsable: u64,
 }
 
-/// States depmap dumps: every full socket, including CLOSE ones still held by a file. TIME_WAIT
-/// minisockets are left out: their full socket already produced its destroy notification and
-/// its final counters.
+/// States depmap dumps: every full socket. Left out: TIME_WAIT minisockets (their full socket
+/// already produced its destroy notification and final counters) and SYN_RECV, which makes
+/// the kernel list half-open connection requests (not sockets: no inode, a cookie of their own;
+/// a port scan would look like thousands of connections). An accepted socket is dumped from
+/// ESTABLISHED on.
 fn dumped_states() -> StateFlags {
-    StateFlags::all() & !StateFlags::TIME_WAIT
+    StateFlags::all() & !StateFlags::TIME_WAIT & !StateFlags::SYN_RECV
 }
 
 /// A netlink socket used for dump requests.

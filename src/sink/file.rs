@@ -4,12 +4,13 @@
 //! Files are named `<Table>-<YYYYMMDDTHH>-<seq>.ndjson` (UTC hour of opening). A file is closed
 //! and the next one opened when the hour changes or it would pass `max_file_bytes`; rotation
 //! happens between batches and every batch is written whole and flushed before `write`
-//! returns, so neither rotation nor shutdown loses or splits a record. At most `max_files`
-//! files are kept per table; the oldest are deleted first.
+//! returns (`fdatasync`), so neither rotation nor shutdown loses or splits a record. A write
+//! that fails part-way (disk full) is cut back to the last whole line, so a file never holds a
+//! torn record. At most `max_files` files are kept per table; the oldest are deleted first.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Write as _};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -138,13 +139,19 @@ impl Sink for FileSink {
             buf.extend_from_slice(r.to_json().as_bytes());
             buf.push(b'\n');
         }
+        let mut first_error = None;
         for (table, bytes) in by_table {
             let f = self.file_for(table, bytes.len() as u64)?;
-            f.file.write_all(&bytes)?;
-            f.file.flush()?;
-            f.size += bytes.len() as u64;
+            match f.file.write_all(&bytes).and_then(|()| f.file.sync_data()) {
+                Ok(()) => f.size += bytes.len() as u64,
+                Err(e) => {
+                    // Cut the torn tail so the next batch starts on a line of its own.
+                    let _ = f.file.set_len(f.size);
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

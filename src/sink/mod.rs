@@ -1,5 +1,6 @@
 //! Sinks: where records go. Each sink takes whole batches (one window, or one inventory pass)
-//! and makes them durable before returning, so a batch is never half-written at shutdown.
+//! and has written them out before returning (the file sink to disk with fdatasync), so a
+//! batch is never half-written at shutdown.
 
 pub mod file;
 pub mod stdout;

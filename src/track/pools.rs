@@ -139,6 +139,29 @@ impl PoolRegistry {
         self.exited(pid);
     }
 
+    /// A pid whose fds were just read, with its start ticks: if it is not the process we knew
+    /// (pid reused) or its executable changed (exec without a process event), it leaves its
+    /// pool and is read afresh when next needed.
+    pub fn verify(&mut self, pid: u32, start_ticks: u64) {
+        let Some((ticks, id)) = self.by_pid.get(&pid) else {
+            return;
+        };
+        let same_exe = || {
+            let exe = std::fs::read_link(self.proc_root.join(pid.to_string()).join("exe"))
+                .ok()
+                .map(|p| {
+                    p.to_string_lossy()
+                        .trim_end_matches(" (deleted)")
+                        .to_string()
+                });
+            let known = self.pools.get(id).and_then(|p| p.executable_path.clone());
+            exe.is_none() || known.is_none() || exe == known
+        };
+        if *ticks != start_ticks || !same_exe() {
+            self.exited(pid);
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<&Pool> {
         self.pools.get(id)
     }

@@ -113,6 +113,9 @@ struct Tracked {
     sent: u64,
     received: u64,
     established: bool,
+    /// Already counted in `LinksTerminated` (missing from dumps); its destroy must not count
+    /// it again.
+    terminated: bool,
     last_seen: u64,
 }
 
@@ -178,6 +181,7 @@ impl SocketTracker {
                 received: 0,
                 // Connections older than depmap are not "established during the window".
                 established: baseline && established_now,
+                terminated: false,
                 last_seen: generation,
             }
         });
@@ -203,8 +207,9 @@ impl SocketTracker {
         tracked.received = tracked.received.max(received);
     }
 
-    /// Ends a dump: sockets missing for too long are closed with what was last seen.
-    pub fn end_dump(&mut self) {
+    /// Ends a dump: sockets missing for too long are closed with what was last seen. The
+    /// first complete dump is the baseline; `complete` is false when part of it failed.
+    pub fn end_dump(&mut self, complete: bool) {
         let generation = self.generation;
         let mut lost = Vec::new();
         for (cookie, t) in &self.sockets {
@@ -213,14 +218,17 @@ impl SocketTracker {
             }
         }
         for cookie in lost {
-            if let Some(t) = self.sockets.remove(&cookie) {
+            if let Some(mut t) = self.sockets.remove(&cookie) {
                 self.stats.closed_without_final += 1;
                 let stats = self.window.entry(t.key.clone()).or_default();
-                if t.established {
+                if t.terminated {
+                    // Came back once and vanished again: counted already.
+                } else if t.established {
                     stats.links_terminated += 1;
                 } else {
                     stats.links_failed += 1;
                 }
+                t.terminated = true;
                 self.awaiting_final.insert(cookie, (t, generation));
             }
         }
@@ -239,7 +247,13 @@ impl SocketTracker {
             }
         }
         self.generation += 1;
-        self.baseline_done = true;
+        self.baseline_done |= complete;
+    }
+
+    /// Whether the baseline dump is done (before it, destroy notifications are of sockets
+    /// older than depmap and are ignored).
+    pub fn baseline_done(&self) -> bool {
+        self.baseline_done
     }
 
     /// Whether the socket was seen in the latest dump.
@@ -249,10 +263,11 @@ impl SocketTracker {
             .is_some_and(|t| t.last_seen + 1 == self.generation)
     }
 
-    /// Pools referred to by tracked sockets.
+    /// Pools referred to by tracked sockets (and sockets awaiting a late final).
     pub fn processes(&self) -> std::collections::HashSet<PoolId> {
         self.sockets
             .values()
+            .chain(self.awaiting_final.values().map(|(t, _)| t))
             .filter_map(|t| t.key.process.clone())
             .collect()
     }
@@ -298,6 +313,7 @@ impl SocketTracker {
                     sent: 0,
                     received: 0,
                     established: false,
+                    terminated: false,
                     last_seen: generation,
                 }
             }
@@ -313,7 +329,9 @@ impl SocketTracker {
         let was_established = tracked.established
             || tracked.key.direction == Direction::Inbound
             || s.counters.is_some_and(|c| c.bytes_acked > 0);
-        if was_established {
+        if tracked.terminated {
+            // Counted when it went missing from the dumps.
+        } else if was_established {
             if !tracked.established {
                 stats.links_established += 1;
             }
@@ -377,7 +395,7 @@ mod tests {
                 key(dir)
             });
         }
-        t.end_dump();
+        t.end_dump(true);
     }
 
     #[test]
@@ -555,18 +573,60 @@ mod tests {
         t.observe(&sample(5, state::ESTABLISHED, 11, 10, 0), false, || {
             unknown.clone()
         });
-        t.end_dump();
+        t.end_dump(true);
         t.attribute(5, "p-1".into());
         t.observe(
             &sample(5, state::ESTABLISHED, 31, 30, 0),
             false,
             || unreachable!(),
         );
-        t.end_dump();
+        t.end_dump(true);
         let w = t.close_window();
         assert_eq!(w[&unknown].bytes_sent, 10);
         assert_eq!(w[&key(Direction::Outbound)].bytes_sent, 20);
         assert_eq!(w[&key(Direction::Outbound)].links_live, 1);
+    }
+
+    #[test]
+    fn a_socket_back_from_missing_is_not_terminated_twice() {
+        let mut t = SocketTracker::new();
+        poll(&mut t, &[], Direction::Outbound);
+        poll(
+            &mut t,
+            &[sample(6, state::ESTABLISHED, 11, 10, 0)],
+            Direction::Outbound,
+        );
+        for _ in 0..MISSING_DUMPS_BEFORE_CLOSE {
+            poll(&mut t, &[], Direction::Outbound); // e.g. failing dumps
+        }
+        poll(
+            &mut t,
+            &[sample(6, state::ESTABLISHED, 21, 20, 0)],
+            Direction::Outbound,
+        );
+        t.closed(
+            &sample(6, state::CLOSE, 32, 30, 0),
+            false,
+            || unreachable!(),
+        );
+        let s = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!((s.links_established, s.links_terminated), (1, 1));
+        assert_eq!(s.bytes_sent, 30);
+    }
+
+    #[test]
+    fn an_incomplete_first_dump_is_not_a_baseline() {
+        let mut t = SocketTracker::new();
+        t.end_dump(false); // the first dump failed part-way
+        assert!(!t.baseline_done());
+        // The socket the failed dump missed is still part of the baseline.
+        t.observe(&sample(8, state::ESTABLISHED, 1001, 1000, 0), false, || {
+            key(Direction::Outbound)
+        });
+        t.end_dump(true);
+        assert!(t.baseline_done());
+        let s = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!((s.links_established, s.bytes_sent, s.links_live), (0, 0, 1));
     }
 
     #[test]
