@@ -29,6 +29,7 @@ pub enum Command {
     /// Diagnostics: print what depmap can see on this host, then collect one window of
     /// --duration and print its records.
     Once {
+        /// Configuration file (default /etc/depmap/depmap.toml; defaults if that is missing).
         #[arg(long)]
         config: Option<PathBuf>,
         /// How long to collect, e.g. 500ms, 5s, 1m.
@@ -43,6 +44,7 @@ pub enum Command {
     },
     /// Validate the configuration and print the effective configuration; exit 0 or 2.
     CheckConfig {
+        /// Configuration file (default /etc/depmap/depmap.toml; defaults if that is missing).
         #[arg(long)]
         config: Option<PathBuf>,
     },

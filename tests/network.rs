@@ -495,6 +495,30 @@ fn ipv6_and_ipv4_mapped_connections_on_a_dual_stack_listener() {
 }
 
 #[test]
+fn ipv6_off_still_reports_ipv4_on_dual_stack_sockets() {
+    let _serial = serial();
+    let a = Netns::new("nosix");
+    let mut dm = Depmap::start_with(&a, "ipv6 = false\n");
+    let (_srv, _) = server(&a, "::", 8444, 0);
+    client(&a, &["--host", "::1", "--port", "8444"]);
+    let v4 = client(&a, &["--host", "127.0.0.1", "--port", "8444"]);
+    assert!(dm.wait_for(Duration::from_secs(15), |r| {
+        terminated(r, "inbound", "127.0.0.1", "127.0.0.1", 8444) == 1
+    }));
+    let records = dm.stop();
+    let s = conn_sums(&records, |r| {
+        is(r, "inbound", "127.0.0.1", "127.0.0.1", 8444)
+    });
+    assert_eq!(s["BytesReceived"], v4["sent"].as_i64().unwrap());
+    for r in of_type(&records, "VMConnection") {
+        assert!(
+            r["SourceIp"].as_str().unwrap().contains('.'),
+            "IPv6 reported with ipv6 = false: {r}"
+        );
+    }
+}
+
+#[test]
 fn file_sink_writes_every_table_and_flushes_the_last_window_on_sigterm() {
     let _serial = serial();
     let a = Netns::new("file");

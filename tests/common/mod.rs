@@ -256,10 +256,17 @@ impl Depmap {
     /// Starts depmap with a 2 s window and 200 ms polls; returns once its first records
     /// (the start-up inventory) are out, i.e. its baseline poll is done.
     pub fn start(ns: &Netns) -> Depmap {
+        Depmap::start_with(ns, "")
+    }
+
+    /// As [`Depmap::start`], with more `[collect]` keys.
+    pub fn start_with(ns: &Netns, collect: &str) -> Depmap {
         let dir = TempDir::new("cfg");
         let cfg = config_file(
             &dir,
-            "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\n[sink]\nkind = \"stdout\"\n",
+            &format!(
+                "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\n{collect}[sink]\nkind = \"stdout\"\n"
+            ),
         );
         let mut cmd = ns.command(DEPMAP);
         cmd.args(["run", "--config"]).arg(&cfg);
