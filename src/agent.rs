@@ -543,17 +543,22 @@ impl Agent {
             )
         });
         format!(
-            "polls={} sockets={} last_poll_us={} destroy_received={} destroy_overruns={} closed_without_final={} dump_errors={} unparsable={} pids_rescanned={} proc_walks={}",
+            "polls={} sockets={} last_poll_us={} destroy_received={} destroy_overruns={} closed_without_final={} late_finals={} dump_errors={} unparsable={} pids_rescanned={} proc_walks={} proc_event_errors={}",
             self.counters.polls,
             self.counters.sockets_last_poll,
             self.counters.last_poll_micros,
             d.map(|d| d.0).unwrap_or(0),
             d.map(|d| d.1).unwrap_or(0),
             t.closed_without_final,
+            t.late_finals,
             self.counters.dump_errors,
             self.counters.unparsable_messages,
             self.owners.stats.pids_rescanned,
             self.owners.stats.walks,
+            self.proc_events
+                .as_ref()
+                .map(|p| p.errors.load(Ordering::Relaxed))
+                .unwrap_or(0),
         )
     }
 }
