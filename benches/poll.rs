@@ -35,7 +35,10 @@ impl Drop for Netns {
                 .split_whitespace()
                 .filter(|p| *p != me)
             {
-                let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
+                let _ = Command::new("kill")
+                    .args(["-9", pid])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
