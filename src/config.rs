@@ -61,9 +61,38 @@ pub struct CollectConfig {
     /// Period of VMComputer/VMProcess re-emission.
     #[serde(with = "duration")]
     pub inventory_interval: Duration,
+    /// Period of the hot-set re-reads (exact lookups of the sockets active in the last dump,
+    /// for response times); must divide `socket_poll`; at or above it there are none.
+    #[serde(with = "duration")]
+    pub hot_poll: Duration,
+    /// Largest hot set; 0 turns hot polls off.
+    pub hot_sockets: usize,
     /// Dump IPv6 sockets too.
     pub ipv6: bool,
     pub processes: ProcessScope,
+}
+
+impl CollectConfig {
+    /// The loop's tick: `hot_poll` when hot polls are on, else `socket_poll`.
+    pub fn tick(&self) -> Duration {
+        if self.hot_sockets > 0 && self.hot_poll < self.socket_poll {
+            self.hot_poll
+        } else {
+            self.socket_poll
+        }
+    }
+
+    /// Whether the tick at `t` is a full dump (a multiple of `socket_poll` since the epoch).
+    pub fn is_full_poll(&self, t: std::time::SystemTime) -> bool {
+        let ms = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let tick = self.tick().as_millis().max(1);
+        // Round to the tick the loop aimed at, then test it against the full-poll period.
+        let aimed = (ms + tick / 2) / tick * tick;
+        aimed.is_multiple_of(self.socket_poll.as_millis().max(1))
+    }
 }
 
 impl Default for CollectConfig {
@@ -72,6 +101,8 @@ impl Default for CollectConfig {
             window: Duration::from_secs(60),
             socket_poll: Duration::from_secs(1),
             inventory_interval: Duration::from_secs(3600),
+            hot_poll: Duration::from_millis(250),
+            hot_sockets: 512,
             ipv6: true,
             processes: ProcessScope::Connected,
         }
@@ -206,6 +237,18 @@ impl Config {
         {
             return Err(format!(
                 "key `collect.window`: must be a multiple of collect.socket_poll ({})",
+                humantime::format_duration(c.socket_poll)
+            ));
+        }
+        if c.hot_poll < Duration::from_millis(50)
+            || (c.hot_poll < c.socket_poll
+                && !c
+                    .socket_poll
+                    .as_nanos()
+                    .is_multiple_of(c.hot_poll.as_nanos()))
+        {
+            return Err(format!(
+                "key `collect.hot_poll`: must be at least 50ms and divide collect.socket_poll ({})",
                 humantime::format_duration(c.socket_poll)
             ));
         }

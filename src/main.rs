@@ -58,7 +58,6 @@ fn fail(code: u8, msg: &str) -> ExitCode {
 
 /// `depmap once`: the capability report, then one window of `duration`.
 fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -> ExitCode {
-    let poll = config.collect.socket_poll.min(duration);
     let mut agent = match Agent::start(config) {
         Ok(a) => a,
         Err(e) => return fail(1, &e),
@@ -76,9 +75,20 @@ fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -
     agent.poll();
     let start = SystemTime::now();
     let began = Instant::now();
+    let (tick, per_full) = (
+        agent.config().collect.tick(),
+        agent.config().collect.socket_poll,
+    );
+    let mut n = 0u32;
     while began.elapsed() < duration {
-        std::thread::sleep(poll.min(duration.saturating_sub(began.elapsed())));
-        agent.poll();
+        std::thread::sleep(tick.min(duration.saturating_sub(began.elapsed())));
+        n += 1;
+        if began.elapsed() >= duration || (tick * n).as_nanos().is_multiple_of(per_full.as_nanos())
+        {
+            agent.poll();
+        } else {
+            agent.poll_hot();
+        }
     }
     let mut records = agent.inventory(SystemTime::now());
     records.extend(agent.close_window(start));

@@ -52,6 +52,8 @@ pub struct Final {
     pub sample: TcpSample,
     /// Whether `bytes_received` includes the peer's FIN (see the module comment).
     pub fin_received: bool,
+    /// When the notification was read (its `tcp_info` times are relative to about then).
+    pub at: std::time::Instant,
 }
 
 /// The running subscription: a thread and the queue it fills.
@@ -121,12 +123,14 @@ fn read_loop(
                         samples.push(s);
                     }
                 });
+                let at = std::time::Instant::now();
                 for sample in samples {
                     counters.received.fetch_add(1, Ordering::Relaxed);
                     let fin_received = fin_received(&mut lookups, &sample);
                     let _ = tx.send(Final {
                         sample,
                         fin_received,
+                        at,
                     });
                 }
                 counters

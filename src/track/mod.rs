@@ -2,5 +2,6 @@
 //! become VMConnection and VMBoundPort records. No I/O happens here.
 pub mod pools;
 pub mod ports;
+pub mod response;
 pub mod sockets;
 pub mod window;

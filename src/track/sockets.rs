@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use crate::collect::sockdiag::{TcpCounters, TcpSample, state};
 
+use super::response::{RtEstimator, RtStats};
+
 /// Identity of a process pool (`p-` + 40 hex).
 pub type PoolId = Arc<str>;
 
@@ -49,10 +51,13 @@ pub struct ConnStats {
     pub links_established: u64,
     pub links_terminated: u64,
     pub links_live: u64,
-    /// Attempts that closed without ever being established (reported from issue 3 on).
+    /// Outbound connection attempts that closed without ever being established (refused,
+    /// timed out, abandoned).
     pub links_failed: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Measured response times.
+    pub rt: RtStats,
 }
 
 impl ConnStats {
@@ -63,6 +68,7 @@ impl ConnStats {
         self.links_failed += o.links_failed;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
+        self.rt.add(&o.rt);
     }
 }
 
@@ -117,6 +123,34 @@ struct Tracked {
     /// it again.
     terminated: bool,
     last_seen: u64,
+    rt: RtEstimator,
+}
+
+impl Tracked {
+    fn new(key: ConnKey, established: bool, last_seen: u64) -> Tracked {
+        Tracked {
+            syn_acked: u64::from(key.direction == Direction::Outbound),
+            key,
+            sent: 0,
+            received: 0,
+            established,
+            terminated: false,
+            last_seen,
+            rt: RtEstimator::default(),
+        }
+    }
+
+    fn client(&self) -> bool {
+        self.key.direction == Direction::Outbound
+    }
+
+    /// Counts an attempt that never became established: only outbound attempts fail (an
+    /// accepted socket exists only once its connection is established).
+    fn count_failed(&self, stats: &mut ConnStats) {
+        if self.client() {
+            stats.links_failed += 1;
+        }
+    }
 }
 
 /// Losses and anomalies, for the self-metrics.
@@ -162,8 +196,15 @@ impl SocketTracker {
         self.sockets.is_empty()
     }
 
-    /// A connected socket seen in the current dump. `key` is used only for a new cookie.
-    pub fn observe(&mut self, s: &TcpSample, fin_received: bool, key: impl FnOnce() -> ConnKey) {
+    /// A connected socket seen in the current dump at `at_ms` (the agent's monotonic clock).
+    /// `key` is used only for a new cookie.
+    pub fn observe(
+        &mut self,
+        s: &TcpSample,
+        fin_received: bool,
+        at_ms: u64,
+        key: impl FnOnce() -> ConnKey,
+    ) {
         let generation = self.generation;
         let baseline = !self.baseline_done;
         let established_now = is_established(s.state);
@@ -171,20 +212,11 @@ impl SocketTracker {
         if let Some((t, _)) = self.awaiting_final.remove(&s.cookie) {
             self.sockets.insert(s.cookie, t);
         }
-        let tracked = self.sockets.entry(s.cookie).or_insert_with(|| {
-            let key = key();
-            let syn_acked = u64::from(key.direction == Direction::Outbound);
-            Tracked {
-                key,
-                syn_acked,
-                sent: 0,
-                received: 0,
-                // Connections older than depmap are not "established during the window".
-                established: baseline && established_now,
-                terminated: false,
-                last_seen: generation,
-            }
-        });
+        // Connections older than depmap are not "established during the window".
+        let tracked = self
+            .sockets
+            .entry(s.cookie)
+            .or_insert_with(|| Tracked::new(key(), baseline && established_now, generation));
         tracked.last_seen = generation;
         let stats = self.window.entry(tracked.key.clone()).or_default();
         if established_now && !tracked.established {
@@ -199,8 +231,11 @@ impl SocketTracker {
         if baseline {
             tracked.sent = sent;
             tracked.received = received;
+            tracked.rt = RtEstimator::baseline(at_ms, c, tracked.client());
             return;
         }
+        let client = tracked.client();
+        tracked.rt.observe(at_ms, c, client, &mut stats.rt);
         stats.bytes_sent += sent.saturating_sub(tracked.sent);
         stats.bytes_received += received.saturating_sub(tracked.received);
         tracked.sent = tracked.sent.max(sent);
@@ -226,7 +261,7 @@ impl SocketTracker {
                 } else if t.established {
                     stats.links_terminated += 1;
                 } else {
-                    stats.links_failed += 1;
+                    t.count_failed(stats);
                 }
                 t.terminated = true;
                 self.awaiting_final.insert(cookie, (t, generation));
@@ -272,6 +307,19 @@ impl SocketTracker {
             .collect()
     }
 
+    /// A hot-set re-read of a tracked socket between full dumps: feeds the response-time
+    /// estimator only (bytes and links are counted from dumps and finals).
+    pub fn observe_response(&mut self, cookie: u64, at_ms: u64, c: &TcpCounters) {
+        if !self.baseline_done {
+            return;
+        }
+        if let Some(t) = self.sockets.get_mut(&cookie) {
+            let client = t.client();
+            let stats = self.window.entry(t.key.clone()).or_default();
+            t.rt.observe(at_ms, c, client, &mut stats.rt);
+        }
+    }
+
     /// Credits a socket first seen without a known process to `process` from now on; what it
     /// did before stays with the unattributed key.
     pub fn attribute(&mut self, cookie: u64, process: PoolId) {
@@ -287,38 +335,38 @@ impl SocketTracker {
         self.sockets.get(&cookie).map(|t| &t.key)
     }
 
-    /// A destroy notification with a socket's final counters. For a socket never seen in a
-    /// dump, `key` is computed.
-    pub fn closed(&mut self, s: &TcpSample, fin_received: bool, key: impl FnOnce() -> ConnKey) {
-        if let Some((t, _)) = self.awaiting_final.remove(&s.cookie) {
+    /// A destroy notification with a socket's final counters, received at `at_ms`. For a
+    /// socket never seen in a dump, `key` is computed.
+    pub fn closed(
+        &mut self,
+        s: &TcpSample,
+        fin_received: bool,
+        at_ms: u64,
+        key: impl FnOnce() -> ConnKey,
+    ) {
+        if let Some((mut t, _)) = self.awaiting_final.remove(&s.cookie) {
             // Already counted as terminated; only its last bytes are new.
             self.stats.late_finals += 1;
             if let Some(c) = &s.counters {
                 let (sent, received) = payload(c, t.syn_acked, fin_received);
-                let stats = self.window.entry(t.key).or_default();
+                let client = t.client();
+                let stats = self.window.entry(t.key.clone()).or_default();
+                t.rt.observe(at_ms, c, client, &mut stats.rt);
                 stats.bytes_sent += sent.saturating_sub(t.sent);
                 stats.bytes_received += received.saturating_sub(t.received);
             }
             return;
         }
         let generation = self.generation;
-        let tracked = match self.sockets.remove(&s.cookie) {
+        let mut tracked = match self.sockets.remove(&s.cookie) {
             Some(t) => t,
-            None => {
-                let key = key();
-                let syn_acked = u64::from(key.direction == Direction::Outbound);
-                Tracked {
-                    key,
-                    syn_acked,
-                    sent: 0,
-                    received: 0,
-                    established: false,
-                    terminated: false,
-                    last_seen: generation,
-                }
-            }
+            None => Tracked::new(key(), false, generation),
         };
+        let client = tracked.client();
         let stats = self.window.entry(tracked.key.clone()).or_default();
+        if let Some(c) = &s.counters {
+            tracked.rt.observe(at_ms, c, client, &mut stats.rt);
+        }
         let (sent, received) = s
             .counters
             .as_ref()
@@ -337,7 +385,7 @@ impl SocketTracker {
             }
             stats.links_terminated += 1;
         } else {
-            stats.links_failed += 1;
+            tracked.count_failed(stats);
         }
         stats.bytes_sent += sent.saturating_sub(tracked.sent);
         stats.bytes_received += received.saturating_sub(tracked.received);
@@ -391,9 +439,12 @@ mod tests {
 
     fn poll(t: &mut SocketTracker, samples: &[TcpSample], dir: Direction) {
         for s in samples {
-            t.observe(s, fin_received_in_state(s.state).unwrap_or(false), || {
-                key(dir)
-            });
+            t.observe(
+                s,
+                fin_received_in_state(s.state).unwrap_or(false),
+                0,
+                || key(dir),
+            );
         }
         t.end_dump(true);
     }
@@ -494,6 +545,7 @@ mod tests {
         t.closed(
             &sample(7, state::CLOSE, 72, 70, 81),
             true,
+            0,
             || unreachable!(),
         );
         poll(&mut t, &[], Direction::Outbound);
@@ -511,11 +563,11 @@ mod tests {
     fn a_socket_seen_only_at_destroy_is_established_and_terminated() {
         let mut t = SocketTracker::new();
         poll(&mut t, &[], Direction::Outbound);
-        t.closed(&sample(9, state::CLOSE, 202, 200, 301), true, || {
+        t.closed(&sample(9, state::CLOSE, 202, 200, 301), true, 0, || {
             key(Direction::Outbound)
         });
         // A connect that failed (SYN never acked) is not established.
-        t.closed(&sample(10, state::CLOSE, 0, 0, 0), false, || {
+        t.closed(&sample(10, state::CLOSE, 0, 0, 0), false, 0, || {
             key(Direction::Outbound)
         });
         let s = t.close_window()[&key(Direction::Outbound)];
@@ -551,7 +603,12 @@ mod tests {
         // Its destroy notification arrives late (the process held the file): the last bytes
         // still count, the link is not terminated twice.
         assert!(t.knows(3));
-        t.closed(&sample(3, state::CLOSE, 41, 40, 9), true, || unreachable!());
+        t.closed(
+            &sample(3, state::CLOSE, 41, 40, 9),
+            true,
+            0,
+            || unreachable!(),
+        );
         poll(&mut t, &[], Direction::Outbound);
         let s = t.close_window()[&key(Direction::Outbound)];
         assert_eq!(
@@ -570,7 +627,7 @@ mod tests {
             process: None,
             ..key(Direction::Outbound)
         };
-        t.observe(&sample(5, state::ESTABLISHED, 11, 10, 0), false, || {
+        t.observe(&sample(5, state::ESTABLISHED, 11, 10, 0), false, 0, || {
             unknown.clone()
         });
         t.end_dump(true);
@@ -578,6 +635,7 @@ mod tests {
         t.observe(
             &sample(5, state::ESTABLISHED, 31, 30, 0),
             false,
+            0,
             || unreachable!(),
         );
         t.end_dump(true);
@@ -607,6 +665,7 @@ mod tests {
         t.closed(
             &sample(6, state::CLOSE, 32, 30, 0),
             false,
+            0,
             || unreachable!(),
         );
         let s = t.close_window()[&key(Direction::Outbound)];
@@ -620,9 +679,12 @@ mod tests {
         t.end_dump(false); // the first dump failed part-way
         assert!(!t.baseline_done());
         // The socket the failed dump missed is still part of the baseline.
-        t.observe(&sample(8, state::ESTABLISHED, 1001, 1000, 0), false, || {
-            key(Direction::Outbound)
-        });
+        t.observe(
+            &sample(8, state::ESTABLISHED, 1001, 1000, 0),
+            false,
+            0,
+            || key(Direction::Outbound),
+        );
         t.end_dump(true);
         assert!(t.baseline_done());
         let s = t.close_window()[&key(Direction::Outbound)];
@@ -633,7 +695,7 @@ mod tests {
     fn inbound_sockets_have_no_syn_in_bytes_acked() {
         let mut t = SocketTracker::new();
         poll(&mut t, &[], Direction::Inbound);
-        t.closed(&sample(4, state::CLOSE, 5001, 5000, 301), true, || {
+        t.closed(&sample(4, state::CLOSE, 5001, 5000, 301), true, 0, || {
             key(Direction::Inbound)
         });
         let s = t.close_window()[&key(Direction::Inbound)];
