@@ -9,8 +9,10 @@
 //!    of open fds on Linux ≥ 6.2; 2.4 ms for 1,000 processes);
 //! 4. for inodes still unknown, every process of the socket's uid (sock_diag reports it): a
 //!    process that closed one socket and opened another between two walks keeps its fd count;
-//! 5. inodes still unknown after that are remembered for [`RETRY_UNRESOLVED`] so that an
-//!    inode we cannot see (another user namespace, hidepid) does not trigger a walk each poll.
+//! 5. inodes still unknown after that are tried once more at the next poll (a socket returned
+//!    by accept() is in the kernel's table a moment before its fd is in the process's table),
+//!    then left alone for [`RETRY_UNRESOLVED`], so that an inode we cannot see (another user
+//!    namespace, hidepid) does not trigger a walk each poll.
 //!
 //! An inode is only ever mapped to a pid whose fd table held it when last read, so a socket is
 //! never attributed to a process that does not hold it. Each pid is kept with its start time;
@@ -50,7 +52,9 @@ pub struct SocketOwners {
     proc_root: PathBuf,
     by_inode: HashMap<u32, Vec<u32>>,
     procs: HashMap<u32, ProcFds>,
-    unresolved: HashMap<u32, Instant>,
+    /// Inodes no readable process was found holding: when first missed, and how many walks
+    /// missed them.
+    unresolved: HashMap<u32, (Instant, u32)>,
     /// Pids found gone (or reused) since last taken, for the process pools.
     exited: Vec<u32>,
     /// Pids whose fd tables were read since last taken, with their start ticks: their
@@ -103,12 +107,14 @@ impl SocketOwners {
             self.rescan(pid);
         }
         self.unresolved
-            .retain(|_, since| now.duration_since(*since) < RETRY_UNRESOLVED);
+            .retain(|_, (since, _)| now.duration_since(*since) < RETRY_UNRESOLVED);
         let missing = |s: &Self| -> HashSet<u32> {
             wanted
                 .iter()
                 .filter(|(i, _)| {
-                    **i != 0 && !s.by_inode.contains_key(i) && !s.unresolved.contains_key(i)
+                    **i != 0
+                        && !s.by_inode.contains_key(i)
+                        && s.unresolved.get(i).is_none_or(|(_, misses)| *misses < 2)
                 })
                 .map(|(_, uid)| *uid)
                 .collect()
@@ -131,7 +137,7 @@ impl SocketOwners {
         }
         for &ino in wanted.keys() {
             if ino != 0 && !self.by_inode.contains_key(&ino) {
-                self.unresolved.entry(ino).or_insert(now);
+                self.unresolved.entry(ino).or_insert((now, 0)).1 += 1;
             }
         }
     }

@@ -124,6 +124,9 @@ struct Tracked {
     terminated: bool,
     last_seen: u64,
     rt: RtEstimator,
+    /// This window's activity while no process is known for the socket: credited to its
+    /// process if one is found before the window closes, else to the unattributed key.
+    pending: ConnStats,
 }
 
 impl Tracked {
@@ -137,6 +140,7 @@ impl Tracked {
             terminated: false,
             last_seen,
             rt: RtEstimator::default(),
+            pending: ConnStats::default(),
         }
     }
 
@@ -218,7 +222,12 @@ impl SocketTracker {
             .entry(s.cookie)
             .or_insert_with(|| Tracked::new(key(), baseline && established_now, generation));
         tracked.last_seen = generation;
-        let stats = self.window.entry(tracked.key.clone()).or_default();
+        let client = tracked.client();
+        let stats = if tracked.key.process.is_none() {
+            &mut tracked.pending
+        } else {
+            self.window.entry(tracked.key.clone()).or_default()
+        };
         if established_now && !tracked.established {
             tracked.established = true;
             stats.links_established += 1;
@@ -231,15 +240,24 @@ impl SocketTracker {
         if baseline {
             tracked.sent = sent;
             tracked.received = received;
-            tracked.rt = RtEstimator::baseline(at_ms, c, tracked.client());
+            tracked.rt = RtEstimator::baseline(at_ms, c, client);
             return;
         }
-        let client = tracked.client();
         tracked.rt.observe(at_ms, c, client, &mut stats.rt);
         stats.bytes_sent += sent.saturating_sub(tracked.sent);
         stats.bytes_received += received.saturating_sub(tracked.received);
         tracked.sent = tracked.sent.max(sent);
         tracked.received = tracked.received.max(received);
+    }
+
+    /// Moves a socket's pending (unattributed) activity into the window under its key.
+    fn flush_pending(window: &mut HashMap<ConnKey, ConnStats>, t: &mut Tracked) {
+        if t.pending != ConnStats::default() {
+            window
+                .entry(t.key.clone())
+                .or_default()
+                .add(&std::mem::take(&mut t.pending));
+        }
     }
 
     /// Ends a dump: sockets missing for too long are closed with what was last seen. The
@@ -248,13 +266,21 @@ impl SocketTracker {
         let generation = self.generation;
         let mut lost = Vec::new();
         for (cookie, t) in &self.sockets {
-            if generation.saturating_sub(t.last_seen) >= u64::from(MISSING_DUMPS_BEFORE_CLOSE) {
+            let missing = generation.saturating_sub(t.last_seen);
+            // A connection attempt that left the kernel's table without being established has
+            // failed, whenever its memory is freed (a SYN waiting for a neighbour that never
+            // answers keeps it for seconds).
+            let abandoned_attempt = missing >= 1 && !t.established && t.client();
+            if missing >= u64::from(MISSING_DUMPS_BEFORE_CLOSE) || abandoned_attempt {
                 lost.push(*cookie);
             }
         }
         for cookie in lost {
             if let Some(mut t) = self.sockets.remove(&cookie) {
-                self.stats.closed_without_final += 1;
+                if t.established {
+                    self.stats.closed_without_final += 1;
+                }
+                Self::flush_pending(&mut self.window, &mut t);
                 let stats = self.window.entry(t.key.clone()).or_default();
                 if t.terminated {
                     // Came back once and vanished again: counted already.
@@ -315,18 +341,23 @@ impl SocketTracker {
         }
         if let Some(t) = self.sockets.get_mut(&cookie) {
             let client = t.client();
-            let stats = self.window.entry(t.key.clone()).or_default();
+            let stats = if t.key.process.is_none() {
+                &mut t.pending
+            } else {
+                self.window.entry(t.key.clone()).or_default()
+            };
             t.rt.observe(at_ms, c, client, &mut stats.rt);
         }
     }
 
-    /// Credits a socket first seen without a known process to `process` from now on; what it
-    /// did before stays with the unattributed key.
+    /// Credits a socket first seen without a known process to `process`, including what it did
+    /// earlier in this window; what it did in earlier windows stays unattributed.
     pub fn attribute(&mut self, cookie: u64, process: PoolId) {
         if let Some(t) = self.sockets.get_mut(&cookie)
             && t.key.process.is_none()
         {
             t.key.process = Some(process);
+            Self::flush_pending(&mut self.window, t);
         }
     }
 
@@ -362,6 +393,7 @@ impl SocketTracker {
             Some(t) => t,
             None => Tracked::new(key(), false, generation),
         };
+        Self::flush_pending(&mut self.window, &mut tracked);
         let client = tracked.client();
         let stats = self.window.entry(tracked.key.clone()).or_default();
         if let Some(c) = &s.counters {
@@ -395,6 +427,9 @@ impl SocketTracker {
     /// and returns the sums, leaving an empty window behind.
     pub fn close_window(&mut self) -> HashMap<ConnKey, ConnStats> {
         let last = self.generation.saturating_sub(1);
+        for t in self.sockets.values_mut() {
+            Self::flush_pending(&mut self.window, t);
+        }
         for t in self.sockets.values() {
             if t.established && t.last_seen == last {
                 self.window.entry(t.key.clone()).or_default().links_live += 1;
@@ -620,7 +655,7 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_attributed_later_moves_to_its_process_from_then_on() {
+    fn a_socket_attributed_later_in_its_window_is_wholly_its_process() {
         let mut t = SocketTracker::new();
         poll(&mut t, &[], Direction::Outbound);
         let unknown = ConnKey {
@@ -640,9 +675,61 @@ mod tests {
         );
         t.end_dump(true);
         let w = t.close_window();
-        assert_eq!(w[&unknown].bytes_sent, 10);
-        assert_eq!(w[&key(Direction::Outbound)].bytes_sent, 20);
+        // Found within the window: all of the window's activity is the process's.
+        assert!(!w.contains_key(&unknown));
+        assert_eq!(w[&key(Direction::Outbound)].bytes_sent, 30);
+        assert_eq!(w[&key(Direction::Outbound)].links_established, 1);
         assert_eq!(w[&key(Direction::Outbound)].links_live, 1);
+        // Not found within a window: that window's activity stays unattributed.
+        let mut t = SocketTracker::new();
+        poll(&mut t, &[], Direction::Outbound);
+        t.observe(&sample(5, state::ESTABLISHED, 11, 10, 0), false, 0, || {
+            unknown.clone()
+        });
+        t.end_dump(true);
+        let w = t.close_window();
+        assert_eq!((w[&unknown].bytes_sent, w[&unknown].links_live), (10, 1));
+        t.attribute(5, "p-1".into());
+        t.observe(
+            &sample(5, state::ESTABLISHED, 31, 30, 0),
+            false,
+            0,
+            || unreachable!(),
+        );
+        t.end_dump(true);
+        assert_eq!(t.close_window()[&key(Direction::Outbound)].bytes_sent, 20);
+    }
+
+    #[test]
+    fn an_attempt_that_leaves_the_table_fails_at_once_and_its_late_final_adds_nothing() {
+        let mut t = SocketTracker::new();
+        poll(&mut t, &[], Direction::Outbound);
+        poll(
+            &mut t,
+            &[sample(12, state::SYN_SENT, 0, 0, 0)],
+            Direction::Outbound,
+        );
+        poll(&mut t, &[], Direction::Outbound);
+        let s = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!(
+            (s.links_failed, s.links_established, s.links_live),
+            (1, 0, 0)
+        );
+        t.closed(
+            &sample(12, state::CLOSE, 0, 0, 0),
+            false,
+            0,
+            || unreachable!(),
+        );
+        poll(&mut t, &[], Direction::Outbound);
+        let w = t.close_window();
+        assert_eq!(
+            w.get(&key(Direction::Outbound))
+                .copied()
+                .unwrap_or_default()
+                .links_failed,
+            0
+        );
     }
 
     #[test]

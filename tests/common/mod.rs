@@ -82,8 +82,9 @@ impl Drop for Netns {
     }
 }
 
-/// Links two namespaces with a veth pair and gives each end an address (/24).
-pub fn veth(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
+/// Links two namespaces with a veth pair and gives each end an address (/24); returns the
+/// two device names.
+pub fn veth(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) -> (String, String) {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let (va, vb) = (format!("dma{n}"), format!("dmb{n}"));
     sh(&[
@@ -112,6 +113,14 @@ pub fn veth(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
     ]);
     sh(&["ip", "-n", &a.name, "link", "set", &va, "up"]);
     sh(&["ip", "-n", &b.name, "link", "set", &vb, "up"]);
+    (va, vb)
+}
+
+/// Runs `ip -n NS <args>`.
+pub fn ip(ns: &Netns, args: &[&str]) {
+    let mut all = vec!["ip", "-n", &ns.name];
+    all.extend_from_slice(args);
+    sh(&all);
 }
 
 /// A child process whose stdout lines are collected by a reader thread.
@@ -259,6 +268,25 @@ impl Depmap {
         Depmap::start_with(ns, "")
     }
 
+    /// depmap at default poll settings, with these `[collect]` keys (e.g. the window).
+    pub fn start_defaults(ns: &Netns, collect: &str) -> Depmap {
+        let dir = TempDir::new("cfg");
+        let cfg = config_file(
+            &dir,
+            &format!("[collect]\n{collect}[sink]\nkind = \"stdout\"\n"),
+        );
+        Depmap::spawn(ns, dir, &cfg)
+    }
+
+    fn spawn(ns: &Netns, dir: TempDir, cfg: &std::path::Path) -> Depmap {
+        let mut cmd = ns.command(DEPMAP);
+        cmd.args(["run", "--config"]).arg(cfg);
+        let mut proc = Proc::spawn(cmd);
+        let first = proc.line(Duration::from_secs(20));
+        assert!(first.contains("VMComputer"), "first record: {first}");
+        Depmap { proc, _dir: dir }
+    }
+
     /// As [`Depmap::start`], with more `[collect]` keys.
     pub fn start_with(ns: &Netns, collect: &str) -> Depmap {
         let dir = TempDir::new("cfg");
@@ -268,12 +296,7 @@ impl Depmap {
                 "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\n{collect}[sink]\nkind = \"stdout\"\n"
             ),
         );
-        let mut cmd = ns.command(DEPMAP);
-        cmd.args(["run", "--config"]).arg(&cfg);
-        let mut proc = Proc::spawn(cmd);
-        let first = proc.line(Duration::from_secs(20));
-        assert!(first.contains("VMComputer"), "first record: {first}");
-        Depmap { proc, _dir: dir }
+        Depmap::spawn(ns, dir, &cfg)
     }
 
     /// Waits (bounded) until the records so far satisfy `done`.
@@ -344,6 +367,38 @@ pub fn server_with(ns: &Netns, python: &str, host: &str, port: u16, prefork: u32
     let mut p = Proc::spawn(cmd);
     let v = p.json_line(Duration::from_secs(20));
     (p, v)
+}
+
+/// A test server whose responses wait `delay_ms`.
+pub fn server_delay(ns: &Netns, host: &str, port: u16, delay_ms: u64) -> (Proc, Value) {
+    let mut cmd = ns.command("python3");
+    cmd.args([
+        PEER,
+        "serve",
+        "--host",
+        host,
+        "--port",
+        &port.to_string(),
+        "--delay-ms",
+        &delay_ms.to_string(),
+    ]);
+    let mut p = Proc::spawn(cmd);
+    let v = p.json_line(Duration::from_secs(20));
+    (p, v)
+}
+
+/// Starts a peer subcommand (`client`, `fail`) without waiting for it.
+pub fn spawn_peer(ns: &Netns, sub: &str, args: &[String]) -> Proc {
+    let mut cmd = ns.command("python3");
+    cmd.arg(PEER).arg(sub).args(args);
+    Proc::spawn(cmd)
+}
+
+/// Waits (bounded) for a peer's JSON summary line and its exit.
+pub fn finish(mut p: Proc, timeout: Duration) -> Value {
+    let v = p.json_line(timeout);
+    let _ = p.child.wait();
+    v
 }
 
 /// Runs a test client to completion (bounded) and returns its totals.

@@ -6,13 +6,20 @@ big-endian u32) followed by the request payload; the server answers with `respon
 bytes. Every byte either side writes is counted, and each side prints one JSON line with its
 totals when done, so the tests can compare depmap's records with the truth to the byte.
 
-  peer.py serve  --host H --port P [--prefork N]       prints {"listening": port, "pid": pid}
+  peer.py serve  --host H --port P [--prefork N] [--delay-ms D]
+                 prints {"listening": port, "pid": pid}; waits D ms before each response
   peer.py client --host H --port P --conns C --exchanges E --req R --resp S
                  [--think-ms T] [--hold-ms H] [--concurrent]
-                                                        prints {"sent": .., "received": .., ...}
-Servers stop on SIGTERM; clients stop by themselves.
+                 [--window-ms W --guard-ms G --expect-ms X]
+                 prints {"sent": .., "received": .., "events": [...], ...}
+  peer.py fail   --host H[,H2...] --port P --count N [--timeout-ms T] [--window-ms W --guard-ms G]
+                 N connection attempts (cycling over the hosts) that must fail
+With --window-ms, nothing starts within G ms of a window boundary (multiples of W since the
+epoch) or would run across one, so the tests know in which window each event happened.
+Every event is logged with its wall-clock time. Servers stop on SIGTERM; clients by themselves.
 """
 import argparse
+import errno
 import json
 import os
 import signal
@@ -34,6 +41,9 @@ def recv_exact(sock, n):
     return b"".join(chunks)
 
 
+DELAY_S = 0.0
+
+
 def handle(conn):
     with conn:
         while True:
@@ -43,7 +53,25 @@ def handle(conn):
             req, resp = struct.unpack("!II", hdr)
             if recv_exact(conn, req) is None:
                 return
+            if DELAY_S:
+                time.sleep(DELAY_S)
             conn.sendall(b"r" * resp)
+
+
+def settle(args, duration_s):
+    """Waits until an action of `duration_s` can run without coming within the guard of a
+    window boundary."""
+    if not getattr(args, "window_ms", 0):
+        return
+    w = args.window_ms / 1000.0
+    g = args.guard_ms / 1000.0
+    while True:
+        now = time.time()
+        into = now % w
+        if into >= g and into + duration_s + g <= w:
+            return
+        wait = w - into + g if into >= g else g - into
+        time.sleep(wait)
 
 
 def accept_loop(ls):
@@ -56,6 +84,8 @@ def accept_loop(ls):
 
 
 def serve(args):
+    global DELAY_S
+    DELAY_S = args.delay_ms / 1000.0
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     ls = socket.socket(family, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,32 +121,46 @@ def one_connection(args, totals, lock):
     s = socket.socket(family, socket.SOCK_STREAM)
     if args.source:
         s.bind((args.source, 0))
+    exchange_s = args.expect_ms / 1000.0 + 0.05
+    one_shot = args.exchanges == 1 and not args.hold_ms
+    # A one-shot connection (connect, exchange, close) must fit between boundaries whole.
+    settle(args, exchange_s + 0.05 if one_shot else 0.05)
     began = time.monotonic()
     s.connect((args.host, args.port))
+    events = [{"t": time.time(), "kind": "connect"}]
     sent = received = 0
     for i in range(args.exchanges):
         if i and args.think_ms:
             time.sleep(args.think_ms / 1000.0)
+        if not one_shot:
+            settle(args, exchange_s)
         msg = struct.pack("!II", args.req, args.resp) + b"q" * args.req
+        t0 = time.time()
         s.sendall(msg)
-        sent += len(msg)
         got = recv_exact(s, args.resp)
         if got is None:
             raise SystemExit("server closed early")
+        t1 = time.time()
+        sent += len(msg)
         received += len(got)
+        events.append({"t": t0, "end": t1, "kind": "exchange", "sent": len(msg), "received": len(got)})
     if args.hold_ms:
         time.sleep(args.hold_ms / 1000.0)
+    if not one_shot:
+        settle(args, 0.05)
     s.close()
+    events.append({"t": time.time(), "kind": "close"})
     lived_ms = (time.monotonic() - began) * 1000.0
     with lock:
         totals["sent"] += sent
         totals["received"] += received
         totals["conns"] += 1
         totals["max_ms"] = max(totals["max_ms"], lived_ms)
+        totals["events"].extend(events)
 
 
 def client(args):
-    totals = {"sent": 0, "received": 0, "conns": 0, "max_ms": 0.0, "pid": os.getpid()}
+    totals = {"sent": 0, "received": 0, "conns": 0, "max_ms": 0.0, "pid": os.getpid(), "events": []}
     lock = threading.Lock()
     if args.concurrent:
         threads = [threading.Thread(target=one_connection, args=(args, totals, lock)) for _ in range(args.conns)]
@@ -130,6 +174,36 @@ def client(args):
     print(json.dumps(totals), flush=True)
 
 
+def fail(args):
+    """Connection attempts that must fail: refused (nothing listens) or timed out."""
+    events = []
+    hosts = args.host.split(",")
+    for i in range(args.count):
+        host = hosts[i % len(hosts)]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        settle(args, args.timeout_ms / 1000.0 + 0.1)
+        s = socket.socket(family, socket.SOCK_STREAM)
+        if args.source:
+            s.bind((args.source, 0))
+        s.settimeout(args.timeout_ms / 1000.0)
+        t0 = time.time()
+        try:
+            s.connect((host, args.port))
+        except ConnectionRefusedError:
+            kind = "refused"
+        except (socket.timeout, TimeoutError):
+            kind = "timeout"
+        except OSError as e:
+            kind = "unreachable" if e.errno == errno.EHOSTUNREACH else "error:%s" % e.errno
+        else:
+            raise SystemExit("connection to %s:%d succeeded" % (host, args.port))
+        s.close()
+        events.append({"t": t0, "end": time.time(), "kind": kind, "host": host})
+        if args.think_ms:
+            time.sleep(args.think_ms / 1000.0)
+    print(json.dumps({"pid": os.getpid(), "events": events}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -137,6 +211,7 @@ def main():
     s.add_argument("--host", required=True)
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--prefork", type=int, default=0)
+    s.add_argument("--delay-ms", type=int, default=0)
     c = sub.add_parser("client")
     c.add_argument("--host", required=True)
     c.add_argument("--port", type=int, required=True)
@@ -148,8 +223,20 @@ def main():
     c.add_argument("--think-ms", type=int, default=0)
     c.add_argument("--hold-ms", type=int, default=0)
     c.add_argument("--concurrent", action="store_true")
+    c.add_argument("--window-ms", type=int, default=0)
+    c.add_argument("--guard-ms", type=int, default=300)
+    c.add_argument("--expect-ms", type=int, default=0)
+    f = sub.add_parser("fail")
+    f.add_argument("--host", required=True)
+    f.add_argument("--port", type=int, required=True)
+    f.add_argument("--source", default="")
+    f.add_argument("--count", type=int, default=1)
+    f.add_argument("--timeout-ms", type=int, default=500)
+    f.add_argument("--think-ms", type=int, default=0)
+    f.add_argument("--window-ms", type=int, default=0)
+    f.add_argument("--guard-ms", type=int, default=300)
     a = p.parse_args()
-    serve(a) if a.cmd == "serve" else client(a)
+    {"serve": serve, "client": client, "fail": fail}[a.cmd](a)
 
 
 if __name__ == "__main__":
