@@ -352,6 +352,19 @@ impl Agent {
             let s = &f.sample;
             let at = f.at.saturating_duration_since(self.epoch).as_millis() as u64;
             if self.tracker.knows(s.cookie) {
+                // An accepted socket that closes before its holder was found has left its file
+                // now: the listener rule applies to it too.
+                if let Some(k) = self.tracker.key_of(s.cookie)
+                    && k.process.is_none()
+                    && k.direction == Direction::Inbound
+                    && let Some(pool) = self
+                        .listeners
+                        .accepting(s.local)
+                        .or_else(|| self.window_listeners.accepting(s.local))
+                        .and_then(|l| self.acceptor_of(l))
+                {
+                    self.tracker.attribute(s.cookie, pool);
+                }
                 self.tracker
                     .closed(s, f.fin_received, at, || unreachable_key(s));
             } else if !baseline_poll {
@@ -403,11 +416,7 @@ impl Agent {
         // merely not known yet stays unattributed until it is found (`attribute`).
         let process = held_by.or_else(|| {
             let l = listener.filter(|_| s.inode == 0)?;
-            self.acceptors
-                .get(&l.addr)
-                .filter(|p| l.owners.contains(p))
-                .cloned()
-                .or_else(|| (l.owners.len() == 1).then(|| l.owners[0].clone()))
+            self.acceptor_of(&l)
         });
         let (source_ip, destination) = match direction {
             Direction::Inbound => (s.remote.ip(), s.local),
@@ -420,6 +429,16 @@ impl Agent {
             destination_ip: destination.ip(),
             destination_port: destination.port(),
         }
+    }
+
+    /// The pool credited with a socket accepted on `l` that left its file before a holder was
+    /// found: the pool last seen holding sockets accepted on it, else its only holder.
+    fn acceptor_of(&self, l: &Listener) -> Option<PoolId> {
+        self.acceptors
+            .get(&l.addr)
+            .filter(|p| l.owners.contains(p))
+            .cloned()
+            .or_else(|| (l.owners.len() == 1).then(|| l.owners[0].clone()))
     }
 
     /// Remembers which pool holds sockets accepted on the listener of `s` (if it is inbound).
@@ -619,7 +638,7 @@ impl Agent {
             )
         });
         format!(
-            "polls={} sockets={} last_poll_us={} destroy_received={} destroy_overruns={} closed_without_final={} late_finals={} dump_errors={} unparsable={} pids_rescanned={} proc_walks={} proc_event_errors={}",
+            "polls={} sockets={} last_poll_us={} destroy_received={} destroy_overruns={} closed_without_final={} late_finals={} hot_lookups={} dump_errors={} unparsable={} pids_rescanned={} proc_walks={} proc_event_errors={}",
             self.counters.polls,
             self.counters.sockets_last_poll,
             self.counters.last_poll_micros,
@@ -627,6 +646,7 @@ impl Agent {
             d.map(|d| d.1).unwrap_or(0),
             t.closed_without_final,
             t.late_finals,
+            self.counters.hot_lookups,
             self.counters.dump_errors,
             self.counters.unparsable_messages,
             self.owners.stats.pids_rescanned,
@@ -724,15 +744,18 @@ pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>) {
     let mut next_inventory = now + collect.inventory_interval;
     tracing::info!(window = ?collect.window, poll = ?collect.socket_poll, "depmap running");
     loop {
-        // Sleep to the next poll tick (multiples of socket_poll since the epoch), or stop.
+        // Sleep to the next tick (multiples of the tick since the epoch), or stop. A tick is a
+        // full dump at multiples of socket_poll, else a hot poll.
         let now = SystemTime::now();
-        let wait = next_tick(now, collect.socket_poll)
-            .duration_since(now)
-            .unwrap_or_default();
+        let tick = next_tick(now, collect.tick());
+        let wait = tick.duration_since(now).unwrap_or_default();
         let stopping = !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
         if stopping {
             // Let the notifications of sockets closed just before the signal arrive.
             std::thread::sleep(Duration::from_millis(50));
+        } else if !collect.is_full_poll(tick) {
+            agent.poll_hot();
+            continue;
         }
         agent.poll();
         let now = SystemTime::now();

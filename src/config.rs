@@ -337,3 +337,26 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tick_tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn hot_ticks_between_full_polls() {
+        let c = CollectConfig::default();
+        assert_eq!(c.tick(), Duration::from_millis(250));
+        let at = |ms| UNIX_EPOCH + Duration::from_millis(ms);
+        assert!(c.is_full_poll(at(2_000)));
+        assert!(c.is_full_poll(at(2_003)));
+        assert!(!c.is_full_poll(at(2_250)));
+        assert!(!c.is_full_poll(at(2_750)));
+        let off = CollectConfig {
+            hot_sockets: 0,
+            ..CollectConfig::default()
+        };
+        assert_eq!(off.tick(), Duration::from_secs(1));
+        assert!(off.is_full_poll(at(3_000)));
+    }
+}
