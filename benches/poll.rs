@@ -153,6 +153,19 @@ fn main() {
         diag.dump(Family::V4, |_| n += 1).unwrap();
         diag.dump(Family::V6, |_| n += 1).unwrap();
     });
+    // Exact lookups (the hot polls' unit of work) of 512 established sockets.
+    let mut some = Vec::new();
+    diag.dump(Family::V4, |s| {
+        if some.len() < 512 && !s.is_listener() {
+            some.push(s)
+        }
+    })
+    .unwrap();
+    let lookups = time(|| {
+        for s in &some {
+            let _ = diag.lookup(s).unwrap();
+        }
+    });
     let rss_before = status_kb("self", "VmRSS:");
     let mut agent = Agent::start(Config::default()).expect("agent");
     let t = Instant::now();
@@ -240,6 +253,13 @@ fn main() {
         out,
         "| depmap first poll (cold: full /proc fd walk) | {} | | | |",
         ms(cold)
+    );
+    let _ = writeln!(
+        out,
+        "| hot poll: {} exact lookups | {} | {:.2} µs per lookup | | |",
+        some.len(),
+        ms(lookups),
+        lookups.as_secs_f64() * 1e6 / some.len().max(1) as f64
     );
     let _ = writeln!(out);
     let _ = writeln!(

@@ -212,6 +212,7 @@ def main():
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--prefork", type=int, default=0)
     s.add_argument("--delay-ms", type=int, default=0)
+    s.add_argument("--tag", default="", help="ignored; lets a test put a marker in the command line")
     c = sub.add_parser("client")
     c.add_argument("--host", required=True)
     c.add_argument("--port", type=int, required=True)
