@@ -328,6 +328,15 @@ mod tests {
         );
         let e = Config::parse("\n[collect\n").unwrap_err();
         assert!(!e.contains('\n') && e.contains("line 2"), "{e}");
+        let e = Config::parse("[collect]\nhot_poll = \"300ms\"\n").unwrap_err();
+        assert!(
+            e.contains("collect.hot_poll") && e.contains("divide"),
+            "{e}"
+        );
+        assert!(
+            Config::parse("[collect]\nsocket_poll = \"200ms\"\n").is_ok(),
+            "hot_poll above socket_poll: off"
+        );
         let e = Config::parse("[collect]\ninventory_interval = \"300000000000y\"\n").unwrap_err();
         assert!(e.contains("collect.inventory_interval"), "{e}");
         assert!(

@@ -126,7 +126,8 @@ struct Tracked {
     rt: RtEstimator,
     /// This window's activity while no process is known for the socket: credited to its
     /// process if one is found before the window closes, else to the unattributed key.
-    pending: ConnStats,
+    /// Boxed: most sockets are attributed at once and never need it.
+    pending: Option<Box<ConnStats>>,
 }
 
 impl Tracked {
@@ -140,7 +141,7 @@ impl Tracked {
             terminated: false,
             last_seen,
             rt: RtEstimator::default(),
-            pending: ConnStats::default(),
+            pending: None,
         }
     }
 
@@ -224,7 +225,7 @@ impl SocketTracker {
         tracked.last_seen = generation;
         let client = tracked.client();
         let stats = if tracked.key.process.is_none() {
-            &mut tracked.pending
+            tracked.pending.get_or_insert_default()
         } else {
             self.window.entry(tracked.key.clone()).or_default()
         };
@@ -252,11 +253,10 @@ impl SocketTracker {
 
     /// Moves a socket's pending (unattributed) activity into the window under its key.
     fn flush_pending(window: &mut HashMap<ConnKey, ConnStats>, t: &mut Tracked) {
-        if t.pending != ConnStats::default() {
-            window
-                .entry(t.key.clone())
-                .or_default()
-                .add(&std::mem::take(&mut t.pending));
+        if let Some(p) = t.pending.take()
+            && *p != ConnStats::default()
+        {
+            window.entry(t.key.clone()).or_default().add(&p);
         }
     }
 
@@ -342,7 +342,7 @@ impl SocketTracker {
         if let Some(t) = self.sockets.get_mut(&cookie) {
             let client = t.client();
             let stats = if t.key.process.is_none() {
-                &mut t.pending
+                t.pending.get_or_insert_default()
             } else {
                 self.window.entry(t.key.clone()).or_default()
             };
