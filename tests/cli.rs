@@ -72,7 +72,7 @@ fn once_reports_capabilities_then_one_window_as_ndjson() {
     } else {
         "python3"
     };
-    let (_srv, _) = server_with(&ns, python, "127.0.0.1", 6060, 0);
+    let (_srv, _) = server_with(&ns, python, "127.0.0.1", 6060);
     let out = ns
         .command(DEPMAP)
         .args(["once", "--duration", "1s", "--format", "ndjson"])

@@ -346,45 +346,42 @@ pub fn conn_sums(records: &[Value], filter: impl Fn(&Value) -> bool) -> HashMap<
     sums
 }
 
-/// A test server in a namespace; returns once it listens.
-pub fn server(ns: &Netns, host: &str, port: u16, prefork: u32) -> (Proc, Value) {
-    server_with(ns, "python3", host, port, prefork)
-}
-
-/// A test server run by a given Python interpreter.
-pub fn server_with(ns: &Netns, python: &str, host: &str, port: u16, prefork: u32) -> (Proc, Value) {
+/// A test server in a namespace, run by `python` with extra `serve` options; returns once
+/// it listens, with its JSON greeting.
+pub fn serve(ns: &Netns, python: &str, host: &str, port: u16, extra: &[&str]) -> (Proc, Value) {
     let mut cmd = ns.command(python);
-    cmd.args([
-        PEER,
-        "serve",
-        "--host",
-        host,
-        "--port",
-        &port.to_string(),
-        "--prefork",
-        &prefork.to_string(),
-    ]);
+    cmd.args([PEER, "serve", "--host", host, "--port", &port.to_string()]);
+    cmd.args(extra);
     let mut p = Proc::spawn(cmd);
     let v = p.json_line(Duration::from_secs(20));
     (p, v)
+}
+
+/// A test server (pre-forked when `prefork` > 0).
+pub fn server(ns: &Netns, host: &str, port: u16, prefork: u32) -> (Proc, Value) {
+    serve(
+        ns,
+        "python3",
+        host,
+        port,
+        &["--prefork", &prefork.to_string()],
+    )
+}
+
+/// A test server run by a given Python interpreter.
+pub fn server_with(ns: &Netns, python: &str, host: &str, port: u16) -> (Proc, Value) {
+    serve(ns, python, host, port, &[])
 }
 
 /// A test server whose responses wait `delay_ms`.
 pub fn server_delay(ns: &Netns, host: &str, port: u16, delay_ms: u64) -> (Proc, Value) {
-    let mut cmd = ns.command("python3");
-    cmd.args([
-        PEER,
-        "serve",
-        "--host",
+    serve(
+        ns,
+        "python3",
         host,
-        "--port",
-        &port.to_string(),
-        "--delay-ms",
-        &delay_ms.to_string(),
-    ]);
-    let mut p = Proc::spawn(cmd);
-    let v = p.json_line(Duration::from_secs(20));
-    (p, v)
+        port,
+        &["--delay-ms", &delay_ms.to_string()],
+    )
 }
 
 /// Starts a peer subcommand (`client`, `fail`) without waiting for it.
