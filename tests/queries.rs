@@ -1,0 +1,246 @@
+//! The queries users run: every sample query of the VM Insights article (docs/queries.md),
+//! executed by a real KQL engine (the PyPI package duckdb-kql on DuckDB) over the records of a
+//! live depmap, with each answer checked against the truth of the test bed.
+//!
+//! The test bed: a servers' host (10.79.0.1) and a clients' host joined by a veth link,
+//! depmap on the servers' host with the file sink. A keep-alive client over the link, one-shot
+//! clients and refused attempts over loopback, a server whose command line carries
+//! "fake-mysqld" (for the "sql" queries), and curl holding a connection (for the curl
+//! versions query). `tests/queries/run_queries.py` loads the NDJSON files into DuckDB, runs the
+//! queries from docs/queries.md and checks them. The Python environment (duckdb, duckdb-kql,
+//! pinned) is created under the target directory on first use.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const SERVER: &str = "10.79.0.1";
+const CLIENT: &str = "10.79.0.2";
+const PY_PACKAGES: [&str; 2] = ["duckdb==2.0.1", "duckdb-kql==1.1.2"];
+
+/// Runs a command to completion within `limit`, killing it past that.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> bool {
+    let mut child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The Python with duckdb and duckdb-kql: a venv under the target directory, made once.
+fn kql_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kql-venv");
+    let python = venv.join("bin/python");
+    let marker = venv.join(format!("installed-{}", PY_PACKAGES.join("-")));
+    if marker.exists() {
+        return python;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    assert!(
+        run_bounded(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            Duration::from_secs(120)
+        ),
+        "python3 -m venv failed"
+    );
+    assert!(
+        run_bounded(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(PY_PACKAGES),
+            Duration::from_secs(600)
+        ),
+        "pip install {PY_PACKAGES:?} failed"
+    );
+    std::fs::write(&marker, "").expect("marker");
+    python
+}
+
+fn meminfo_mb() -> i64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+/// The executable name the test peers run under (`python3` resolves to e.g. python3.11).
+fn python_name() -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.basename(os.path.realpath(sys.executable)))",
+        ])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn dpkg_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", package])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn the_sample_queries_answer_right_on_depmap_data() {
+    let python = kql_python();
+    let _serial = serial();
+    let srv = Netns::new("qsrv");
+    let cli = Netns::new("qcli");
+    veth(&srv, SERVER, &cli, CLIENT);
+    let dir = TempDir::new("queries");
+    let cfg = config_file(
+        &dir,
+        "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\nhot_poll = \"100ms\"\n",
+    );
+    let records = dir.0.join("state").join("records");
+    let mut dm = Proc::spawn({
+        let mut c = srv.command(DEPMAP);
+        c.args(["run", "--config"]).arg(&cfg);
+        c
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "depmap wrote no inventory");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Servers: one on every address (the link), one on loopback only, one for curl.
+    let mut servers = Vec::new();
+    for (host, port, delay, tag) in [
+        ("0.0.0.0", 7300, 30, "app"),
+        ("127.0.0.1", 7301, 0, "fake-mysqld"),
+        ("127.0.0.1", 7302, 0, "web"),
+    ] {
+        let (p, _) = serve(
+            &srv,
+            "python3",
+            host,
+            port,
+            &["--delay-ms", &delay.to_string(), "--tag", tag],
+        );
+        servers.push(p);
+    }
+    let link = client(
+        &cli,
+        &[
+            "--host",
+            SERVER,
+            "--port",
+            "7300",
+            "--exchanges",
+            "10",
+            "--think-ms",
+            "150",
+            "--req",
+            "400",
+            "--resp",
+            "5000",
+        ],
+    );
+    let local = client(
+        &srv,
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "7301",
+            "--conns",
+            "5",
+            "--req",
+            "100",
+            "--resp",
+            "700",
+        ],
+    );
+    let refused = finish(
+        spawn_peer(
+            &srv,
+            "fail",
+            &["--host", "127.0.0.1", "--port", "9", "--count", "3"].map(String::from),
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(refused["events"].as_array().unwrap().len(), 3);
+    // curl holds a connection for a second (the server waits for a request it never gets).
+    let curl = run_bounded(
+        srv.command("curl")
+            .args(["-s", "--max-time", "1", "http://127.0.0.1:7302/"])
+            .stderr(Stdio::null()),
+        Duration::from_secs(10),
+    );
+    assert!(!curl, "curl must time out against the test server");
+    // Let a window close after the last activity, then stop depmap (it flushes).
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = dm.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()));
+
+    let first_computer: Value = std::fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("VMComputer"))
+        .find_map(|e| {
+            std::fs::read_to_string(e.path())
+                .ok()?
+                .lines()
+                .next()
+                .map(|l| serde_json::from_str(l).unwrap())
+        })
+        .expect("a VMComputer record");
+    let facts = json!({
+        "computer": first_computer["Computer"],
+        "machine": first_computer["Machine"],
+        "ip": SERVER,
+        "sql_marker": "fake-mysqld",
+        "physical_memory_mb": meminfo_mb(),
+        "curl_version": dpkg_version("curl"),
+        "ports": [
+            {"port": 7300, "ip": SERVER, "process_name": python_name(),
+             "bytes_sent": link["received"], "bytes_received": link["sent"], "links_established": 1},
+            {"port": 7301, "ip": "127.0.0.1", "process_name": python_name(),
+             "bytes_sent": local["received"], "bytes_received": local["sent"], "links_established": 5},
+        ],
+        "links_failed": 3,
+    });
+    let facts_file = dir.0.join("facts.json");
+    std::fs::write(&facts_file, facts.to_string()).unwrap();
+    let out = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/queries/run_queries.py"
+        ))
+        .arg(&records)
+        .arg(&facts_file)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run_queries.py");
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!("{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "some sample queries answered wrong:\n{report}"
+    );
+    let passed = report.lines().filter(|l| l.starts_with("PASS")).count();
+    assert!(passed >= 20, "{passed} queries passed:\n{report}");
+}
