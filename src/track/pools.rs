@@ -174,10 +174,6 @@ impl PoolRegistry {
         self.pools.values()
     }
 
-    pub fn pools_mut(&mut self) -> impl Iterator<Item = &mut Pool> {
-        self.pools.values_mut()
-    }
-
     /// Drops pools with no live member that nothing refers to any more.
     pub fn prune(&mut self, in_use: impl Fn(&PoolId) -> bool) {
         self.pools

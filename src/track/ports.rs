@@ -63,14 +63,6 @@ impl Listeners {
             self.insert(l.clone());
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.by_port.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_port.is_empty()
-    }
 }
 
 /// VMBoundPort identity within a machine.

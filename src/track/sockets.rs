@@ -317,13 +317,6 @@ impl SocketTracker {
         self.baseline_done
     }
 
-    /// Whether the socket was seen in the latest dump.
-    pub fn seen_in_last_dump(&self, cookie: u64) -> bool {
-        self.sockets
-            .get(&cookie)
-            .is_some_and(|t| t.last_seen + 1 == self.generation)
-    }
-
     /// Pools referred to by tracked sockets (and sockets awaiting a late final).
     pub fn processes(&self) -> std::collections::HashSet<PoolId> {
         self.sockets
