@@ -77,6 +77,8 @@ pub struct Agent {
     pub capabilities: Capabilities,
     pub counters: AgentCounters,
     reported_overruns: u64,
+    reported_shed: (u64, u64),
+    shed_logged_at: Option<Instant>,
 }
 
 impl Agent {
@@ -133,14 +135,15 @@ impl Agent {
                 proc_connector,
                 proc_fd_readable: proc_fd_readable(&proc_root),
             },
-            pools: PoolRegistry::new(identity.machine.clone(), proc_root.clone()),
+            pools: PoolRegistry::new(identity.machine.clone(), proc_root.clone())
+                .with_cap(config.collect.max_pools),
             owners: SocketOwners::new(proc_root),
             clock: Clock::read(&facts),
             identity,
             diag,
             destroys,
             proc_events,
-            tracker: SocketTracker::new(),
+            tracker: SocketTracker::with_cap(config.collect.max_connections),
             listeners: Listeners::default(),
             window_listeners: Listeners::default(),
             acceptors: HashMap::new(),
@@ -151,6 +154,8 @@ impl Agent {
             hot: Vec::new(),
             counters: AgentCounters::default(),
             reported_overruns: 0,
+            reported_shed: (0, 0),
+            shed_logged_at: None,
             config,
         })
     }
@@ -245,6 +250,7 @@ impl Agent {
         self.tracker.end_dump(complete);
         self.apply_destroys(baseline_poll);
         self.window_listeners.merge(&self.listeners);
+        self.report_shedding();
         self.counters.polls += 1;
         self.counters.last_poll_micros = started.elapsed().as_micros() as u64;
     }
@@ -628,6 +634,27 @@ impl Agent {
         }
     }
 
+    /// Logs (once a minute at most) that the caps on connections or pools shed data.
+    fn report_shedding(&mut self) {
+        let shed = (self.tracker.stats.shed, self.pools.shed);
+        if shed == self.reported_shed
+            || self
+                .shed_logged_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        tracing::warn!(
+            shed_socket_observations = shed.0,
+            shed_processes = shed.1,
+            max_connections = self.config.collect.max_connections,
+            max_pools = self.config.collect.max_pools,
+            "caps reached: new connections are not tracked / new process pools not attributed; raise collect.max_connections or collect.max_pools"
+        );
+        self.reported_shed = shed;
+        self.shed_logged_at = Some(Instant::now());
+    }
+
     /// Self-metrics for logs and `once`.
     pub fn loss_summary(&self) -> String {
         let t = &self.tracker.stats;
@@ -638,7 +665,7 @@ impl Agent {
             )
         });
         format!(
-            "polls={} sockets={} last_poll_us={} destroy_received={} destroy_overruns={} closed_without_final={} late_finals={} hot_lookups={} dump_errors={} unparsable={} pids_rescanned={} proc_walks={} proc_event_errors={}",
+            "polls={} sockets={} last_poll_us={} destroy_received={} destroy_overruns={} closed_without_final={} late_finals={} shed_sockets={} shed_pools={} hot_lookups={} dump_errors={} unparsable={} pids_rescanned={} proc_walks={} proc_event_errors={}",
             self.counters.polls,
             self.counters.sockets_last_poll,
             self.counters.last_poll_micros,
@@ -646,6 +673,8 @@ impl Agent {
             d.map(|d| d.1).unwrap_or(0),
             t.closed_without_final,
             t.late_finals,
+            t.shed,
+            self.pools.shed,
             self.counters.hot_lookups,
             self.counters.dump_errors,
             self.counters.unparsable_messages,

@@ -67,6 +67,10 @@ pub struct CollectConfig {
     pub hot_poll: Duration,
     /// Largest hot set; 0 turns hot polls off.
     pub hot_sockets: usize,
+    /// Most TCP connections tracked at once; beyond it new ones are shed (counted, logged).
+    pub max_connections: usize,
+    /// Most process pools kept at once; beyond it new processes are not attributed.
+    pub max_pools: usize,
     /// Dump IPv6 sockets too.
     pub ipv6: bool,
     pub processes: ProcessScope,
@@ -103,6 +107,8 @@ impl Default for CollectConfig {
             inventory_interval: Duration::from_secs(3600),
             hot_poll: Duration::from_millis(250),
             hot_sockets: 512,
+            max_connections: 200_000,
+            max_pools: 20_000,
             ipv6: true,
             processes: ProcessScope::Connected,
         }
@@ -251,6 +257,11 @@ impl Config {
                 "key `collect.hot_poll`: must be at least 50ms and divide collect.socket_poll ({})",
                 humantime::format_duration(c.socket_poll)
             ));
+        }
+        if c.max_connections == 0 || c.max_pools == 0 {
+            return Err(
+                "keys `collect.max_connections` and `collect.max_pools`: must be at least 1".into(),
+            );
         }
         if c.inventory_interval < Duration::from_secs(1) {
             return Err("key `collect.inventory_interval`: must be at least 1s".into());

@@ -41,6 +41,10 @@ pub struct PoolRegistry {
     by_pid: HashMap<u32, (u64, PoolId)>,
     pools: HashMap<PoolId, Pool>,
     users: HashMap<u32, String>,
+    /// Most pools kept at once (0: no limit).
+    max_pools: usize,
+    /// Processes left unattributed because the pool cap was reached.
+    pub shed: u64,
 }
 
 impl PoolRegistry {
@@ -51,7 +55,15 @@ impl PoolRegistry {
             by_pid: HashMap::new(),
             pools: HashMap::new(),
             users: HashMap::new(),
+            max_pools: 0,
+            shed: 0,
         }
+    }
+
+    /// Keeps at most `max_pools` pools; processes of new pools beyond it are not attributed.
+    pub fn with_cap(mut self, max_pools: usize) -> PoolRegistry {
+        self.max_pools = max_pools;
+        self
     }
 
     /// The pool of a live pid, reading /proc the first time; `None` if the process is gone.
@@ -60,11 +72,12 @@ impl PoolRegistry {
             return Some(id.clone());
         }
         let info = ProcessInfo::read(&self.proc_root, pid)?;
-        Some(self.admit(info))
+        self.admit(info)
     }
 
-    /// Adds a process read from /proc to its pool (creating the pool when new).
-    pub fn admit(&mut self, info: ProcessInfo) -> PoolId {
+    /// Adds a process read from /proc to its pool (creating the pool when new); `None` when a
+    /// new pool would pass the cap (counted in `shed`).
+    pub fn admit(&mut self, info: ProcessInfo) -> Option<PoolId> {
         let user = match info.uid {
             Some(uid) => self
                 .users
@@ -82,6 +95,11 @@ impl PoolRegistry {
             info.cgroup.as_deref().unwrap_or(""),
         )
         .into();
+        if self.max_pools > 0 && self.pools.len() >= self.max_pools && !self.pools.contains_key(&id)
+        {
+            self.shed += 1;
+            return None;
+        }
         let pool = self.pools.entry(id.clone()).or_insert_with(|| Pool {
             id: id.clone(),
             executable_name: info.executable_name(),
@@ -106,7 +124,7 @@ impl PoolRegistry {
         }
         pool.members.insert((info.start_ticks, info.pid));
         self.by_pid.insert(info.pid, (info.start_ticks, id.clone()));
-        id
+        Some(id)
     }
 
     /// Drops members that are no longer running (checked against /proc, for hosts without
@@ -232,9 +250,9 @@ mod tests {
     fn workers_share_a_pool_and_the_id_survives_a_restart() {
         let root = fake_proc("a", &[(100, 50), (101, 60), (200, 70)]);
         let mut r = PoolRegistry::new("m-x".into(), root.clone());
-        let parent = r.admit(info(100, 50, "srv --workers 2"));
-        let child = r.admit(info(101, 60, "srv --workers 2"));
-        let other = r.admit(info(200, 70, "srv --other"));
+        let parent = r.admit(info(100, 50, "srv --workers 2")).unwrap();
+        let child = r.admit(info(101, 60, "srv --workers 2")).unwrap();
+        let other = r.admit(info(200, 70, "srv --other")).unwrap();
         assert_eq!(parent, child);
         assert_ne!(parent, other);
         assert!(parent.starts_with("p-") && parent.len() == 42);
@@ -243,7 +261,7 @@ mod tests {
         assert_eq!(r.get(&parent).unwrap().oldest(), Some((60, 101)));
         // Restarted under a new pid: same pool id.
         let mut r2 = PoolRegistry::new("m-x".into(), "/proc".into());
-        assert_eq!(r2.admit(info(999, 80, "srv --workers 2")), parent);
+        assert_eq!(r2.admit(info(999, 80, "srv --workers 2")).unwrap(), parent);
         let _ = std::fs::remove_dir_all(root);
     }
 
@@ -251,7 +269,7 @@ mod tests {
     fn a_pool_whose_members_died_unseen_is_reported_again_when_it_returns() {
         let root = fake_proc("b", &[(100, 50)]);
         let mut r = PoolRegistry::new("m-x".into(), root.clone());
-        let id = r.admit(info(100, 50, "srv"));
+        let id = r.admit(info(100, 50, "srv")).unwrap();
         r.get_mut(&id).unwrap().reported = true;
         // pid 100 exits without an exit event; a new process of the same pool appears.
         std::fs::remove_dir_all(root.join("100")).unwrap();
@@ -261,10 +279,20 @@ mod tests {
             format!("300 (srv) S {} 90 0 0", vec!["0"; 18].join(" ")),
         )
         .unwrap();
-        assert_eq!(r.admit(info(300, 90, "srv")), id);
+        assert_eq!(r.admit(info(300, 90, "srv")).unwrap(), id);
         let pool = r.get(&id).unwrap();
         assert!(!pool.reported);
         assert_eq!(pool.oldest(), Some((90, 300)));
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn beyond_the_pool_cap_new_pools_are_not_created() {
+        let root = fake_proc("c", &[(100, 50), (200, 70)]);
+        let mut r = PoolRegistry::new("m-x".into(), root.clone()).with_cap(1);
+        assert!(r.admit(info(100, 50, "a")).is_some());
+        assert!(r.admit(info(200, 70, "b")).is_none());
+        assert_eq!(r.shed, 1);
         let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -168,6 +168,8 @@ pub struct TrackerStats {
     pub late_finals: u64,
     /// Sockets reported without `tcp_info` (bytes not counted).
     pub without_counters: u64,
+    /// Observations of sockets not tracked because the cap was reached.
+    pub shed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -179,12 +181,28 @@ pub struct SocketTracker {
     generation: u64,
     baseline_done: bool,
     window: HashMap<ConnKey, ConnStats>,
+    /// Most sockets tracked at once (0: no limit); beyond it new sockets are shed.
+    max_sockets: usize,
     pub stats: TrackerStats,
 }
 
 impl SocketTracker {
     pub fn new() -> SocketTracker {
         SocketTracker::default()
+    }
+
+    /// A tracker that follows at most `max_sockets` sockets at once. Beyond the cap a new
+    /// socket is not tracked (counted in `shed`): memory stays bounded and the sockets
+    /// already tracked stay exact.
+    pub fn with_cap(max_sockets: usize) -> SocketTracker {
+        SocketTracker {
+            max_sockets,
+            ..SocketTracker::default()
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.max_sockets > 0 && self.sockets.len() >= self.max_sockets
     }
 
     /// Whether a cookie is already tracked (its key need not be computed again).
@@ -216,6 +234,10 @@ impl SocketTracker {
         // Missing from a few dumps (e.g. a failed dump) but not closed after all.
         if let Some((t, _)) = self.awaiting_final.remove(&s.cookie) {
             self.sockets.insert(s.cookie, t);
+        }
+        if !self.sockets.contains_key(&s.cookie) && self.full() {
+            self.stats.shed += 1;
+            return;
         }
         // Connections older than depmap are not "established during the window".
         let tracked = self
@@ -384,6 +406,10 @@ impl SocketTracker {
         let generation = self.generation;
         let mut tracked = match self.sockets.remove(&s.cookie) {
             Some(t) => t,
+            None if self.full() => {
+                self.stats.shed += 1;
+                return;
+            }
             None => Tracked::new(key(), false, generation),
         };
         Self::flush_pending(&mut self.window, &mut tracked);
@@ -769,6 +795,38 @@ mod tests {
         assert!(t.baseline_done());
         let s = t.close_window()[&key(Direction::Outbound)];
         assert_eq!((s.links_established, s.bytes_sent, s.links_live), (0, 0, 1));
+    }
+
+    #[test]
+    fn beyond_the_cap_new_sockets_are_shed_and_tracked_ones_stay_exact() {
+        let mut t = SocketTracker::with_cap(1);
+        poll(&mut t, &[], Direction::Outbound);
+        poll(
+            &mut t,
+            &[
+                sample(1, state::ESTABLISHED, 11, 10, 0),
+                sample(2, state::ESTABLISHED, 21, 20, 0),
+            ],
+            Direction::Outbound,
+        );
+        t.closed(&sample(3, state::CLOSE, 31, 30, 0), false, 0, || {
+            key(Direction::Outbound)
+        });
+        poll(
+            &mut t,
+            &[
+                sample(1, state::ESTABLISHED, 16, 15, 0),
+                sample(2, state::ESTABLISHED, 41, 40, 0),
+            ],
+            Direction::Outbound,
+        );
+        let s = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!(
+            (s.links_established, s.bytes_sent, s.links_live),
+            (1, 15, 1)
+        );
+        assert_eq!(t.stats.shed, 3);
+        assert!(!t.knows(2) && !t.knows(3));
     }
 
     #[test]
