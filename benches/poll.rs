@@ -183,39 +183,13 @@ fn main() {
     });
     drop(agent);
 
-    // depmap run for 30 s at default settings (1 s polls), stdout sink to /dev/null.
-    let dir = std::env::temp_dir().join(format!("depmap-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("depmap.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nstate_dir = \"{}\"\n[sink]\nkind = \"stdout\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let mut run = Command::new(env!("CARGO_BIN_EXE_depmap"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = run.id();
-    std::thread::sleep(Duration::from_secs(5)); // start-up inventory and cold walk
-    let t0 = cpu_ticks(pid);
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(30));
-    let cpu = (cpu_ticks(pid) - t0) as f64 / 100.0 / start.elapsed().as_secs_f64();
-    let rss_run = status_kb(&pid.to_string(), "VmRSS:");
-    let hwm_run = status_kb(&pid.to_string(), "VmHWM:");
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGTERM);
-    }
-    let _ = run.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    // depmap run at default settings (1 s polls), stdout sink to /dev/null, for
+    // DEPMAP_BENCH_RUN_SECS (default 30; 0 skips it).
+    let run_secs: u64 = std::env::var("DEPMAP_BENCH_RUN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let run_figures = (run_secs > 0).then(|| run_depmap(run_secs));
     for mut f in farms {
         drop(f.stdin.take());
         let _ = f.wait();
@@ -267,11 +241,54 @@ fn main() {
         "bench process RSS grew {} kB over the agent's start and polls",
         rss_after.saturating_sub(rss_before)
     );
-    let _ = writeln!(
-        out,
-        "`depmap run` (1 s polls, 60 s windows) over 30 s: CPU {:.2} % of one core, RSS {} kB (peak {} kB)",
-        cpu * 100.0,
-        rss_run,
-        hwm_run
-    );
+    match run_figures {
+        Some((cpu, rss, hwm)) => {
+            let _ = writeln!(
+                out,
+                "`depmap run` (1 s polls, 60 s windows) over {run_secs} s: CPU {:.2} % of one core, RSS {rss} kB (peak {hwm} kB)",
+                cpu * 100.0
+            );
+        }
+        None => {
+            let _ = writeln!(out, "`depmap run` phase skipped (DEPMAP_BENCH_RUN_SECS=0)");
+        }
+    }
+}
+
+/// Runs `depmap run` at default settings for `secs` after a 5 s warm-up; returns its CPU share
+/// of one core and its RSS and peak RSS in kB.
+fn run_depmap(secs: u64) -> (f64, u64, u64) {
+    let dir = std::env::temp_dir().join(format!("depmap-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("depmap.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\n[sink]\nkind = \"stdout\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_depmap"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = run.id();
+    std::thread::sleep(Duration::from_secs(5)); // start-up inventory and cold walk
+    let t0 = cpu_ticks(pid);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = (cpu_ticks(pid) - t0) as f64 / 100.0 / start.elapsed().as_secs_f64();
+    let rss_run = status_kb(&pid.to_string(), "VmRSS:");
+    let hwm_run = status_kb(&pid.to_string(), "VmHWM:");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let _ = run.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    (cpu, rss_run, hwm_run)
 }
