@@ -8,43 +8,18 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Netns, cpu_ticks, env_or, status_kb};
+
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
 const CHURN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/churn.py");
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn main() {
     let rate = env_or("DEPMAP_CHURN_RATE", 1000);
     let secs = env_or("DEPMAP_CHURN_SECS", 300);
-    let ns = format!("dmchurn-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        assert!(Command::new("ip").args(args).status().unwrap().success());
-    };
-    ip(&["netns", "add", &ns]);
-    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    let netns = Netns::new("dmchurn");
+    let ns = netns.0.clone();
     let dir = std::env::temp_dir().join(format!("depmap-churn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("depmap.toml");
@@ -94,7 +69,7 @@ fn main() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(3)); // depmap's baseline
     let pid = depmap.id();
-    let t0 = ticks(pid);
+    let t0 = cpu_ticks(pid);
     let began = Instant::now();
     let out = Command::new("ip")
         .args([
@@ -111,8 +86,8 @@ fn main() {
         .output()
         .unwrap();
     let elapsed = began.elapsed().as_secs_f64();
-    let cpu = (ticks(pid) - t0) as f64 / 100.0 / elapsed;
-    let hwm = hwm_kb(pid);
+    let cpu = (cpu_ticks(pid) - t0) as f64 / 100.0 / elapsed;
+    let hwm = status_kb(&pid.to_string(), "VmHWM:");
     std::thread::sleep(Duration::from_secs(2)); // the last notifications
     // SAFETY: kill(2) on our own child.
     unsafe {
@@ -121,7 +96,7 @@ fn main() {
     let _ = depmap.wait();
     let _ = server.kill();
     let _ = server.wait();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    drop(netns);
 
     let truth: serde_json::Value = serde_json::from_slice(&out.stdout).expect("churn totals");
     let (mut est, mut term, mut sent, mut received) = (0i64, 0i64, 0i64, 0i64);

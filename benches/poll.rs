@@ -22,28 +22,12 @@ use depmap::agent::Agent;
 use depmap::collect::sockdiag::{Family, SockDiag};
 use depmap::config::Config;
 
+mod common;
+
+use common::{Netns, cpu_ticks, env_or, status_kb};
+
 const ROUNDS: usize = 21;
 const PER_FARM: usize = 2_500;
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
-            let me = std::process::id().to_string();
-            for pid in String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter(|p| *p != me)
-            {
-                let _ = Command::new("kill")
-                    .args(["-9", pid])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -64,46 +48,9 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-fn status_kb(pid: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (indices 11 and 12 after the state field).
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
 fn main() {
-    let conns: usize = std::env::var("DEPMAP_BENCH_CONNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let ns = Netns(format!("dmbench-{}", std::process::id()));
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("ip")
-            .args(["-n", &ns.0, "link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success()
-    );
-
+    let conns = env_or("DEPMAP_BENCH_CONNS", 10_000) as usize;
+    let ns = Netns::new("dmbench");
     // Farms: each holds PER_FARM connections (2 × PER_FARM sockets) to itself.
     let farm = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/farm.py");
     let mut farms: Vec<Child> = Vec::new();
@@ -185,10 +132,7 @@ fn main() {
 
     // depmap run at default settings (1 s polls), stdout sink to /dev/null, for
     // DEPMAP_BENCH_RUN_SECS (default 30; 0 skips it).
-    let run_secs: u64 = std::env::var("DEPMAP_BENCH_RUN_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let run_secs = env_or("DEPMAP_BENCH_RUN_SECS", 30);
     let run_figures = (run_secs > 0).then(|| run_depmap(run_secs));
     for mut f in farms {
         drop(f.stdin.take());

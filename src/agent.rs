@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::collect::destroy::{DestroyListener, Final};
+use crate::collect::destroy::{DestroyListener, Final, fin_received};
 use crate::collect::host::HostFacts;
 use crate::collect::ownership::SocketOwners;
 use crate::collect::packages::PackageDb;
@@ -224,7 +224,7 @@ impl Agent {
         for s in samples.iter().filter(|s| !s.is_listener()) {
             let fin = match fin_received_in_state(s.state) {
                 Some(f) => f,
-                None => self.fin_received_at_close(s),
+                None => fin_received(&mut self.diag, s),
             };
             if self.tracker.knows(s.cookie) {
                 if s.inode != 0
@@ -314,6 +314,18 @@ impl Agent {
             .extend(active.into_iter().take(limit).map(|(_, s)| s.clone()));
     }
 
+    /// Runs the poll due at `tick`: a full dump at multiples of `socket_poll` since the epoch,
+    /// else a hot poll. Returns whether it was a full dump.
+    pub fn poll_at(&mut self, tick: SystemTime) -> bool {
+        if self.config.collect.is_full_poll(tick) {
+            self.poll();
+            true
+        } else {
+            self.poll_hot();
+            false
+        }
+    }
+
     /// A hot poll: exact re-reads of the hot set (≈4 µs each), for response times only.
     pub fn poll_hot(&mut self) {
         let hot = std::mem::take(&mut self.hot);
@@ -377,20 +389,6 @@ impl Agent {
                 let key = self.key_for(s);
                 self.tracker.closed(s, f.fin_received, at, || key);
             }
-        }
-    }
-
-    /// Whether a dumped socket in state CLOSE (freed by TCP, still held by a file) has
-    /// received its peer's FIN: the same TIME_WAIT test as for destroy notifications
-    /// (`collect::destroy`).
-    fn fin_received_at_close(&mut self, s: &TcpSample) -> bool {
-        let Some(c) = &s.counters else { return false };
-        if c.bytes_received == 0 {
-            return false;
-        }
-        match self.diag.lookup(s) {
-            Ok(Some(tw)) => tw.state != crate::collect::sockdiag::state::FIN_WAIT2,
-            _ => true,
         }
     }
 
@@ -723,6 +721,31 @@ fn proc_fd_readable(proc_root: &std::path::Path) -> (usize, usize) {
     (readable, total)
 }
 
+/// Collects for `duration` on the same ticks as [`run_loop`] (`depmap once`), ending with a
+/// full poll, and returns the inventory and the records of that one window.
+pub fn collect_once(agent: &mut Agent, duration: Duration) -> Vec<Record> {
+    agent.poll();
+    let start = SystemTime::now();
+    let end = Instant::now() + duration;
+    let tick_len = agent.config.collect.tick();
+    loop {
+        let now = SystemTime::now();
+        let tick = next_tick(now, tick_len);
+        let wait = tick.duration_since(now).unwrap_or_default();
+        let left = end.saturating_duration_since(Instant::now());
+        if wait >= left {
+            std::thread::sleep(left);
+            agent.poll();
+            break;
+        }
+        std::thread::sleep(wait);
+        agent.poll_at(tick);
+    }
+    let mut records = agent.inventory(SystemTime::now());
+    records.extend(agent.close_window(start));
+    records
+}
+
 /// Hands batches to the sink. A failed write is logged (once a minute at most) and counted,
 /// and the agent keeps collecting: a full disk or a dead collector must not stop the agent.
 struct Delivery<'a> {
@@ -782,11 +805,10 @@ pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>) {
         if stopping {
             // Let the notifications of sockets closed just before the signal arrive.
             std::thread::sleep(Duration::from_millis(50));
-        } else if !collect.is_full_poll(tick) {
-            agent.poll_hot();
+            agent.poll();
+        } else if !agent.poll_at(tick) {
             continue;
         }
-        agent.poll();
         let now = SystemTime::now();
         out.send(agent.new_process_records(now));
         // A window closes at its end, at shutdown, and when the clock stepped backwards.

@@ -132,10 +132,7 @@ pub fn infer_role(executable: &str, listening_ports: &[u16]) -> Option<&'static 
         ),
     ];
     for (names, role) in by_name {
-        if names
-            .iter()
-            .any(|n| exe == *n || exe.starts_with(&format!("{n}:")) || exe.starts_with(n))
-        {
+        if names.iter().any(|n| exe.starts_with(n)) {
             return Some(role);
         }
     }

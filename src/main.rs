@@ -3,11 +3,11 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use clap::Parser;
 
-use depmap::agent::{Agent, run_loop};
+use depmap::agent::{Agent, collect_once, run_loop};
 use depmap::cli::{Cli, Command, Format};
 use depmap::config::Config;
 use depmap::records::{Record, TABLES};
@@ -72,31 +72,14 @@ fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -
         Format::Ndjson => eprint!("{caps}"),
     }
     let _ = stdout.flush();
-    agent.poll();
-    let start = SystemTime::now();
-    let began = Instant::now();
-    let (tick, per_full) = (
-        agent.config().collect.tick(),
-        agent.config().collect.socket_poll,
-    );
-    let mut n = 0u32;
-    while began.elapsed() < duration {
-        std::thread::sleep(tick.min(duration.saturating_sub(began.elapsed())));
-        n += 1;
-        if began.elapsed() >= duration || (tick * n).as_nanos().is_multiple_of(per_full.as_nanos())
-        {
-            agent.poll();
-        } else {
-            agent.poll_hot();
-        }
-    }
-    let mut records = agent.inventory(SystemTime::now());
-    records.extend(agent.close_window(start));
+    let records = collect_once(&mut agent, duration);
     let wanted = |r: &Record| tables.is_empty() || tables.iter().any(|t| t == r.table());
     match format {
         Format::Ndjson => {
             for r in records.iter().filter(|r| wanted(r)) {
-                println!("{}", r.to_json());
+                if writeln!(stdout, "{}", r.to_json()).is_err() {
+                    break;
+                }
             }
         }
         Format::Table => {
@@ -104,10 +87,13 @@ fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -
                 .iter()
                 .filter(|t| tables.is_empty() || tables.iter().any(|w| w == *t))
             {
-                println!("{}", report::table(t, &records));
+                if writeln!(stdout, "{}", report::table(t, &records)).is_err() {
+                    break;
+                }
             }
         }
     }
+    let _ = stdout.flush();
     tracing::debug!(summary = %agent.loss_summary(), "once done");
     ExitCode::SUCCESS
 }

@@ -1,0 +1,72 @@
+//! Shared by the bench binaries: a network-namespace guard and /proc readings of a process.
+#![allow(dead_code)]
+
+use std::process::{Command, Stdio};
+
+/// A network namespace made for a benchmark; dropping it kills everything in it (but the
+/// bench itself, which may have entered it) and deletes it, also when the bench panics.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let ns = Netns(format!("{tag}-{}", std::process::id()));
+        ip(&["netns", "add", &ns.0]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
+            let me = std::process::id().to_string();
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter(|p| *p != me)
+            {
+                let _ = Command::new("kill")
+                    .args(["-9", pid])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {args:?} failed");
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`); `pid` may be "self".
+pub fn status_kb(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of a process, in clock ticks (USER_HZ = 100).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (indices 11 and 12 after the state field).
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// An unsigned setting from the environment.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
