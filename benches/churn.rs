@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Netns, cpu_ticks, env_or, status_kb};
+use common::{Netns, cpu_ticks, default_config, env_or, status_kb};
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
 const CHURN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/churn.py");
@@ -20,17 +20,7 @@ fn main() {
     let secs = env_or("DEPMAP_CHURN_SECS", 300);
     let netns = Netns::new("dmchurn");
     let ns = netns.0.clone();
-    let dir = std::env::temp_dir().join(format!("depmap-churn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("depmap.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nstate_dir = \"{}\"\n[sink]\nkind = \"stdout\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
+    let (dir, cfg) = default_config("churn");
     let records = dir.join("records.ndjson");
     let log = dir.join("depmap.log");
     let mut depmap = Command::new("ip")

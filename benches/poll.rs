@@ -24,7 +24,7 @@ use depmap::config::Config;
 
 mod common;
 
-use common::{Netns, cpu_ticks, env_or, status_kb};
+use common::{Netns, cpu_ticks, default_config, env_or, status_kb};
 
 const ROUNDS: usize = 21;
 const PER_FARM: usize = 2_500;
@@ -202,17 +202,7 @@ fn main() {
 /// Runs `depmap run` at default settings for `secs` after a 5 s warm-up; returns its CPU share
 /// of one core and its RSS and peak RSS in kB.
 fn run_depmap(secs: u64) -> (f64, u64, u64) {
-    let dir = std::env::temp_dir().join(format!("depmap-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("depmap.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nstate_dir = \"{}\"\n[sink]\nkind = \"stdout\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
+    let (dir, cfg) = default_config("bench");
     let mut run = Command::new(env!("CARGO_BIN_EXE_depmap"))
         .args(["run", "--config"])
         .arg(&cfg)

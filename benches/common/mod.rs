@@ -63,6 +63,20 @@ pub fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// A scratch directory `depmap-<tag>-<pid>` holding a `depmap.toml` for a default-settings
+/// `depmap run` with the stdout sink; returns (directory, config file).
+pub fn default_config(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("depmap-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let cfg = dir.join("depmap.toml");
+    let text = format!(
+        "[agent]\nstate_dir = \"{}\"\n[sink]\nkind = \"stdout\"\n",
+        dir.display()
+    );
+    std::fs::write(&cfg, text).expect("bench config");
+    (dir, cfg)
+}
+
 /// An unsigned setting from the environment.
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
