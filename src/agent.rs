@@ -26,7 +26,9 @@ use crate::sink::Sink;
 use crate::track::pools::PoolRegistry;
 use crate::track::ports::{Listener, Listeners, bound_ports};
 use crate::track::response::RtStats;
-use crate::track::sockets::{ConnKey, Direction, PoolId, SocketTracker, fin_received_in_state};
+use crate::track::sockets::{
+    ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in_state,
+};
 use crate::track::window::{next_tick, window_start};
 
 /// What depmap can see on this host, and why not where it cannot.
@@ -68,6 +70,8 @@ pub struct Agent {
     packages: PackageDb,
     clock: Clock,
     samples: Vec<TcpSample>,
+    /// What the tracker knew of each of `samples` before this poll (reused buffer).
+    known: Vec<Known>,
     /// The agent's monotonic clock origin; snapshot times are milliseconds since it.
     epoch: Instant,
     /// When the latest dump's sockets were read (middle of the dump), on that clock.
@@ -149,6 +153,7 @@ impl Agent {
             acceptors: HashMap::new(),
             packages: PackageDb::new(),
             samples: Vec::new(),
+            known: Vec::new(),
             epoch: Instant::now(),
             dump_at_ms: 0,
             hot: Vec::new(),
@@ -187,19 +192,16 @@ impl Agent {
         let complete = self.dump();
         // Inodes whose holders matter (with the socket's uid, to narrow the search):
         // listeners, new sockets, and tracked sockets no process was found for yet.
+        // What the tracker knows of each sample: one lookup per socket per poll.
+        let mut known = std::mem::take(&mut self.known);
+        known.clear();
+        known.extend(self.samples.iter().map(|s| self.tracker.known(s.cookie)));
         let wanted: HashMap<u32, u32> = self
             .samples
             .iter()
-            .filter(|s| {
-                s.inode != 0
-                    && (s.is_listener()
-                        || !self.tracker.knows(s.cookie)
-                        || self
-                            .tracker
-                            .key_of(s.cookie)
-                            .is_some_and(|k| k.process.is_none()))
-            })
-            .map(|s| (s.inode, s.uid))
+            .zip(&known)
+            .filter(|(s, k)| s.inode != 0 && (s.is_listener() || **k != Known::Attributed))
+            .map(|(s, _)| (s.inode, s.uid))
             .collect();
         if wanted.is_empty() {
             hints.clear();
@@ -221,29 +223,27 @@ impl Agent {
                 owners,
             });
         }
-        for s in samples.iter().filter(|s| !s.is_listener()) {
+        for (s, known) in samples.iter().zip(&known).filter(|(s, _)| !s.is_listener()) {
             let fin = match fin_received_in_state(s.state) {
                 Some(f) => f,
                 None => fin_received(&mut self.diag, s),
             };
-            if self.tracker.knows(s.cookie) {
-                if s.inode != 0
-                    && self
-                        .tracker
-                        .key_of(s.cookie)
-                        .is_some_and(|k| k.process.is_none())
-                    && let Some(pool) = self.pools_holding(s.inode).into_iter().next()
-                {
-                    self.remember_acceptor(s, &pool);
-                    self.tracker.attribute(s.cookie, pool);
-                }
-                self.tracker
-                    .observe(s, fin, self.dump_at_ms, || unreachable_key(s));
-            } else {
+            if *known == Known::New {
                 let key = self.key_for(s);
                 self.tracker.observe(s, fin, self.dump_at_ms, || key);
+                continue;
             }
+            if *known == Known::Unattributed
+                && s.inode != 0
+                && let Some(pool) = self.pools_holding(s.inode).into_iter().next()
+            {
+                self.remember_acceptor(s, &pool);
+                self.tracker.attribute(s.cookie, pool);
+            }
+            self.tracker
+                .observe(s, fin, self.dump_at_ms, || unreachable_key(s));
         }
+        self.known = known;
         self.counters.sockets_last_poll = samples.len() as u64;
         self.choose_hot_set(&samples);
         self.samples = samples;

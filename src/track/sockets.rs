@@ -9,12 +9,18 @@
 //! This file does no I/O: the agent feeds it samples, which keeps the arithmetic testable.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::collect::sockdiag::{TcpCounters, TcpSample, state};
 
 use super::response::{RtEstimator, RtStats};
+
+/// Sockets by kernel cookie. Cookies are assigned by the kernel from a counter, never by a
+/// peer, so the fast non-keyed hash is safe here (SipHash cost more than the lookup itself).
+type CookieMap<V> = HashMap<u64, V, BuildHasherDefault<rustc_hash::FxHasher>>;
 
 /// Identity of a process pool (`p-` + 40 hex).
 pub type PoolId = Arc<str>;
@@ -128,6 +134,8 @@ struct Tracked {
     /// process if one is found before the window closes, else to the unattributed key.
     /// Boxed: most sockets are attributed at once and never need it.
     pending: Option<Box<ConnStats>>,
+    /// Where its key's sums are in the current window (see [`WindowSums`]).
+    slot: Slot,
 }
 
 impl Tracked {
@@ -142,6 +150,7 @@ impl Tracked {
             last_seen,
             rt: RtEstimator::default(),
             pending: None,
+            slot: Slot::default(),
         }
     }
 
@@ -156,6 +165,69 @@ impl Tracked {
             stats.links_failed += 1;
         }
     }
+}
+
+/// A remembered position in [`WindowSums`], valid for one window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    window: u64,
+    index: Option<usize>,
+}
+
+/// The current window's sums by key. Each tracked socket remembers its key's slot, so the
+/// polls after its first add to the sums without hashing (and cloning) its key again: at
+/// 20,000 sockets that was most of the tracker's cost per poll.
+#[derive(Debug, Default)]
+struct WindowSums {
+    /// Counts window closes: slots remembered in an earlier window are stale.
+    window: u64,
+    index: HashMap<ConnKey, usize>,
+    sums: Vec<(ConnKey, ConnStats)>,
+}
+
+impl WindowSums {
+    fn position(&mut self, key: &ConnKey) -> usize {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        self.sums.push((key.clone(), ConnStats::default()));
+        self.index.insert(key.clone(), self.sums.len() - 1);
+        self.sums.len() - 1
+    }
+
+    /// The sums of a tracked socket's key, found through its remembered slot.
+    fn of_socket(&mut self, key: &ConnKey, slot: &mut Slot) -> &mut ConnStats {
+        let i = match slot.index {
+            Some(i) if slot.window == self.window && i < self.sums.len() => i,
+            _ => {
+                let i = self.position(key);
+                *slot = Slot {
+                    window: self.window,
+                    index: Some(i),
+                };
+                i
+            }
+        };
+        &mut self.sums[i].1
+    }
+
+    /// The window's sums, leaving an empty window behind.
+    fn take(&mut self) -> HashMap<ConnKey, ConnStats> {
+        self.window += 1;
+        self.index.clear();
+        std::mem::take(&mut self.sums).into_iter().collect()
+    }
+}
+
+/// What the tracker knows of a cookie (one lookup, before a poll's per-socket work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// Not tracked: its key must be computed.
+    New,
+    /// Tracked, with no process found yet.
+    Unattributed,
+    /// Tracked and credited to a process.
+    Attributed,
 }
 
 /// Losses and anomalies, for the self-metrics.
@@ -174,13 +246,13 @@ pub struct TrackerStats {
 
 #[derive(Debug, Default)]
 pub struct SocketTracker {
-    sockets: HashMap<u64, Tracked>,
+    sockets: CookieMap<Tracked>,
     /// Sockets counted as terminated without their final counters, awaiting a late destroy
     /// notification, with the dump generation they were terminated in.
-    awaiting_final: HashMap<u64, (Tracked, u64)>,
+    awaiting_final: CookieMap<(Tracked, u64)>,
     generation: u64,
     baseline_done: bool,
-    window: HashMap<ConnKey, ConnStats>,
+    window: WindowSums,
     /// Most sockets tracked at once (0: no limit); beyond it new sockets are shed.
     max_sockets: usize,
     pub stats: TrackerStats,
@@ -207,7 +279,20 @@ impl SocketTracker {
 
     /// Whether a cookie is already tracked (its key need not be computed again).
     pub fn knows(&self, cookie: u64) -> bool {
-        self.sockets.contains_key(&cookie) || self.awaiting_final.contains_key(&cookie)
+        self.known(cookie) != Known::New
+    }
+
+    /// Whether a cookie is tracked, and whether its process is known.
+    pub fn known(&self, cookie: u64) -> Known {
+        let tracked = match self.sockets.get(&cookie) {
+            Some(t) => Some(t),
+            None => self.awaiting_final.get(&cookie).map(|(t, _)| t),
+        };
+        match tracked {
+            None => Known::New,
+            Some(t) if t.key.process.is_none() => Known::Unattributed,
+            Some(_) => Known::Attributed,
+        }
     }
 
     /// Number of tracked connections.
@@ -231,25 +316,26 @@ impl SocketTracker {
         let generation = self.generation;
         let baseline = !self.baseline_done;
         let established_now = is_established(s.state);
-        // Missing from a few dumps (e.g. a failed dump) but not closed after all.
-        if let Some((t, _)) = self.awaiting_final.remove(&s.cookie) {
-            self.sockets.insert(s.cookie, t);
-        }
-        if !self.sockets.contains_key(&s.cookie) && self.full() {
-            self.stats.shed += 1;
-            return;
-        }
-        // Connections older than depmap are not "established during the window".
-        let tracked = self
-            .sockets
-            .entry(s.cookie)
-            .or_insert_with(|| Tracked::new(key(), baseline && established_now, generation));
+        let full = self.full();
+        let tracked = match self.sockets.entry(s.cookie) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match self.awaiting_final.remove(&s.cookie) {
+                // Missing from a few dumps (e.g. a failed dump) but not closed after all.
+                Some((t, _)) => e.insert(t),
+                None if full => {
+                    self.stats.shed += 1;
+                    return;
+                }
+                // Connections older than depmap are not "established during the window".
+                None => e.insert(Tracked::new(key(), baseline && established_now, generation)),
+            },
+        };
         tracked.last_seen = generation;
         let client = tracked.client();
         let stats = if tracked.key.process.is_none() {
             tracked.pending.get_or_insert_default()
         } else {
-            self.window.entry(tracked.key.clone()).or_default()
+            self.window.of_socket(&tracked.key, &mut tracked.slot)
         };
         if established_now && !tracked.established {
             tracked.established = true;
@@ -274,11 +360,11 @@ impl SocketTracker {
     }
 
     /// Moves a socket's pending (unattributed) activity into the window under its key.
-    fn flush_pending(window: &mut HashMap<ConnKey, ConnStats>, t: &mut Tracked) {
+    fn flush_pending(window: &mut WindowSums, t: &mut Tracked) {
         if let Some(p) = t.pending.take()
             && *p != ConnStats::default()
         {
-            window.entry(t.key.clone()).or_default().add(&p);
+            window.of_socket(&t.key, &mut t.slot).add(&p);
         }
     }
 
@@ -303,7 +389,7 @@ impl SocketTracker {
                     self.stats.closed_without_final += 1;
                 }
                 Self::flush_pending(&mut self.window, &mut t);
-                let stats = self.window.entry(t.key.clone()).or_default();
+                let stats = self.window.of_socket(&t.key, &mut t.slot);
                 if t.terminated {
                     // Came back once and vanished again: counted already.
                 } else if t.established {
@@ -359,7 +445,7 @@ impl SocketTracker {
             let stats = if t.key.process.is_none() {
                 t.pending.get_or_insert_default()
             } else {
-                self.window.entry(t.key.clone()).or_default()
+                self.window.of_socket(&t.key, &mut t.slot)
             };
             t.rt.observe(at_ms, c, client, &mut stats.rt);
         }
@@ -372,6 +458,7 @@ impl SocketTracker {
             && t.key.process.is_none()
         {
             t.key.process = Some(process);
+            t.slot = Slot::default();
             Self::flush_pending(&mut self.window, t);
         }
     }
@@ -396,7 +483,7 @@ impl SocketTracker {
             if let Some(c) = &s.counters {
                 let (sent, received) = payload(c, t.syn_acked, fin_received);
                 let client = t.client();
-                let stats = self.window.entry(t.key.clone()).or_default();
+                let stats = self.window.of_socket(&t.key, &mut t.slot);
                 t.rt.observe(at_ms, c, client, &mut stats.rt);
                 stats.bytes_sent += sent.saturating_sub(t.sent);
                 stats.bytes_received += received.saturating_sub(t.received);
@@ -414,7 +501,7 @@ impl SocketTracker {
         };
         Self::flush_pending(&mut self.window, &mut tracked);
         let client = tracked.client();
-        let stats = self.window.entry(tracked.key.clone()).or_default();
+        let stats = self.window.of_socket(&tracked.key, &mut tracked.slot);
         if let Some(c) = &s.counters {
             tracked.rt.observe(at_ms, c, client, &mut stats.rt);
         }
@@ -449,12 +536,12 @@ impl SocketTracker {
         for t in self.sockets.values_mut() {
             Self::flush_pending(&mut self.window, t);
         }
-        for t in self.sockets.values() {
+        for t in self.sockets.values_mut() {
             if t.established && t.last_seen == last {
-                self.window.entry(t.key.clone()).or_default().links_live += 1;
+                self.window.of_socket(&t.key, &mut t.slot).links_live += 1;
             }
         }
-        std::mem::take(&mut self.window)
+        self.window.take()
     }
 }
 
