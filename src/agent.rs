@@ -22,6 +22,7 @@ use crate::config::{Config, ProcessScope};
 use crate::inventory::{self, Clock};
 use crate::records::identity::{self, Identity, connection_id, port_id};
 use crate::records::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
+use crate::schedule::{PollSchedule, thread_cpu};
 use crate::sink::Sink;
 use crate::track::pools::PoolRegistry;
 use crate::track::ports::{Listener, Listeners, bound_ports};
@@ -51,6 +52,8 @@ pub struct AgentCounters {
     pub sockets_last_poll: u64,
     pub last_poll_micros: u64,
     pub hot_lookups: u64,
+    /// Current period of full dumps (stretched by `collect.cpu_budget`), milliseconds.
+    pub full_poll_period_ms: u64,
 }
 
 pub struct Agent {
@@ -78,6 +81,8 @@ pub struct Agent {
     dump_at_ms: u64,
     /// Sockets re-read between full dumps for response times (active in the last dump).
     hot: Vec<TcpSample>,
+    /// When full and hot polls happen, within the CPU budget.
+    schedule: PollSchedule,
     pub capabilities: Capabilities,
     pub counters: AgentCounters,
     reported_overruns: u64,
@@ -158,6 +163,7 @@ impl Agent {
             dump_at_ms: 0,
             hot: Vec::new(),
             counters: AgentCounters::default(),
+            schedule: PollSchedule::new(&config.collect),
             reported_overruns: 0,
             reported_shed: (0, 0),
             shed_logged_at: None,
@@ -295,11 +301,11 @@ impl Agent {
     /// recently active first, at most `collect.hot_sockets`.
     fn choose_hot_set(&mut self, samples: &[TcpSample]) {
         self.hot.clear();
-        let limit = self.config.collect.hot_sockets;
+        let limit = self.schedule.hot_limit();
         if limit == 0 {
             return;
         }
-        let recent = self.config.collect.socket_poll.as_millis() as u32;
+        let recent = self.schedule.full_period().as_millis() as u32;
         let mut active: Vec<(u32, &TcpSample)> = samples
             .iter()
             .filter(|s| !s.is_listener() && s.state == crate::collect::sockdiag::state::ESTABLISHED)
@@ -314,14 +320,32 @@ impl Agent {
             .extend(active.into_iter().take(limit).map(|(_, s)| s.clone()));
     }
 
-    /// Runs the poll due at `tick`: a full dump at multiples of `socket_poll` since the epoch,
-    /// else a hot poll. Returns whether it was a full dump.
+    /// Runs the poll due at `tick`: a full dump at multiples of the full-dump period since
+    /// the epoch (`socket_poll`, stretched when the CPU budget requires), else a hot poll.
+    /// Returns whether it was a full dump.
     pub fn poll_at(&mut self, tick: SystemTime) -> bool {
-        if self.config.collect.is_full_poll(tick) {
+        let cpu = thread_cpu();
+        if self.schedule.is_full_poll(tick) {
             self.poll();
+            if let Some(period) = self
+                .schedule
+                .full_poll_done(thread_cpu().saturating_sub(cpu))
+            {
+                tracing::info!(
+                    period = %humantime::format_duration(period),
+                    dump_cpu = ?self.schedule.full_poll_cost().unwrap_or_default(),
+                    sockets = self.counters.sockets_last_poll,
+                    cpu_budget = %self.config.collect.cpu_budget,
+                    "full sock_diag dump period changed to stay within collect.cpu_budget"
+                );
+            }
+            self.counters.full_poll_period_ms = self.schedule.full_period().as_millis() as u64;
             true
         } else {
+            let lookups = self.hot.len();
             self.poll_hot();
+            self.schedule
+                .hot_poll_done(lookups, thread_cpu().saturating_sub(cpu));
             false
         }
     }

@@ -71,6 +71,9 @@ pub struct CollectConfig {
     pub max_connections: usize,
     /// Most process pools kept at once; beyond it new processes are not attributed.
     pub max_pools: usize,
+    /// Share of one core the socket polls may use (`"1%"`); `"0%"` means no limit. Beyond it
+    /// full dumps are spread out (see `schedule`).
+    pub cpu_budget: CpuBudget,
     /// Dump IPv6 sockets too.
     pub ipv6: bool,
     pub processes: ProcessScope,
@@ -85,18 +88,6 @@ impl CollectConfig {
             self.socket_poll
         }
     }
-
-    /// Whether the tick at `t` is a full dump (a multiple of `socket_poll` since the epoch).
-    pub fn is_full_poll(&self, t: std::time::SystemTime) -> bool {
-        let ms = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        let tick = self.tick().as_millis().max(1);
-        // Round to the tick the loop aimed at, then test it against the full-poll period.
-        let aimed = (ms + tick / 2) / tick * tick;
-        aimed.is_multiple_of(self.socket_poll.as_millis().max(1))
-    }
 }
 
 impl Default for CollectConfig {
@@ -109,9 +100,50 @@ impl Default for CollectConfig {
             hot_sockets: 512,
             max_connections: 200_000,
             max_pools: 20_000,
+            cpu_budget: CpuBudget(1.0),
             ipv6: true,
             processes: ProcessScope::Connected,
         }
+    }
+}
+
+/// A share of one core, written as a percentage: `"1%"`, `"0.5%"`, `"0%"` (no limit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuBudget(pub f64);
+
+impl CpuBudget {
+    /// The budget as a fraction of one core (0: no limit).
+    pub fn fraction(self) -> f64 {
+        self.0 / 100.0
+    }
+}
+
+impl fmt::Display for CpuBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl Serialize for CpuBudget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuBudget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let value = text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && (0.0..=100.0).contains(v))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a percentage of one core between 0% and 100% (e.g. \"1%\")"
+                ))
+            })?;
+        Ok(CpuBudget(value))
     }
 }
 
@@ -330,6 +362,12 @@ mod tests {
         assert!(e.contains("windw"), "{e}");
         let e = Config::parse("[collect]\nwindow = \"ten seconds\"\n").unwrap_err();
         assert!(e.contains("collect.window") && e.contains("line 2"), "{e}");
+        for bad in ["\"1\"", "\"150%\"", "\"-1%\"", "\"NaN%\"", "1"] {
+            let e = Config::parse(&format!("[collect]\ncpu_budget = {bad}\n")).unwrap_err();
+            assert!(e.contains("collect.cpu_budget") && !e.contains('\n'), "{e}");
+        }
+        let c = Config::parse("[collect]\ncpu_budget = \"0.5%\"\n").unwrap();
+        assert_eq!(c.collect.cpu_budget.fraction(), 0.005);
         let e = Config::parse("[sink]\nkind = \"kafka\"\n").unwrap_err();
         assert!(e.contains("sink.kind"), "{e}");
         let e = Config::parse("[collect]\nwindow = \"1500ms\"\n").unwrap_err();
@@ -355,28 +393,5 @@ mod tests {
                 .unwrap_err()
                 .is_empty()
         );
-    }
-}
-
-#[cfg(test)]
-mod tick_tests {
-    use super::*;
-    use std::time::UNIX_EPOCH;
-
-    #[test]
-    fn hot_ticks_between_full_polls() {
-        let c = CollectConfig::default();
-        assert_eq!(c.tick(), Duration::from_millis(250));
-        let at = |ms| UNIX_EPOCH + Duration::from_millis(ms);
-        assert!(c.is_full_poll(at(2_000)));
-        assert!(c.is_full_poll(at(2_003)));
-        assert!(!c.is_full_poll(at(2_250)));
-        assert!(!c.is_full_poll(at(2_750)));
-        let off = CollectConfig {
-            hot_sockets: 0,
-            ..CollectConfig::default()
-        };
-        assert_eq!(off.tick(), Duration::from_secs(1));
-        assert!(off.is_full_poll(at(3_000)));
     }
 }

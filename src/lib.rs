@@ -3,7 +3,7 @@
 //!
 //! The data's journey: `collect` (kernel and /proc readers) → `track` (socket state across
 //! polls, windows, sums) → `records` (the four tables) → `sink` (delivery). `agent` runs the
-//! poll loop that ties them together; `cli` is the command line.
+//! poll loop that ties them together, at the times `schedule` picks; `cli` is the command line.
 pub mod agent;
 pub mod cli;
 pub mod collect;
@@ -11,5 +11,6 @@ pub mod config;
 pub mod inventory;
 pub mod records;
 pub mod report;
+pub mod schedule;
 pub mod sink;
 pub mod track;
