@@ -22,7 +22,7 @@ use crate::config::{Config, ProcessScope};
 use crate::inventory::{self, Clock};
 use crate::records::identity::{self, Identity, connection_id, port_id};
 use crate::records::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
-use crate::schedule::{PollSchedule, thread_cpu};
+use crate::schedule::{PollSchedule, process_cpu, thread_cpu};
 use crate::sink::Sink;
 use crate::track::pools::PoolRegistry;
 use crate::track::ports::{Listener, Listeners, bound_ports};
@@ -339,6 +339,7 @@ impl Agent {
                     "full sock_diag dump period changed to stay within collect.cpu_budget"
                 );
             }
+            self.schedule.process_usage(process_cpu(), Instant::now());
             self.counters.full_poll_period_ms = self.schedule.full_period().as_millis() as u64;
             true
         } else {

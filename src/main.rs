@@ -1,7 +1,7 @@
 //! `depmap` binary: parses the command line and runs one of the commands.
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,6 +22,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        // Colours only for a person at a terminal: journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Command::Version => {
