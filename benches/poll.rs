@@ -10,7 +10,7 @@
 //! * poll: `Agent::poll` (dump + parse + attribution + tracker update), warm cache;
 //! * `ss -tni` writing to /dev/null;
 //!
-//! and finally runs `depmap run` (1 s polls) for 30 s and reports its CPU and resident memory.
+//! and finally runs `depmap run` at default settings for 30 s and reports its CPU and resident memory.
 //! Run with `cargo bench --bench poll` as root.
 
 use std::io::{BufRead, BufReader, Write};
@@ -130,7 +130,7 @@ fn main() {
     });
     drop(agent);
 
-    // depmap run at default settings (1 s polls), stdout sink to /dev/null, for
+    // depmap run at default settings, stdout sink to /dev/null, for
     // DEPMAP_BENCH_RUN_SECS (default 30; 0 skips it).
     let run_secs = env_or("DEPMAP_BENCH_RUN_SECS", 30);
     let run_figures = (run_secs > 0).then(|| run_depmap(run_secs));
@@ -189,7 +189,7 @@ fn main() {
         Some((cpu, rss, hwm)) => {
             let _ = writeln!(
                 out,
-                "`depmap run` (1 s polls, 60 s windows) over {run_secs} s: CPU {:.2} % of one core, RSS {rss} kB (peak {hwm} kB)",
+                "`depmap run` (default settings) over {run_secs} s: CPU {:.2} % of one core, RSS {rss} kB (peak {hwm} kB)",
                 cpu * 100.0
             );
         }

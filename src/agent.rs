@@ -27,9 +27,7 @@ use crate::sink::Sink;
 use crate::track::pools::PoolRegistry;
 use crate::track::ports::{Listener, Listeners, bound_ports};
 use crate::track::response::RtStats;
-use crate::track::sockets::{
-    ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in_state,
-};
+use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
 use crate::track::window::{next_tick, window_start};
 
 /// What depmap can see on this host, and why not where it cannot.
@@ -83,6 +81,8 @@ pub struct Agent {
     hot: Vec<TcpSample>,
     /// When full and hot polls happen, within the CPU budget.
     schedule: PollSchedule,
+    /// CPU time spent applying destroy notifications since the last full poll was scheduled.
+    destroys_cpu: Duration,
     pub capabilities: Capabilities,
     pub counters: AgentCounters,
     reported_overruns: u64,
@@ -164,6 +164,7 @@ impl Agent {
             hot: Vec::new(),
             counters: AgentCounters::default(),
             schedule: PollSchedule::new(&config.collect),
+            destroys_cpu: Duration::ZERO,
             reported_overruns: 0,
             reported_shed: (0, 0),
             shed_logged_at: None,
@@ -230,7 +231,8 @@ impl Agent {
             });
         }
         for (s, known) in samples.iter().zip(&known).filter(|(s, _)| !s.is_listener()) {
-            let fin = match fin_received_in_state(s.state) {
+            // The state read with the counters: whether they include the peer's FIN.
+            let fin = match fin_received_in(s) {
                 Some(f) => f,
                 None => fin_received(&mut self.diag, s),
             };
@@ -254,7 +256,11 @@ impl Agent {
         self.choose_hot_set(&samples);
         self.samples = samples;
         self.tracker.end_dump(complete);
+        // Applying queued closes costs what the churn costs, whatever the dump period: it is
+        // not counted as the dump's cost (the schedule sees it as the rest of the process).
+        let cpu = thread_cpu();
         self.apply_destroys(baseline_poll);
+        self.destroys_cpu += thread_cpu().saturating_sub(cpu);
         self.window_listeners.merge(&self.listeners);
         self.report_shedding();
         self.counters.polls += 1;
@@ -326,11 +332,12 @@ impl Agent {
     pub fn poll_at(&mut self, tick: SystemTime) -> bool {
         let cpu = thread_cpu();
         if self.schedule.is_full_poll(tick) {
+            self.destroys_cpu = Duration::ZERO;
             self.poll();
-            if let Some(period) = self
-                .schedule
-                .full_poll_done(thread_cpu().saturating_sub(cpu))
-            {
+            let dump_cpu = thread_cpu()
+                .saturating_sub(cpu)
+                .saturating_sub(std::mem::take(&mut self.destroys_cpu));
+            if let Some(period) = self.schedule.full_poll_done(dump_cpu) {
                 tracing::info!(
                     period = %humantime::format_duration(period),
                     dump_cpu = ?self.schedule.full_poll_cost().unwrap_or_default(),

@@ -2,7 +2,8 @@
 //!
 //! Two network namespaces joined by a veth link: the servers' host (10.78.0.1) and the
 //! clients' host (10.78.0.2), each watched by its own depmap at default poll settings
-//! (`socket_poll = 1s`, `hot_poll = 250ms`) with a 10 s window (the window length does not
+//! (`socket_poll = 1s`, `hot_poll = 250ms`; `cpu_budget` off so that a debug build's costs
+//! cannot stretch them — a release build never does at this size) with a 10 s window (the window length does not
 //! change what a poll sees; 60 s would only make the test slower). Servers inject a known
 //! response delay; clients log the wall-clock time of every connect, exchange, close and failed
 //! attempt, and start nothing within 300 ms of a window boundary, so the window of every event
@@ -481,7 +482,7 @@ fn write_fidelity_md(path: &str, table: &str) {
         "# Fidelity\n\n\
          What depmap reported against what really happened on the wire, from the test bed in\n\
          `tests/fidelity.rs` (two network namespaces over a veth link, a depmap on each end at\n\
-         default poll settings, 10 s windows). Regenerate with:\n\n\
+         default poll settings with the CPU budget off, 10 s windows). Regenerate with:\n\n\
          ```sh\nDEPMAP_FIDELITY_MD=FIDELITY.md cargo test --locked --test fidelity -- --nocapture\n```\n\n\
          Bytes and LinksEstablished/Terminated/Live/Failed are compared per window and must be\n\
          exact on both ends; the response-time mean must be within 5 % (or 5 ms) of the truth:\n\

@@ -323,6 +323,96 @@ fn hundred_short_connections_and_a_specific_bind() {
     assert_eq!(est, 100);
 }
 
+/// With a CPU budget too small for the configured schedule, full dumps are stretched to one a
+/// window (2 s here instead of 200 ms): bytes and links must still be exact, for a connection
+/// that lives across several windows and for short ones that live between two dumps.
+#[test]
+fn a_stretched_dump_period_keeps_bytes_and_links_exact() {
+    let _serial = serial();
+    let a = Netns::new("budget");
+    let log_dir = TempDir::new("budget-log");
+    let log = log_dir.0.join("depmap.log");
+    let mut dm = Depmap::start_logging(&a, "cpu_budget = \"0.0001%\"\n", &log);
+    let (_srv, _) = server(&a, "127.0.0.1", 9191, 0);
+    let long = spawn_peer(
+        &a,
+        "client",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9191",
+            "--conns",
+            "1",
+            "--exchanges",
+            "25",
+            "--req",
+            "300",
+            "--resp",
+            "3000",
+            "--think-ms",
+            "200",
+        ]
+        .map(String::from),
+    );
+    let short = client(
+        &a,
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9191",
+            "--conns",
+            "50",
+            "--req",
+            "100",
+            "--resp",
+            "1000",
+        ],
+    );
+    let long = finish(long, Duration::from_secs(30));
+    let sent = long["sent"].as_i64().unwrap() + short["sent"].as_i64().unwrap();
+    let received = long["received"].as_i64().unwrap() + short["received"].as_i64().unwrap();
+    let want = |r: &[Value]| {
+        conn_sums(r, |r| {
+            r["Direction"] == "inbound" && r["DestinationPort"] == 9191
+        })
+        .get("LinksTerminated")
+        .copied()
+            == Some(51)
+    };
+    assert!(dm.wait_for(Duration::from_secs(20), want));
+    let records = dm.stop();
+    for dir in ["inbound", "outbound"] {
+        let sums = conn_sums(&records, |r| {
+            r["Direction"] == dir && r["DestinationPort"] == 9191
+        });
+        assert_eq!(sums["LinksEstablished"], 51, "{dir}");
+        assert_eq!(sums["LinksTerminated"], 51, "{dir}");
+        let (out, inn) = if dir == "inbound" {
+            (received, sent)
+        } else {
+            (sent, received)
+        };
+        assert_eq!(sums["BytesSent"], out, "{dir}");
+        assert_eq!(sums["BytesReceived"], inn, "{dir}");
+    }
+    // The long connection (≈5 s) was live at the end of at least one window.
+    let live: i64 = of_type(&records, "VMConnection")
+        .iter()
+        .filter(|r| r["Direction"] == "outbound" && r["DestinationPort"] == 9191)
+        .map(|r| r["LinksLive"].as_i64().unwrap_or(0))
+        .sum();
+    assert!(live >= 1, "LinksLive sum {live}");
+    // And the dumps were stretched: to one a window.
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("dump period changed") && l.contains("period=2s")),
+        "{log}"
+    );
+}
+
 #[test]
 fn preforked_server_is_one_pool_with_a_stable_id() {
     let _serial = serial();
@@ -525,7 +615,7 @@ fn file_sink_writes_every_table_and_flushes_the_last_window_on_sigterm() {
     let dir = TempDir::new("files");
     let cfg = config_file(
         &dir,
-        "[collect]\nwindow = \"60s\"\nsocket_poll = \"200ms\"\n",
+        "[collect]\nwindow = \"60s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n",
     );
     let records_dir = dir.0.join("state").join("records");
     let mut cmd = a.command(DEPMAP);

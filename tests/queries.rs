@@ -112,7 +112,7 @@ fn the_sample_queries_answer_right_on_depmap_data() {
     let dir = TempDir::new("queries");
     let cfg = config_file(
         &dir,
-        "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\nhot_poll = \"100ms\"\n",
+        "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\nhot_poll = \"100ms\"\ncpu_budget = \"0%\"\n",
     );
     let records = dir.0.join("state").join("records");
     let mut dm = Proc::spawn({

@@ -40,6 +40,10 @@ pub mod state {
 /// The `tcp_info` counters depmap uses, copied out of the kernel's struct.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpCounters {
+    /// `tcpi_state`: the TCP state read together with these counters, under the socket lock.
+    /// The message's own state is read before the lock, so a FIN processed in between shows
+    /// `ESTABLISHED` next to a `bytes_received` that already counts that FIN.
+    pub state: u8,
     /// Sequence space acknowledged by the peer (payload + SYN + FIN once acked).
     pub bytes_acked: u64,
     /// Sequence space received in order (payload + the peer's FIN).
@@ -78,6 +82,11 @@ pub struct TcpSample {
 }
 
 impl TcpSample {
+    /// The state consistent with the counters: `tcp_info`'s own when there is one.
+    pub fn counted_state(&self) -> u8 {
+        self.counters.map_or(self.state, |c| c.state)
+    }
+
     /// A listening socket, or any socket with no peer.
     pub fn is_listener(&self) -> bool {
         self.state == state::LISTEN || self.remote.port() == 0
@@ -319,6 +328,7 @@ fn parse_sample(payload: &[u8]) -> Option<TcpSample> {
         .find(|nla| nla.kind() == INET_DIAG_INFO)
         .and_then(|nla| TcpInfo::parse(nla.value()).ok())
         .map(|ti| TcpCounters {
+            state: ti.state,
             bytes_acked: ti.bytes_acked,
             bytes_received: ti.bytes_received,
             bytes_sent: ti.bytes_sent,

@@ -131,8 +131,13 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    pub fn spawn(cmd: Command) -> Proc {
+        Proc::spawn_logging(cmd, Stdio::inherit())
+    }
+
+    /// As [`Proc::spawn`], with stderr sent to `stderr` (e.g. a log file to assert on).
+    pub fn spawn_logging(mut cmd: Command, stderr: Stdio) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(stderr);
         let mut child = cmd.spawn().expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = channel();
@@ -268,20 +273,26 @@ impl Depmap {
         Depmap::start_with(ns, "")
     }
 
-    /// depmap at default poll settings, with these `[collect]` keys (e.g. the window).
+    /// depmap at default poll settings, with these `[collect]` keys (e.g. the window). The
+    /// CPU budget is off: it never stretches a release build's polls of a few sockets, but a
+    /// debug build's cold /proc walks on a busy 2-core machine could.
     pub fn start_defaults(ns: &Netns, collect: &str) -> Depmap {
         let dir = TempDir::new("cfg");
         let cfg = config_file(
             &dir,
-            &format!("[collect]\n{collect}[sink]\nkind = \"stdout\"\n"),
+            &format!("[collect]\ncpu_budget = \"0%\"\n{collect}[sink]\nkind = \"stdout\"\n"),
         );
         Depmap::spawn(ns, dir, &cfg)
     }
 
     fn spawn(ns: &Netns, dir: TempDir, cfg: &std::path::Path) -> Depmap {
+        Depmap::spawn_logging(ns, dir, cfg, Stdio::inherit())
+    }
+
+    fn spawn_logging(ns: &Netns, dir: TempDir, cfg: &std::path::Path, log: Stdio) -> Depmap {
         let mut cmd = ns.command(DEPMAP);
         cmd.args(["run", "--config"]).arg(cfg);
-        let mut proc = Proc::spawn(cmd);
+        let mut proc = Proc::spawn_logging(cmd, log);
         let first = proc.line(Duration::from_secs(20));
         assert!(first.contains("VMComputer"), "first record: {first}");
         Depmap { proc, _dir: dir }
@@ -289,14 +300,34 @@ impl Depmap {
 
     /// As [`Depmap::start`], with more `[collect]` keys.
     pub fn start_with(ns: &Netns, collect: &str) -> Depmap {
+        let (dir, cfg) = Depmap::test_config(collect);
+        Depmap::spawn(ns, dir, &cfg)
+    }
+
+    /// As [`Depmap::start_with`], with depmap's log written to `log`.
+    pub fn start_logging(ns: &Netns, collect: &str, log: &std::path::Path) -> Depmap {
+        let (dir, cfg) = Depmap::test_config(collect);
+        let file = std::fs::File::create(log).expect("log file");
+        Depmap::spawn_logging(ns, dir, &cfg, Stdio::from(file))
+    }
+
+    /// The test bed's schedule: 2 s windows, 200 ms polls, fixed (no CPU budget: a debug build
+    /// on a busy 2-core machine must not stretch it; the budget has its own test), plus
+    /// `collect` keys.
+    fn test_config(collect: &str) -> (TempDir, PathBuf) {
         let dir = TempDir::new("cfg");
+        let budget = if collect.contains("cpu_budget") {
+            ""
+        } else {
+            "cpu_budget = \"0%\"\n"
+        };
         let cfg = config_file(
             &dir,
             &format!(
-                "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\n{collect}[sink]\nkind = \"stdout\"\n"
+                "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\n{budget}{collect}[sink]\nkind = \"stdout\"\n"
             ),
         );
-        Depmap::spawn(ns, dir, &cfg)
+        (dir, cfg)
     }
 
     /// Waits (bounded) until the records so far satisfy `done`.
