@@ -20,6 +20,7 @@ use crate::collect::proc_events::{ProcChange, ProcEvents};
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
 use crate::config::{Config, ProcessScope};
 use crate::inventory::{self, Clock};
+use crate::metrics::Metrics;
 use crate::records::identity::{self, Identity, connection_id, port_id};
 use crate::records::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
 use crate::schedule::{PollSchedule, process_cpu, thread_cpu};
@@ -686,35 +687,55 @@ impl Agent {
     }
 
     /// Self-metrics for logs and `once`.
-    pub fn loss_summary(&self) -> String {
+    /// The agent's self-counters: `(name, value)`, names ending in `_total` count events,
+    /// the others are current values. Served as `depmap_<name>` by the metrics endpoint and
+    /// logged at shutdown.
+    pub fn self_counters(&self) -> Vec<(&'static str, u64)> {
         let t = &self.tracker.stats;
-        let d = self.destroys.as_ref().map(|d| {
+        let (received, overruns) = self.destroys.as_ref().map_or((0, 0), |d| {
             (
                 d.counters.received.load(Ordering::Relaxed),
                 d.counters.overruns.load(Ordering::Relaxed),
             )
         });
-        format!(
-            "polls={} sockets={} last_poll_us={} destroy_received={} destroy_overruns={} closed_without_final={} late_finals={} shed_sockets={} shed_pools={} hot_lookups={} dump_errors={} unparsable={} pids_rescanned={} proc_walks={} proc_event_errors={}",
-            self.counters.polls,
-            self.counters.sockets_last_poll,
-            self.counters.last_poll_micros,
-            d.map(|d| d.0).unwrap_or(0),
-            d.map(|d| d.1).unwrap_or(0),
-            t.closed_without_final,
-            t.late_finals,
-            t.shed,
-            self.pools.shed,
-            self.counters.hot_lookups,
-            self.counters.dump_errors,
-            self.counters.unparsable_messages,
-            self.owners.stats.pids_rescanned,
-            self.owners.stats.walks,
-            self.proc_events
-                .as_ref()
-                .map(|p| p.errors.load(Ordering::Relaxed))
-                .unwrap_or(0),
-        )
+        vec![
+            ("polls_total", self.counters.polls),
+            ("sockets", self.counters.sockets_last_poll),
+            ("last_poll_microseconds", self.counters.last_poll_micros),
+            (
+                "full_poll_period_milliseconds",
+                self.counters.full_poll_period_ms,
+            ),
+            ("destroy_received_total", received),
+            ("destroy_overruns_total", overruns),
+            ("closed_without_final_total", t.closed_without_final),
+            ("late_finals_total", t.late_finals),
+            ("shed_sockets_total", t.shed),
+            ("shed_pools_total", self.pools.shed),
+            ("hot_lookups_total", self.counters.hot_lookups),
+            ("dump_errors_total", self.counters.dump_errors),
+            (
+                "unparsable_messages_total",
+                self.counters.unparsable_messages,
+            ),
+            ("pids_rescanned_total", self.owners.stats.pids_rescanned),
+            ("proc_walks_total", self.owners.stats.walks),
+            (
+                "proc_event_errors_total",
+                self.proc_events
+                    .as_ref()
+                    .map_or(0, |p| p.errors.load(Ordering::Relaxed)),
+            ),
+        ]
+    }
+
+    /// The self-counters on one line, for the log.
+    pub fn loss_summary(&self) -> String {
+        self.self_counters()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -780,43 +801,63 @@ pub fn collect_once(agent: &mut Agent, duration: Duration) -> Vec<Record> {
 
 /// Hands batches to the sink. A failed write is logged (once a minute at most) and counted,
 /// and the agent keeps collecting: a full disk or a dead collector must not stop the agent.
-struct Delivery<'a> {
+struct Output<'a> {
     sink: &'a mut dyn Sink,
+    metrics: &'a Metrics,
     failed_batches: u64,
     failed_records: u64,
     last_log: Option<Instant>,
 }
 
-impl Delivery<'_> {
+impl Output<'_> {
     fn send(&mut self, batch: Vec<Record>) {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.sink.write(&batch) {
-            self.failed_batches += 1;
-            self.failed_records += batch.len() as u64;
-            if self
-                .last_log
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-            {
-                tracing::error!(
-                    error = %e,
-                    failed_batches = self.failed_batches,
-                    failed_records = self.failed_records,
-                    "the sink refused a batch; its records are lost"
-                );
-                self.last_log = Some(Instant::now());
-            }
+        let written = self.sink.write(&batch);
+        self.failed(written, batch.len());
+    }
+
+    /// Every poll: lets a remote sink seal batches that have waited long enough.
+    fn tick(&mut self) {
+        let sealed = self.sink.tick();
+        self.failed(sealed, 0);
+    }
+
+    fn close(&mut self) {
+        let closed = self.sink.close();
+        self.failed(closed, 0);
+    }
+
+    fn failed(&mut self, result: std::io::Result<()>, records: usize) {
+        let Err(e) = result else { return };
+        self.failed_batches += 1;
+        self.failed_records += records as u64;
+        self.metrics
+            .sink_write_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::error!(
+                error = %e,
+                failed_batches = self.failed_batches,
+                failed_records = self.failed_records,
+                "the sink refused a batch; its records are lost"
+            );
+            self.last_log = Some(Instant::now());
         }
     }
 }
 
 /// Runs windows forever until `stop` fires (or its sender is dropped), then flushes the
 /// current window. This is the whole daemon loop.
-pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>) {
+pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>, metrics: &Metrics) {
     let collect = agent.config.collect.clone();
-    let mut out = Delivery {
+    let mut out = Output {
         sink,
+        metrics,
         failed_batches: 0,
         failed_records: 0,
         last_log: None,
@@ -842,6 +883,7 @@ pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>) {
             continue;
         }
         let now = SystemTime::now();
+        metrics.set_agent(agent.self_counters());
         out.send(agent.new_process_records(now));
         // A window closes at its end, at shutdown, and when the clock stepped backwards.
         if stopping || now >= window + collect.window || now < window {
@@ -849,6 +891,7 @@ pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>) {
             window = window_start(now, collect.window);
         }
         if stopping {
+            out.close();
             tracing::info!(summary = %agent.loss_summary(), "stopped; current window flushed");
             return;
         }
@@ -856,5 +899,6 @@ pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>) {
             out.send(agent.inventory(now));
             next_inventory = now + collect.inventory_interval;
         }
+        out.tick();
     }
 }

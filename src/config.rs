@@ -16,6 +16,15 @@ pub struct Config {
     pub agent: AgentConfig,
     pub collect: CollectConfig,
     pub sink: SinkConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Self-metrics in Prometheus text format.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` on (e.g. `127.0.0.1:9464`); empty: off.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -152,6 +161,19 @@ impl<'de> Deserialize<'de> for CpuBudget {
 pub enum SinkKind {
     File,
     Stdout,
+    Http,
+    Clickhouse,
+    AzureLogs,
+}
+
+impl SinkKind {
+    /// Sinks that send over the network, through the spool.
+    pub fn is_remote(self) -> bool {
+        matches!(
+            self,
+            SinkKind::Http | SinkKind::Clickhouse | SinkKind::AzureLogs
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -159,6 +181,9 @@ pub enum SinkKind {
 pub struct SinkConfig {
     pub kind: SinkKind,
     pub file: FileSinkConfig,
+    pub delivery: DeliveryConfig,
+    pub http: HttpSinkConfig,
+    pub clickhouse: ClickhouseSinkConfig,
 }
 
 impl Default for SinkConfig {
@@ -166,6 +191,173 @@ impl Default for SinkConfig {
         SinkConfig {
             kind: SinkKind::File,
             file: FileSinkConfig::default(),
+            delivery: DeliveryConfig::default(),
+            http: HttpSinkConfig::default(),
+            clickhouse: ClickhouseSinkConfig::default(),
+        }
+    }
+}
+
+/// What to do with a batch the collector refuses for good (a 4xx other than 408/429).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnReject {
+    /// Moved to `<spool>/rejected/` (the newest 100 kept) for a person to look at.
+    SetAside,
+    /// Deleted.
+    Drop,
+}
+
+/// Batching, spool and retries of the remote sinks (http, clickhouse, azure_logs).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Spool directory; empty means `<state_dir>/spool/<sink kind>`.
+    pub spool_dir: PathBuf,
+    /// Most bytes the spool holds; beyond it the oldest batches are dropped (counted, logged).
+    pub spool_max_bytes: u64,
+    /// Batches older than this are dropped unsent (counted, logged).
+    #[serde(with = "duration")]
+    pub spool_max_age: Duration,
+    pub on_reject: OnReject,
+    /// A batch is sealed (spooled) when it reaches this many records...
+    pub batch_max_records: usize,
+    /// ... or this many bytes of NDJSON (before compression) ...
+    pub batch_max_bytes: usize,
+    /// ... or when its first record has waited this long.
+    #[serde(with = "duration")]
+    pub batch_max_age: Duration,
+    /// Longest wait between two attempts (exponential backoff with jitter from 1 s).
+    #[serde(with = "duration")]
+    pub max_backoff: Duration,
+    /// At shutdown, how long to keep sending what is spooled (the rest is sent after the
+    /// next start).
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            spool_dir: PathBuf::new(),
+            spool_max_bytes: 256 << 20,
+            spool_max_age: Duration::from_secs(48 * 3600),
+            on_reject: OnReject::SetAside,
+            batch_max_records: 5_000,
+            batch_max_bytes: 4 << 20,
+            batch_max_age: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub fn spool_dir(&self, state_dir: &Path, kind: SinkKind) -> PathBuf {
+        if self.spool_dir.as_os_str().is_empty() {
+            let name = match kind {
+                SinkKind::Http => "http",
+                SinkKind::Clickhouse => "clickhouse",
+                SinkKind::AzureLogs => "azure_logs",
+                SinkKind::File => "file",
+                SinkKind::Stdout => "stdout",
+            };
+            state_dir.join("spool").join(name)
+        } else {
+            self.spool_dir.clone()
+        }
+    }
+}
+
+/// Body format of the http sink.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// One JSON record a line.
+    Ndjson,
+    /// One JSON array of records.
+    Json,
+}
+
+/// How the http sink groups records into requests.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Records of every table together, each with its `Type`.
+    Mixed,
+    /// One table per request (`X-Depmap-Table`, and `{table}` in the URL).
+    Table,
+}
+
+/// TLS and timeout settings shared by the HTTP-based sinks.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSinkConfig {
+    /// Where batches are POSTed; `{table}` is replaced by the table name (with `split = "table"`).
+    pub url: String,
+    pub format: BodyFormat,
+    pub split: Split,
+    pub gzip: bool,
+    /// Whole-request timeout.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Extra request headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Bearer token read from this file (re-read when it changes) ...
+    pub bearer_token_file: PathBuf,
+    /// ... or from this environment variable. Never from the command line; never logged.
+    pub bearer_token_env: String,
+    /// PEM file of CA certificates to trust instead of the system's.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain and private key, for mutual TLS.
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+}
+
+impl Default for HttpSinkConfig {
+    fn default() -> Self {
+        HttpSinkConfig {
+            url: String::new(),
+            format: BodyFormat::Ndjson,
+            split: Split::Mixed,
+            gzip: true,
+            timeout: Duration::from_secs(30),
+            headers: Default::default(),
+            bearer_token_file: PathBuf::new(),
+            bearer_token_env: String::new(),
+            ca_file: PathBuf::new(),
+            client_cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
+        }
+    }
+}
+
+/// ClickHouse over its HTTP interface.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickhouseSinkConfig {
+    /// Base URL of the HTTP interface.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    /// File holding the password (first line); empty: no password.
+    pub password_file: PathBuf,
+    pub gzip: bool,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    pub ca_file: PathBuf,
+}
+
+impl Default for ClickhouseSinkConfig {
+    fn default() -> Self {
+        ClickhouseSinkConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "depmap".into(),
+            user: "default".into(),
+            password_file: PathBuf::new(),
+            gzip: true,
+            timeout: Duration::from_secs(30),
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -300,6 +492,73 @@ impl Config {
         }
         if self.agent.state_dir.as_os_str().is_empty() {
             return Err("key `agent.state_dir`: must not be empty".into());
+        }
+        self.validate_sink()?;
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "key `metrics.listen`: `{}` is not an address:port (e.g. 127.0.0.1:9464)",
+                self.metrics.listen
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_sink(&self) -> Result<(), String> {
+        let d = &self.sink.delivery;
+        if d.batch_max_records == 0 || d.batch_max_bytes == 0 {
+            return Err(
+                "keys `sink.delivery.batch_max_records` and `sink.delivery.batch_max_bytes`: must be at least 1"
+                    .into(),
+            );
+        }
+        if d.spool_max_bytes < 64 << 10 {
+            return Err(
+                "key `sink.delivery.spool_max_bytes`: must be at least 65536 (64 KiB)".into(),
+            );
+        }
+        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        match self.sink.kind {
+            SinkKind::Http => {
+                let h = &self.sink.http;
+                if !url_ok(&h.url) {
+                    return Err("key `sink.http.url`: an http:// or https:// URL is required with sink.kind = \"http\"".into());
+                }
+                if h.split == Split::Mixed && h.url.contains("{table}") {
+                    return Err(
+                        "key `sink.http.url`: `{table}` needs sink.http.split = \"table\"".into(),
+                    );
+                }
+                if !h.bearer_token_file.as_os_str().is_empty() && !h.bearer_token_env.is_empty() {
+                    return Err("keys `sink.http.bearer_token_file` and `sink.http.bearer_token_env`: set one, not both".into());
+                }
+                if h.client_cert_file.as_os_str().is_empty()
+                    != h.client_key_file.as_os_str().is_empty()
+                {
+                    return Err("keys `sink.http.client_cert_file` and `sink.http.client_key_file`: set both or neither".into());
+                }
+            }
+            SinkKind::Clickhouse => {
+                let c = &self.sink.clickhouse;
+                if !url_ok(&c.url) {
+                    return Err(
+                        "key `sink.clickhouse.url`: an http:// or https:// URL is required".into(),
+                    );
+                }
+                if c.database.is_empty()
+                    || !c
+                        .database
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                {
+                    return Err("key `sink.clickhouse.database`: letters, digits and _ only".into());
+                }
+            }
+            SinkKind::AzureLogs => {
+                return Err("key `sink.kind`: \"azure_logs\" is not available in this version (see README, Sinks)".into());
+            }
+            SinkKind::File | SinkKind::Stdout => {}
         }
         Ok(())
     }

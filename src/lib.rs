@@ -9,6 +9,7 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod inventory;
+pub mod metrics;
 pub mod records;
 pub mod report;
 pub mod schedule;

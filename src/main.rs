@@ -10,6 +10,7 @@ use clap::Parser;
 use depmap::agent::{Agent, collect_once, run_loop};
 use depmap::cli::{Cli, Command, Format};
 use depmap::config::Config;
+use depmap::metrics::Metrics;
 use depmap::records::{Record, TABLES};
 use depmap::{report, sink};
 
@@ -102,7 +103,14 @@ fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -
 
 /// `depmap run`: the daemon. Signals stop the poll loop, which flushes the current window.
 fn run(config: Config) -> ExitCode {
-    let mut sink = match sink::build(&config) {
+    let metrics = Metrics::new();
+    if !config.metrics.listen.is_empty() {
+        if let Err(e) = depmap::metrics::serve(&config.metrics.listen, metrics.clone()) {
+            return fail(1, &format!("metrics.listen: {e}"));
+        }
+        tracing::info!(listen = %config.metrics.listen, "serving /metrics");
+    }
+    let mut sink = match sink::build(&config, metrics.clone()) {
         Ok(s) => s,
         Err(e) => {
             return fail(
@@ -128,8 +136,9 @@ fn run(config: Config) -> ExitCode {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let mut poller =
-            tokio::task::spawn_blocking(move || run_loop(&mut agent, sink.as_mut(), &stop_rx));
+        let mut poller = tokio::task::spawn_blocking(move || {
+            run_loop(&mut agent, sink.as_mut(), &stop_rx, &metrics)
+        });
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}

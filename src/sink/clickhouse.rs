@@ -1,0 +1,231 @@
+//! `clickhouse` sink: one `INSERT INTO <db>.<Table> FORMAT JSONEachRow` per spooled batch (a
+//! batch holds one table), over ClickHouse's HTTP interface. Tables: `packaging/clickhouse/`.
+//!
+//! Records go as they are with two changes measured against ClickHouse 18.16 (Debian 12's
+//! package; packaging/clickhouse/README.md): keys whose value is `null` are left out (18.16
+//! refuses `null` for an `Array` column; a missing key stores the same NULL or `[]` on every
+//! version), and the URL asks for `date_time_input_format=best_effort` (the millisecond
+//! RFC 3339 times) and `input_format_skip_unknown_fields=1` (a newer depmap's extra columns do
+//! not stop inserts into an older schema).
+//!
+//! Answers: 200 delivered. ClickHouse's status does not separate bad data from server trouble
+//! (18.16 answers most malformed input with 500), so errors are classified by the exception
+//! code in the body (`Code: N`): a short list of transient codes, transport errors, 408, 502,
+//! 503, 504 and 5xx without a code are retried; other codes, and 400/401/403/404, are
+//! rejected (bad data, schema or credentials: sending the same body again cannot help).
+
+use std::fs;
+use std::time::Duration;
+
+use super::delivery::{Outcome, Transport, parse_retry_after};
+use super::http::{client, gzip};
+use super::spool::Batch;
+use crate::config::ClickhouseSinkConfig;
+
+/// Exception codes of transient server states (names from ClickHouse's ErrorCodes.cpp).
+const TRANSIENT_CODES: [u32; 9] = [
+    159, // TIMEOUT_EXCEEDED
+    164, // READONLY
+    202, // TOO_MANY_SIMULTANEOUS_QUERIES
+    209, // SOCKET_TIMEOUT
+    210, // NETWORK_ERROR
+    241, // MEMORY_LIMIT_EXCEEDED
+    242, // TABLE_IS_READ_ONLY
+    252, // TOO_MANY_PARTS
+    319, // UNKNOWN_STATUS_OF_INSERT
+];
+
+pub struct ClickhouseTransport {
+    agent: ureq::Agent,
+    config: ClickhouseSinkConfig,
+    password: Option<String>,
+}
+
+impl ClickhouseTransport {
+    pub fn new(config: &ClickhouseSinkConfig) -> Result<ClickhouseTransport, String> {
+        let agent = client(config.timeout, &config.ca_file, None)?;
+        let password = if config.password_file.as_os_str().is_empty() {
+            None
+        } else {
+            let text = fs::read_to_string(&config.password_file).map_err(|e| {
+                format!(
+                    "sink.clickhouse.password_file {}: {e}",
+                    config.password_file.display()
+                )
+            })?;
+            Some(text.lines().next().unwrap_or("").to_string())
+        };
+        Ok(ClickhouseTransport {
+            agent,
+            config: config.clone(),
+            password,
+        })
+    }
+
+    fn url(&self, table: &str) -> String {
+        let query = format!(
+            "INSERT INTO {}.{} FORMAT JSONEachRow",
+            self.config.database, table
+        );
+        format!(
+            "{}/?query={}&date_time_input_format=best_effort&input_format_skip_unknown_fields=1",
+            self.config.url.trim_end_matches('/'),
+            encode(&query)
+        )
+    }
+}
+
+impl Transport for ClickhouseTransport {
+    fn send(&mut self, batch: &Batch) -> Outcome {
+        let Some(table) = batch.table.as_deref() else {
+            return Outcome::Rejected {
+                reason: "a batch without a table (spooled by another sink kind)".into(),
+            };
+        };
+        let body = without_nulls(&batch.body);
+        let body = if self.config.gzip { gzip(&body) } else { body };
+        let mut req = self
+            .agent
+            .post(self.url(table))
+            .header("X-ClickHouse-User", &self.config.user)
+            .header("X-Depmap-Batch-Id", &batch.id);
+        if let Some(p) = &self.password {
+            req = req.header("X-ClickHouse-Key", p);
+        }
+        if self.config.gzip {
+            req = req.header("Content-Encoding", "gzip");
+        }
+        match req.send(&body[..]) {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                if status == 200 {
+                    return Outcome::Delivered;
+                }
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                let text = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(4096)
+                    .read_to_string()
+                    .unwrap_or_default();
+                classify(status, &text, retry_after)
+            }
+            Err(e) => Outcome::Retry {
+                after: None,
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn per_table(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+}
+
+/// Classifies a ClickHouse error answer (see the module comment).
+fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Outcome {
+    let reason = format!(
+        "HTTP {status}: {}",
+        body.chars().take(200).collect::<String>().trim()
+    );
+    let code = body.strip_prefix("Code: ").and_then(|rest| {
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    let transient = match code {
+        Some(c) => TRANSIENT_CODES.contains(&c),
+        None => matches!(status, 408 | 429 | 500..=599),
+    } || matches!(status, 408 | 502 | 503 | 504);
+    if transient {
+        Outcome::Retry {
+            after: retry_after,
+            reason,
+        }
+    } else {
+        Outcome::Rejected { reason }
+    }
+}
+
+/// NDJSON lines with their top-level `null` members left out.
+fn without_nulls(ndjson: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ndjson.len());
+    for line in ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line) {
+            Ok(mut obj) => {
+                obj.retain(|_, v| !v.is_null());
+                if let Ok(text) = serde_json::to_vec(&obj) {
+                    out.extend_from_slice(&text);
+                }
+            }
+            // Not an object (cannot happen for depmap's own records): sent as it is.
+            Err(_) => out.extend_from_slice(line),
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Percent-encoding of a query-string value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_their_exception_code() {
+        // 18.16 answers bad data with 500: rejected, not retried forever.
+        let bad = "Code: 27, e.displayText() = DB::Exception: Cannot parse input";
+        assert!(matches!(classify(500, bad, None), Outcome::Rejected { .. }));
+        let busy = "Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)";
+        assert!(matches!(classify(500, busy, None), Outcome::Retry { .. }));
+        assert!(matches!(classify(503, "", None), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(500, "proxy error", None),
+            Outcome::Retry { .. }
+        ));
+        let auth = "Code: 193, e.displayText() = DB::Exception: Wrong password for user depmap";
+        assert!(matches!(
+            classify(401, auth, None),
+            Outcome::Rejected { .. }
+        ));
+        assert!(matches!(
+            classify(404, "Code: 60, Table", None),
+            Outcome::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn nulls_are_left_out() {
+        let out = without_nulls(b"{\"A\":1,\"B\":null,\"C\":[\"x\"]}\n{\"D\":null}\n");
+        assert_eq!(out, b"{\"A\":1,\"C\":[\"x\"]}\n{}\n");
+    }
+
+    #[test]
+    fn the_insert_url_is_encoded() {
+        let t = ClickhouseTransport::new(&ClickhouseSinkConfig::default()).unwrap();
+        assert_eq!(
+            t.url("VMConnection"),
+            "http://127.0.0.1:8123/?query=INSERT%20INTO%20depmap.VMConnection%20FORMAT%20JSONEachRow&date_time_input_format=best_effort&input_format_skip_unknown_fields=1"
+        );
+    }
+}

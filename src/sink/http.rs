@@ -1,0 +1,281 @@
+//! `http` sink: each spooled batch is one POST.
+//!
+//! Body: NDJSON (`application/x-ndjson`) or a JSON array (`application/json`), gzip-compressed
+//! by default (`Content-Encoding: gzip`). Headers: `X-Depmap-Batch-Id` (the same on every
+//! attempt: deduplicate on it), `X-Depmap-Batch-Created` (when it was sealed; batches are sent
+//! in that order), `X-Depmap-Records`, `X-Depmap-Table` (with `split = "table"`),
+//! the configured extra headers, and `Authorization: Bearer` from a file (re-read when it
+//! changes) or an environment variable. TLS is rustls, with the system's roots or a CA file,
+//! and an optional client certificate.
+//!
+//! Answers: 2xx delivered; 408, 429, 5xx and transport errors retried (honouring
+//! `Retry-After`); other 4xx rejected for good.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use std::io::Write as _;
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+
+use super::delivery::{Outcome, Transport, parse_retry_after};
+use super::spool::Batch;
+use crate::config::{BodyFormat, HttpSinkConfig, Split};
+
+/// An HTTP client with depmap's TLS choices: rustls, the system's roots unless a CA file is
+/// given, an optional client certificate, a whole-request timeout, and HTTP errors returned as
+/// answers (not errors) so that their status and `Retry-After` can be read.
+pub fn client(
+    timeout: Duration,
+    ca_file: &Path,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<ureq::Agent, String> {
+    let roots = if ca_file.as_os_str().is_empty() {
+        RootCerts::PlatformVerifier
+    } else {
+        let pem = fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", ca_file.display()));
+        }
+        RootCerts::new_with_certs(&certs)
+    };
+    let mut tls = TlsConfig::builder().root_certs(roots);
+    if let Some((cert_file, key_file)) = client_cert {
+        let pem = fs::read(cert_file).map_err(|e| format!("{}: {e}", cert_file.display()))?;
+        let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let key_pem = fs::read(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let key =
+            PrivateKey::from_pem(&key_pem).map_err(|e| format!("{}: {e}", key_file.display()))?;
+        if chain.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", cert_file.display()));
+        }
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    let config = ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .user_agent(concat!("depmap/", env!("CARGO_PKG_VERSION")))
+        .build();
+    Ok(ureq::Agent::new_with_config(config))
+}
+
+/// Classifies an answer: 2xx delivered; 408, 429 and 5xx retried; other statuses rejected.
+pub fn outcome_of(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
+    let reason = || {
+        let snippet: String = body.chars().take(200).collect();
+        format!("HTTP {status}: {}", snippet.trim())
+    };
+    match status {
+        200..=299 => Outcome::Delivered,
+        408 | 429 | 500..=599 => Outcome::Retry {
+            after: retry_after.and_then(parse_retry_after),
+            reason: reason(),
+        },
+        _ => Outcome::Rejected { reason: reason() },
+    }
+}
+
+/// Gzip at the default level.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 4), Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// Where the bearer token comes from.
+enum Token {
+    None,
+    Env(String),
+    /// The file, its modification time when last read, and the token read.
+    File(PathBuf, Option<SystemTime>, String),
+}
+
+pub struct HttpTransport {
+    agent: ureq::Agent,
+    config: HttpSinkConfig,
+    token: Token,
+}
+
+impl HttpTransport {
+    pub fn new(config: &HttpSinkConfig) -> Result<HttpTransport, String> {
+        let cert = (!config.client_cert_file.as_os_str().is_empty()).then_some((
+            config.client_cert_file.as_path(),
+            config.client_key_file.as_path(),
+        ));
+        let agent = client(config.timeout, &config.ca_file, cert)?;
+        let token = if !config.bearer_token_env.is_empty() {
+            Token::Env(config.bearer_token_env.clone())
+        } else if !config.bearer_token_file.as_os_str().is_empty() {
+            let path = config.bearer_token_file.clone();
+            fs::read_to_string(&path)
+                .map_err(|e| format!("sink.http.bearer_token_file {}: {e}", path.display()))?;
+            Token::File(path, None, String::new())
+        } else {
+            Token::None
+        };
+        Ok(HttpTransport {
+            agent,
+            config: config.clone(),
+            token,
+        })
+    }
+
+    /// The current token (the file is read again when its modification time changes).
+    fn bearer(&mut self) -> Option<String> {
+        match &mut self.token {
+            Token::None => None,
+            Token::Env(var) => std::env::var(var.as_str())
+                .ok()
+                .map(|t| t.trim().to_string()),
+            Token::File(path, seen, token) => {
+                let mtime = fs::metadata(&*path).and_then(|m| m.modified()).ok();
+                if (mtime.is_none() || mtime != *seen)
+                    && let Ok(t) = fs::read_to_string(&*path)
+                {
+                    *token = t.trim().to_string();
+                    *seen = mtime;
+                }
+                (!token.is_empty()).then(|| token.clone())
+            }
+        }
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send(&mut self, batch: &Batch) -> Outcome {
+        let table = batch.table.as_deref().unwrap_or("");
+        let url = self.config.url.replace("{table}", table);
+        let (content_type, body) = match self.config.format {
+            BodyFormat::Ndjson => ("application/x-ndjson", batch.body.clone()),
+            BodyFormat::Json => ("application/json", json_array(&batch.body)),
+        };
+        let body = if self.config.gzip { gzip(&body) } else { body };
+        let bearer = self.bearer();
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", content_type)
+            .header("X-Depmap-Batch-Id", &batch.id)
+            .header("X-Depmap-Records", batch.records.to_string())
+            .header(
+                "X-Depmap-Batch-Created",
+                crate::records::datetime(batch.created),
+            );
+        if self.config.gzip {
+            req = req.header("Content-Encoding", "gzip");
+        }
+        if batch.table.is_some() {
+            req = req.header("X-Depmap-Table", table);
+        }
+        for (k, v) in &self.config.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(t) = bearer {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        match req.send(&body[..]) {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let text = if status >= 300 {
+                    resp.body_mut()
+                        .with_config()
+                        .limit(4096)
+                        .read_to_string()
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                outcome_of(status, retry_after.as_deref(), &text)
+            }
+            Err(e) => Outcome::Retry {
+                after: None,
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn per_table(&self) -> bool {
+        self.config.split == Split::Table
+    }
+
+    fn name(&self) -> &'static str {
+        "http"
+    }
+}
+
+/// NDJSON lines as one JSON array.
+pub fn json_array(ndjson: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ndjson.len() + 2);
+    out.push(b'[');
+    for (i, line) in ndjson
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(line);
+    }
+    out.push(b']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified() {
+        assert_eq!(outcome_of(204, None, ""), Outcome::Delivered);
+        assert_eq!(
+            outcome_of(429, Some("3"), "slow down"),
+            Outcome::Retry {
+                after: Some(Duration::from_secs(3)),
+                reason: "HTTP 429: slow down".into()
+            }
+        );
+        assert!(matches!(
+            outcome_of(503, None, ""),
+            Outcome::Retry { after: None, .. }
+        ));
+        assert!(matches!(outcome_of(408, None, ""), Outcome::Retry { .. }));
+        assert!(matches!(
+            outcome_of(400, Some("1"), "bad"),
+            Outcome::Rejected { .. }
+        ));
+        assert!(matches!(
+            outcome_of(404, None, ""),
+            Outcome::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn ndjson_becomes_an_array() {
+        assert_eq!(
+            json_array(b"{\"a\":1}\n{\"b\":2}\n"),
+            b"[{\"a\":1},{\"b\":2}]"
+        );
+        assert_eq!(json_array(b""), b"[]");
+    }
+}
