@@ -349,7 +349,11 @@ fn kill_9_mid_send_loses_no_spooled_batch() {
     let _serial = serial();
     let bed = Bed::new("kill", "");
     let text = std::fs::read_to_string(&bed.cfg).unwrap();
-    std::fs::write(&bed.cfg, text.replace("timeout = \"2s\"", "timeout = \"30s\"")).unwrap();
+    std::fs::write(
+        &bed.cfg,
+        text.replace("timeout = \"2s\"", "timeout = \"30s\""),
+    )
+    .unwrap();
     // Each answer takes 5 s: batches queue up in the spool behind the one being sent.
     let collector = bed.collector(&["--delay-ms", "5000"]);
     let mut dm = bed.depmap();
