@@ -184,6 +184,7 @@ pub struct SinkConfig {
     pub delivery: DeliveryConfig,
     pub http: HttpSinkConfig,
     pub clickhouse: ClickhouseSinkConfig,
+    pub azure_logs: AzureLogsSinkConfig,
 }
 
 impl Default for SinkConfig {
@@ -194,6 +195,7 @@ impl Default for SinkConfig {
             delivery: DeliveryConfig::default(),
             http: HttpSinkConfig::default(),
             clickhouse: ClickhouseSinkConfig::default(),
+            azure_logs: AzureLogsSinkConfig::default(),
         }
     }
 }
@@ -330,6 +332,85 @@ impl Default for HttpSinkConfig {
             client_key_file: PathBuf::new(),
         }
     }
+}
+
+/// How the azure_logs sink gets its tokens.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AzureAuth {
+    /// Entra ID client credentials (an app registration's id and secret).
+    ClientSecret,
+    /// The VM's managed identity, from the Instance Metadata Service.
+    ManagedIdentity,
+}
+
+/// Azure Monitor Logs Ingestion API (packaging/azure/ holds the tables and the DCR).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureLogsSinkConfig {
+    /// The DCR's logs ingestion endpoint (or a data collection endpoint).
+    pub endpoint: String,
+    pub dcr_immutable_id: String,
+    /// Streams are `<stream_prefix><Table>`.
+    pub stream_prefix: String,
+    pub auth: AzureAuth,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// File holding the client secret (first line).
+    pub client_secret_file: PathBuf,
+    /// Token URL: `<authority>/<tenant_id>/oauth2/v2.0/token`.
+    pub authority: String,
+    pub scope: String,
+    /// Token URL with a managed identity: `<imds_endpoint>/metadata/identity/oauth2/token`.
+    pub imds_endpoint: String,
+    /// A user-assigned identity's client id; empty: the system-assigned identity.
+    pub managed_identity_client_id: String,
+    pub resource: String,
+    pub gzip: bool,
+    /// Most bytes of JSON (uncompressed) per request: the service takes 1 MB.
+    pub max_request_bytes: usize,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    pub ca_file: PathBuf,
+}
+
+impl Default for AzureLogsSinkConfig {
+    fn default() -> Self {
+        AzureLogsSinkConfig {
+            endpoint: String::new(),
+            dcr_immutable_id: String::new(),
+            stream_prefix: "Custom-".into(),
+            auth: AzureAuth::ClientSecret,
+            tenant_id: String::new(),
+            client_id: String::new(),
+            client_secret_file: PathBuf::new(),
+            authority: "https://login.microsoftonline.com".into(),
+            scope: "https://monitor.azure.com/.default".into(),
+            imds_endpoint: "http://169.254.169.254".into(),
+            managed_identity_client_id: String::new(),
+            resource: "https://monitor.azure.com".into(),
+            gzip: true,
+            max_request_bytes: 1 << 20,
+            timeout: Duration::from_secs(30),
+            ca_file: PathBuf::new(),
+        }
+    }
+}
+
+/// Whether a URL is `https://`, or `http://` to this machine's loopback (test servers).
+fn secure_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// ClickHouse over its HTTP interface.
@@ -556,7 +637,39 @@ impl Config {
                 }
             }
             SinkKind::AzureLogs => {
-                return Err("key `sink.kind`: \"azure_logs\" is not available in this version (see README, Sinks)".into());
+                let a = &self.sink.azure_logs;
+                if !secure_or_loopback(&a.endpoint) {
+                    return Err(
+                        "key `sink.azure_logs.endpoint`: an https:// URL is required".into(),
+                    );
+                }
+                if a.dcr_immutable_id.is_empty() {
+                    return Err("key `sink.azure_logs.dcr_immutable_id`: required".into());
+                }
+                if a.max_request_bytes < 4096 || a.max_request_bytes > 1 << 20 {
+                    return Err("key `sink.azure_logs.max_request_bytes`: between 4096 and 1048576 (the service's limit)".into());
+                }
+                match a.auth {
+                    AzureAuth::ClientSecret => {
+                        if a.tenant_id.is_empty()
+                            || a.client_id.is_empty()
+                            || a.client_secret_file.as_os_str().is_empty()
+                        {
+                            return Err("keys `sink.azure_logs.tenant_id`, `client_id` and `client_secret_file`: required with auth = \"client_secret\"".into());
+                        }
+                        if !secure_or_loopback(&a.authority) {
+                            return Err(
+                                "key `sink.azure_logs.authority`: an https:// URL is required"
+                                    .into(),
+                            );
+                        }
+                    }
+                    AzureAuth::ManagedIdentity => {
+                        if !a.imds_endpoint.starts_with("http://") {
+                            return Err("key `sink.azure_logs.imds_endpoint`: an http:// URL (IMDS does not speak TLS)".into());
+                        }
+                    }
+                }
             }
             SinkKind::File | SinkKind::Stdout => {}
         }

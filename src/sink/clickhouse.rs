@@ -18,7 +18,7 @@ use std::fs;
 use std::time::Duration;
 
 use super::delivery::{Outcome, Transport, parse_retry_after};
-use super::http::{client, gzip};
+use super::http::{client, gzip, percent_encode};
 use super::spool::Batch;
 use crate::config::ClickhouseSinkConfig;
 
@@ -70,7 +70,7 @@ impl ClickhouseTransport {
         format!(
             "{}/?query={}&date_time_input_format=best_effort&input_format_skip_unknown_fields=1",
             self.config.url.trim_end_matches('/'),
-            encode(&query)
+            percent_encode(&query)
         )
     }
 }
@@ -170,19 +170,6 @@ fn without_nulls(ndjson: &[u8]) -> Vec<u8> {
             Err(_) => out.extend_from_slice(line),
         }
         out.push(b'\n');
-    }
-    out
-}
-
-/// Percent-encoding of a query-string value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
     }
     out
 }

@@ -223,6 +223,19 @@ impl Transport for HttpTransport {
     }
 }
 
+/// Percent-encoding of a query-string value.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// NDJSON lines as one JSON array.
 pub fn json_array(ndjson: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ndjson.len() + 2);

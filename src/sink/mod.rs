@@ -1,9 +1,10 @@
 //! Sinks: where records go. Each sink takes whole batches (one window, or one inventory pass).
 //! The local sinks (`file`, `stdout`) have written a batch out before returning (the file sink
-//! to disk with fdatasync). The remote sinks (`http`, `clickhouse`) batch records, write each
+//! to disk with fdatasync). The remote sinks (`http`, `clickhouse`, `azure_logs`) batch records, write each
 //! sealed batch to a durable spool and send from a thread of their own (`delivery`), so a slow
 //! or absent collector never holds up the poll loop and nothing spooled is lost.
 
+pub mod azure;
 pub mod clickhouse;
 pub mod delivery;
 pub mod file;
@@ -50,7 +51,7 @@ pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Box<dyn Sink>, St
         SinkKind::Clickhouse => Box::new(clickhouse::ClickhouseTransport::new(
             &config.sink.clickhouse,
         )?),
-        SinkKind::AzureLogs => return Err("the azure_logs sink is not available yet".into()),
+        SinkKind::AzureLogs => Box::new(azure::AzureLogsTransport::new(&config.sink.azure_logs)?),
     };
     let d = &config.sink.delivery;
     let dir = d.spool_dir(&config.agent.state_dir, kind);

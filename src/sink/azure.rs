@@ -1,0 +1,370 @@
+//! `azure_logs` sink: the Azure Monitor Logs Ingestion API (research/azure-tables.md §6).
+//!
+//! Each spooled batch holds one table and goes to the DCR stream `<stream_prefix><Table>`
+//! (`POST <endpoint>/dataCollectionRules/<dcr>/streams/<stream>?api-version=2023-01-01`) as
+//! JSON arrays of at most `max_request_bytes` (1 MB, the service's limit, counted on the
+//! uncompressed JSON like the official SDK), gzip-compressed, with a bearer token and an
+//! `x-ms-client-request-id` that is the same on every attempt of a chunk. Records are sent as
+//! the custom tables of `packaging/azure/` declare them: `Type` is dropped (reserved; the
+//! table says it) and `_ResourceId` becomes `ResourceId` (a leading `_` is reserved).
+//!
+//! Tokens: Entra ID client credentials (`<authority>/<tenant>/oauth2/v2.0/token`) or the
+//! managed identity from IMDS (`Metadata: true`, never through a proxy), cached and renewed
+//! before they expire (at 80 % of their life, or 5 minutes before the end), and renewed at once
+//! after a 401.
+//!
+//! Answers: 204 delivered; 413 splits the chunk in two and sends the halves; a single record
+//! the service refuses as too large is dropped with a warning; 401 renews the token and tries
+//! again once; 403 (a role assignment still propagating) and 408, 429, 5xx are retried
+//! (honouring `Retry-After`); other 4xx are rejected. The chunks of a batch already delivered
+//! are not sent again when a later chunk fails (within one run of depmap).
+
+use std::collections::HashMap;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::delivery::{Outcome, Transport, parse_retry_after};
+use super::http::{client, gzip, outcome_of, percent_encode};
+use super::spool::Batch;
+use crate::config::{AzureAuth, AzureLogsSinkConfig};
+
+const API_VERSION: &str = "2023-01-01";
+
+struct Token {
+    value: String,
+    renew_at: Instant,
+}
+
+pub struct AzureLogsTransport {
+    agent: ureq::Agent,
+    /// For IMDS: no proxy, short timeout.
+    imds: ureq::Agent,
+    config: AzureLogsSinkConfig,
+    secret: Option<String>,
+    token: Option<Token>,
+    /// Chunks already delivered of batches not yet finished, by batch id.
+    delivered_chunks: HashMap<String, usize>,
+}
+
+impl AzureLogsTransport {
+    pub fn new(config: &AzureLogsSinkConfig) -> Result<AzureLogsTransport, String> {
+        let agent = client(config.timeout, &config.ca_file, None)?;
+        let imds = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .proxy(None)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .http_status_as_error(false)
+                .build(),
+        );
+        let secret = match config.auth {
+            AzureAuth::ClientSecret => {
+                let text = fs::read_to_string(&config.client_secret_file).map_err(|e| {
+                    format!(
+                        "sink.azure_logs.client_secret_file {}: {e}",
+                        config.client_secret_file.display()
+                    )
+                })?;
+                Some(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            AzureAuth::ManagedIdentity => None,
+        };
+        Ok(AzureLogsTransport {
+            agent,
+            imds,
+            config: config.clone(),
+            secret,
+            token: None,
+            delivered_chunks: HashMap::new(),
+        })
+    }
+
+    /// A valid token, fetched or renewed when due.
+    fn token(&mut self) -> Result<String, Outcome> {
+        if let Some(t) = &self.token
+            && Instant::now() < t.renew_at
+        {
+            return Ok(t.value.clone());
+        }
+        let (status, body) = match self.config.auth {
+            AzureAuth::ClientSecret => {
+                let url = format!(
+                    "{}/{}/oauth2/v2.0/token",
+                    self.config.authority.trim_end_matches('/'),
+                    percent_encode(&self.config.tenant_id)
+                );
+                let form = format!(
+                    "client_id={}&client_secret={}&scope={}&grant_type=client_credentials",
+                    percent_encode(&self.config.client_id),
+                    percent_encode(self.secret.as_deref().unwrap_or("")),
+                    percent_encode(&self.config.scope)
+                );
+                let sent = self
+                    .agent
+                    .post(&url)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .send(form.as_bytes());
+                read_answer(sent)
+            }
+            AzureAuth::ManagedIdentity => {
+                let mut url = format!(
+                    "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
+                    self.config.imds_endpoint.trim_end_matches('/'),
+                    percent_encode(&self.config.resource)
+                );
+                if !self.config.managed_identity_client_id.is_empty() {
+                    url.push_str("&client_id=");
+                    url.push_str(&percent_encode(&self.config.managed_identity_client_id));
+                }
+                read_answer(self.imds.get(&url).header("Metadata", "true").call())
+            }
+        };
+        let status = status.map_err(|e| Outcome::Retry {
+            after: None,
+            reason: format!("token: {e}"),
+        })?;
+        if status != 200 {
+            // A wrong secret is a configuration error, but batches must wait for the fix,
+            // not be thrown away: retried with backoff, and logged by the sender.
+            return Err(Outcome::Retry {
+                after: None,
+                reason: format!(
+                    "token: HTTP {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                ),
+            });
+        }
+        let parsed: Value = serde_json::from_str(&body).map_err(|e| Outcome::Retry {
+            after: None,
+            reason: format!("token answer: {e}"),
+        })?;
+        let value = parsed["access_token"].as_str().unwrap_or("").to_string();
+        // `expires_in` is a number from Entra ID and a string from IMDS.
+        let lifetime = match &parsed["expires_in"] {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .unwrap_or(300);
+        if value.is_empty() {
+            return Err(Outcome::Retry {
+                after: None,
+                reason: "token answer without access_token".into(),
+            });
+        }
+        let lifetime = Duration::from_secs(lifetime);
+        let early = (lifetime / 5).min(Duration::from_secs(300));
+        self.token = Some(Token {
+            value: value.clone(),
+            renew_at: Instant::now() + lifetime - early,
+        });
+        Ok(value)
+    }
+
+    /// Sends one JSON array; splits it on 413.
+    fn send_chunk(&mut self, url: &str, records: &[Vec<u8>], request_id: &str) -> Outcome {
+        let mut body = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(r);
+        }
+        body.push(b']');
+        let body = if self.config.gzip { gzip(&body) } else { body };
+        let mut renewed = false;
+        loop {
+            let token = match self.token() {
+                Ok(t) => t,
+                Err(o) => return o,
+            };
+            let mut req = self
+                .agent
+                .post(url)
+                .header("Authorization", format!("Bearer {token}"))
+                .header("Content-Type", "application/json")
+                .header("x-ms-client-request-id", request_id);
+            if self.config.gzip {
+                req = req.header("Content-Encoding", "gzip");
+            }
+            let sent = req.send(&body[..]);
+            let retry_after = sent.as_ref().ok().and_then(|r| {
+                r.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            });
+            let (status, text) = read_answer(sent);
+            let status = match status {
+                Ok(s) => s,
+                Err(e) => {
+                    return Outcome::Retry {
+                        after: None,
+                        reason: e,
+                    };
+                }
+            };
+            return match status {
+                401 if !renewed => {
+                    self.token = None;
+                    renewed = true;
+                    continue;
+                }
+                413 if records.len() > 1 => {
+                    let (a, b) = records.split_at(records.len() / 2);
+                    let half = |h: &str| {
+                        uuid::Uuid::new_v5(
+                            &uuid::Uuid::NAMESPACE_OID,
+                            format!("{request_id}/{h}").as_bytes(),
+                        )
+                        .to_string()
+                    };
+                    match self.send_chunk(url, a, &half("a")) {
+                        Outcome::Delivered => self.send_chunk(url, b, &half("b")),
+                        other => other,
+                    }
+                }
+                413 => {
+                    tracing::warn!(
+                        bytes = records.first().map_or(0, Vec::len),
+                        "a record larger than the service takes was dropped"
+                    );
+                    Outcome::Delivered
+                }
+                403 => Outcome::Retry {
+                    after: retry_after.as_deref().and_then(parse_retry_after),
+                    reason: format!(
+                        "HTTP 403 (role assignment missing or still propagating): {}",
+                        text.chars().take(200).collect::<String>()
+                    ),
+                },
+                s => outcome_of(s, retry_after.as_deref(), &text),
+            };
+        }
+    }
+}
+
+/// Status and body text (first 4 KiB) of an answer, or the transport error.
+fn read_answer(
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> (Result<u16, String>, String) {
+    match sent {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
+            (Ok(status), text)
+        }
+        Err(e) => (Err(e.to_string()), String::new()),
+    }
+}
+
+/// A record as the custom tables take it: without `Type`, `_ResourceId` as `ResourceId`.
+fn for_custom_table(line: &[u8]) -> Option<Vec<u8>> {
+    let mut obj: Map<String, Value> = serde_json::from_slice(line).ok()?;
+    obj.remove("Type");
+    if let Some(v) = obj.remove("_ResourceId") {
+        obj.insert("ResourceId".into(), v);
+    }
+    serde_json::to_vec(&obj).ok()
+}
+
+/// Groups records into chunks whose JSON array stays within `max` bytes.
+fn chunks(records: Vec<Vec<u8>>, max: usize) -> Vec<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut size = 2;
+    for r in records {
+        let len = r.len() + 1;
+        if out.is_empty() || size + len > max {
+            out.push(Vec::new());
+            size = 2;
+        }
+        size += len;
+        if let Some(last) = out.last_mut() {
+            last.push(r);
+        }
+    }
+    out
+}
+
+impl Transport for AzureLogsTransport {
+    fn send(&mut self, batch: &Batch) -> Outcome {
+        let Some(table) = batch.table.as_deref() else {
+            return Outcome::Rejected {
+                reason: "a batch without a table (spooled by another sink kind)".into(),
+            };
+        };
+        let url = format!(
+            "{}/dataCollectionRules/{}/streams/{}{}?api-version={API_VERSION}",
+            self.config.endpoint.trim_end_matches('/'),
+            percent_encode(&self.config.dcr_immutable_id),
+            percent_encode(&self.config.stream_prefix),
+            table
+        );
+        let records: Vec<Vec<u8>> = batch
+            .body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(for_custom_table)
+            .collect();
+        let parts = chunks(records, self.config.max_request_bytes);
+        let done = self.delivered_chunks.get(&batch.id).copied().unwrap_or(0);
+        for (i, part) in parts.iter().enumerate().skip(done) {
+            // The same request id on every attempt of this chunk.
+            let request_id = uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_OID,
+                format!("{}/{i}", batch.id).as_bytes(),
+            )
+            .to_string();
+            match self.send_chunk(&url, part, &request_id) {
+                Outcome::Delivered => {
+                    self.delivered_chunks.insert(batch.id.clone(), i + 1);
+                }
+                other => return other,
+            }
+        }
+        self.delivered_chunks.remove(&batch.id);
+        Outcome::Delivered
+    }
+
+    fn per_table(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &'static str {
+        "azure_logs"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_lose_type_and_keep_their_resource_id_under_a_legal_name() {
+        let out =
+            for_custom_table(br#"{"Type":"VMConnection","_ResourceId":"m-1","A":null}"#).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"ResourceId": "m-1", "A": null}));
+    }
+
+    #[test]
+    fn chunks_stay_within_the_limit() {
+        let records: Vec<Vec<u8>> = (0..10).map(|_| vec![b'x'; 99]).collect();
+        let parts = chunks(records, 350);
+        // Each record takes 100 bytes with its comma, the brackets 2: three per chunk.
+        assert_eq!(
+            parts.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
+        // A record alone larger than the limit still goes, alone (the service decides).
+        let parts = chunks(vec![vec![b'x'; 500], vec![b'y'; 10]], 350);
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
+    }
+}
