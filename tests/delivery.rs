@@ -433,3 +433,166 @@ fn a_full_spool_drops_the_oldest_batches_and_counts_them() {
     assert!(dm.terminate(Duration::from_secs(20)).is_some());
     assert!(bed.depmap_log().contains("spool full"));
 }
+
+/// Makes a private CA, a server certificate for 127.0.0.1 and a client certificate with the
+/// openssl command-line tool (test fixtures only: depmap itself uses rustls).
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (installed by .ci/run)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=depmap test CA",
+    ]);
+    for name in ["server", "client"] {
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN=depmap test {name}"),
+        ]);
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &*format!("{name}.csr").leak(),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &*format!("{name}.pem").leak(),
+        ];
+        let ext = format!("{name}.ext");
+        args.extend(["-extfile", &ext]);
+        run(&args);
+    }
+}
+
+#[test]
+fn tls_with_a_private_ca_and_a_client_certificate() {
+    let _serial = serial();
+    let bed = Bed::new("tls", "");
+    let certs = bed.dir.0.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let c = |f: &str| certs.join(f).display().to_string();
+    let text = std::fs::read_to_string(&bed.cfg).unwrap().replace(
+        &format!("url = \"http://127.0.0.1:{COLLECTOR_PORT}/ingest\""),
+        &format!(
+            "url = \"https://127.0.0.1:{COLLECTOR_PORT}/ingest\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\nformat = \"json\"\nsplit = \"table\"",
+            c("ca.pem"),
+            c("client.pem"),
+            c("client.key")
+        ),
+    );
+    std::fs::write(&bed.cfg, text).unwrap();
+    let _collector = bed.collector(&[
+        "--tls-cert",
+        &c("server.pem"),
+        "--tls-key",
+        &c("server.key"),
+        "--tls-client-ca",
+        &c("ca.pem"),
+    ]);
+    let mut dm = bed.depmap();
+    let (_srv, totals) = traffic(&bed, 9306, 4);
+    let arrived = bed.wait_requests(Duration::from_secs(20), |r| {
+        r.iter()
+            .any(|r| r["table"] == "VMConnection" && r["status"] == 200)
+    });
+    assert!(arrived, "depmap log: {}", bed.depmap_log());
+    assert!(bed.wait_requests(Duration::from_secs(1), |r| {
+        r.iter()
+            .any(|r| r["table"] == "VMConnection" && r["status"] == 200)
+    }));
+    assert!(
+        dm.terminate(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+    let requests = bed.requests();
+    for r in &requests {
+        // Mutual TLS: the collector saw depmap's client certificate.
+        assert_eq!(r["peer"], "depmap test client", "{r}");
+        assert_eq!(r["type"], "application/json");
+        let table = r["table"].as_str().expect("split by table");
+        for rec in r["body"].as_array().unwrap() {
+            assert_eq!(rec["Type"], table);
+        }
+    }
+    assert_exact(&accepted(&requests), 9306, &totals, 4);
+
+    // A client certificate rustls refuses (X.509 v1: no extensions) stops depmap at start
+    // with one line naming the files, instead of failing at the first send.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-days",
+            "2",
+            "-out",
+            "v1.pem",
+        ])
+        .current_dir(&certs)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&bed.cfg)
+        .unwrap()
+        .replace(&c("client.pem"), &c("v1.pem"));
+    std::fs::write(&bed.cfg, text).unwrap();
+    let out = bed
+        .ns
+        .command(DEPMAP)
+        .args(["run", "--config"])
+        .arg(&bed.cfg)
+        .output()
+        .expect("depmap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("v1.pem") && stderr.contains("client certificate"),
+        "{stderr}"
+    );
+}

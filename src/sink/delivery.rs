@@ -358,7 +358,21 @@ fn send_loop(
             }
         };
         let began = Instant::now();
-        let outcome = transport.send(&batch);
+        // A bug in a transport or a library under it must not end delivery: the batch stays
+        // spooled and is tried again.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            transport.send(&batch)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(
+                sink = transport.name(),
+                "internal error while sending (a panic, printed above); the batch stays spooled"
+            );
+            Outcome::Retry {
+                after: None,
+                reason: "internal error".into(),
+            }
+        });
         metrics.observe_send(began.elapsed());
         match outcome {
             Outcome::Delivered => {

@@ -62,6 +62,15 @@ pub fn client(
         if chain.is_empty() {
             return Err(format!("{}: no PEM certificate in it", cert_file.display()));
         }
+        // ureq builds its TLS configuration at the first connection and panics on a client
+        // certificate rustls refuses: check it here, where it is one clear line at start.
+        check_client_cert(&chain, &key_pem).map_err(|e| {
+            format!(
+                "{} / {}: not a usable client certificate and key: {e}",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
         tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
     }
     let config = ureq::Agent::config_builder()
@@ -71,6 +80,26 @@ pub fn client(
         .user_agent(concat!("depmap/", env!("CARGO_PKG_VERSION")))
         .build();
     Ok(ureq::Agent::new_with_config(config))
+}
+
+/// Whether rustls accepts this certificate chain and key (PEM) for client authentication.
+fn check_client_cert(chain: &[Certificate<'static>], key_pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(rustls::RootCertStore::empty());
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
+    let certs = chain
+        .iter()
+        .map(|c| CertificateDer::from(c.der()).into_owned())
+        .collect();
+    builder
+        .with_client_auth_cert(certs, key)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Classifies an answer: 2xx delivered; 408, 429 and 5xx retried; other statuses rejected.

@@ -2,6 +2,7 @@
 """A test collector for depmap's http sink: records every POST and answers as the test says.
 
   collector.py --port P --log FILE [--script S,S:R,...] [--delay-ms D]
+               [--tls-cert F --tls-key F [--tls-client-ca F]]
 
 Listens on 127.0.0.1:P (0: any free port), prints {"listening": port} on stdout, and appends
 one JSON line per request to FILE, written before the answer is sent:
@@ -9,7 +10,8 @@ one JSON line per request to FILE, written before the answer is sent:
 The first requests are answered by the script, one entry each: a status, with `:R` for a
 `Retry-After: R` header; the rest get 200. Every request waits D ms before its answer.
 `POST /_control` with a JSON object changes these at run time: {"script": [[S, R], ...],
-"delay_ms": D}. Stops on SIGTERM.
+"delay_ms": D}. With --tls-cert it speaks HTTPS; with --tls-client-ca it requires a client
+certificate signed by that CA and logs its subject's CN as "peer". Stops on SIGTERM.
 """
 import argparse
 import gzip
@@ -75,6 +77,7 @@ class Handler(BaseHTTPRequestHandler):
             "gzip": gz,
             "auth": self.headers.get("Authorization"),
             "type": self.headers.get("Content-Type"),
+            "peer": peer_cn(self.connection),
             "body": records,
         }
         with lock:
@@ -86,6 +89,18 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(status, b"" if status < 300 else b"collector says no\n", headers)
 
 
+def peer_cn(conn):
+    try:
+        cert = conn.getpeercert()
+    except (AttributeError, ValueError):
+        return None
+    for rdn in (cert or {}).get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                return v
+    return None
+
+
 def main():
     global log_file
     p = argparse.ArgumentParser()
@@ -93,6 +108,9 @@ def main():
     p.add_argument("--log", required=True)
     p.add_argument("--script", default="")
     p.add_argument("--delay-ms", type=int, default=0)
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-client-ca")
     a = p.parse_args()
     script = []
     for item in filter(None, a.script.split(",")):
@@ -103,6 +121,14 @@ def main():
     ThreadingHTTPServer.allow_reuse_address = True
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
+    if a.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        if a.tls_client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(a.tls_client_ca)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     signal.signal(signal.SIGTERM, lambda *_: (log_file.flush(), sys.exit(0)))
     print(json.dumps({"listening": srv.server_address[1]}), flush=True)
     srv.serve_forever()
