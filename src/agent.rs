@@ -1,4 +1,4 @@
-//! The agent: one poll of the kernel, the window it fills, and the loop that runs them.
+//! The agent: one poll of the kernel and the window it fills (`daemon` runs the loop).
 //!
 //! A poll is: process events → sock_diag dump (IPv4, IPv6) → map new socket inodes to
 //! processes → update the socket tracker → apply destroy notifications. At each window
@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::collect::destroy::{DestroyListener, Final, fin_received};
@@ -20,16 +19,15 @@ use crate::collect::proc_events::{ProcChange, ProcEvents};
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
 use crate::config::{Config, ProcessScope};
 use crate::inventory::{self, Clock};
-use crate::metrics::Metrics;
+use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 use crate::records::identity::{self, Identity, connection_id, port_id};
 use crate::records::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
 use crate::schedule::{PollSchedule, process_cpu, thread_cpu};
-use crate::sink::Sink;
 use crate::track::pools::PoolRegistry;
 use crate::track::ports::{Listener, Listeners, bound_ports};
 use crate::track::response::RtStats;
 use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
-use crate::track::window::{next_tick, window_start};
+use crate::track::window::next_tick;
 
 /// What depmap can see on this host, and why not where it cannot.
 #[derive(Debug, Clone)]
@@ -40,6 +38,8 @@ pub struct Capabilities {
     pub proc_connector: Result<(), String>,
     /// Processes whose fd table we could read, of all processes.
     pub proc_fd_readable: (usize, usize),
+    /// Receive buffer of the destroy-notification socket (0: no subscription).
+    pub destroy_rcvbuf: usize,
 }
 
 /// Counters of the agent's own work and losses.
@@ -87,6 +87,9 @@ pub struct Agent {
     pub capabilities: Capabilities,
     pub counters: AgentCounters,
     reported_overruns: u64,
+    /// Recurring problems, logged once per interval.
+    dump_failures: Throttle,
+    overrun_log: Throttle,
     reported_shed: (u64, u64),
     shed_logged_at: Option<Instant>,
 }
@@ -144,6 +147,7 @@ impl Agent {
                 destroy_events,
                 proc_connector,
                 proc_fd_readable: proc_fd_readable(&proc_root),
+                destroy_rcvbuf: destroys.as_ref().map_or(0, |d| d.rcvbuf),
             },
             pools: PoolRegistry::new(identity.machine.clone(), proc_root.clone())
                 .with_cap(config.collect.max_pools),
@@ -166,6 +170,8 @@ impl Agent {
             counters: AgentCounters::default(),
             schedule: PollSchedule::new(&config.collect),
             destroys_cpu: Duration::ZERO,
+            dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
+            overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             reported_overruns: 0,
             reported_shed: (0, 0),
             shed_logged_at: None,
@@ -175,6 +181,11 @@ impl Agent {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Records the sink settings now in use (after a reload rebuilt the sink).
+    pub fn set_sink_config(&mut self, sink: crate::config::SinkConfig) {
+        self.config.sink = sink;
     }
 
     /// One poll; see the module comment for the steps.
@@ -290,7 +301,9 @@ impl Agent {
                 Err(e) => {
                     complete = false;
                     self.counters.dump_errors += 1;
-                    tracing::warn!(error = %e, ?family, "sock_diag dump failed; this poll is partial");
+                    if let Some(more) = self.dump_failures.ready() {
+                        tracing::warn!(error = %e, ?family, also_since_last_log = more, "sock_diag dump failed; this poll is partial");
+                    }
                 }
             }
         }
@@ -388,10 +401,10 @@ impl Agent {
         let Some(d) = &self.destroys else { return };
         let finals: Vec<Final> = d.queue.try_iter().collect();
         let overruns = d.counters.overruns.load(Ordering::Relaxed);
-        if overruns > self.reported_overruns {
+        if overruns > self.reported_overruns && self.overrun_log.ready().is_some() {
             tracing::warn!(
                 overruns,
-                "destroy notifications were dropped by the kernel (ENOBUFS); bytes of sockets that closed then are counted up to their last poll"
+                "destroy notifications were dropped by the kernel (ENOBUFS); bytes of sockets that closed then are counted up to their last poll (raise net.core.rmem_max)"
             );
             self.reported_overruns = overruns;
         }
@@ -687,6 +700,36 @@ impl Agent {
     }
 
     /// Self-metrics for logs and `once`.
+    /// Applies a reloaded configuration (SIGHUP): the `[collect]` schedule and scopes take
+    /// effect now (the daemon rebuilds the sink); returns the keys whose new values need a restart
+    /// (they keep their running values).
+    pub fn reconfigure(&mut self, new: &Config) -> Vec<&'static str> {
+        let old = &self.config;
+        let mut restart = Vec::new();
+        if old.agent != new.agent {
+            restart.push("agent");
+        }
+        if old.collect.ipv6 != new.collect.ipv6 {
+            restart.push("collect.ipv6");
+        }
+        if old.collect.max_connections != new.collect.max_connections {
+            restart.push("collect.max_connections");
+        }
+        if old.collect.max_pools != new.collect.max_pools {
+            restart.push("collect.max_pools");
+        }
+        if old.metrics != new.metrics {
+            restart.push("metrics");
+        }
+        let mut collect = new.collect.clone();
+        collect.ipv6 = old.collect.ipv6;
+        collect.max_connections = old.collect.max_connections;
+        collect.max_pools = old.collect.max_pools;
+        self.config.collect = collect;
+        self.schedule = PollSchedule::new(&self.config.collect);
+        restart
+    }
+
     /// The agent's self-counters: `(name, value)`, names ending in `_total` count events,
     /// the others are current values. Served as `depmap_<name>` by the metrics endpoint and
     /// logged at shutdown.
@@ -774,7 +817,7 @@ fn proc_fd_readable(proc_root: &std::path::Path) -> (usize, usize) {
     (readable, total)
 }
 
-/// Collects for `duration` on the same ticks as [`run_loop`] (`depmap once`), ending with a
+/// Collects for `duration` on the same ticks as [`crate::daemon::run_loop`] (`depmap once`), ending with a
 /// full poll, and returns the inventory and the records of that one window.
 pub fn collect_once(agent: &mut Agent, duration: Duration) -> Vec<Record> {
     agent.poll();
@@ -797,108 +840,4 @@ pub fn collect_once(agent: &mut Agent, duration: Duration) -> Vec<Record> {
     let mut records = agent.inventory(SystemTime::now());
     records.extend(agent.close_window(start));
     records
-}
-
-/// Hands batches to the sink. A failed write is logged (once a minute at most) and counted,
-/// and the agent keeps collecting: a full disk or a dead collector must not stop the agent.
-struct Output<'a> {
-    sink: &'a mut dyn Sink,
-    metrics: &'a Metrics,
-    failed_batches: u64,
-    failed_records: u64,
-    last_log: Option<Instant>,
-}
-
-impl Output<'_> {
-    fn send(&mut self, batch: Vec<Record>) {
-        if batch.is_empty() {
-            return;
-        }
-        let written = self.sink.write(&batch);
-        self.failed(written, batch.len());
-    }
-
-    /// Every poll: lets a remote sink seal batches that have waited long enough.
-    fn tick(&mut self) {
-        let sealed = self.sink.tick();
-        self.failed(sealed, 0);
-    }
-
-    fn close(&mut self) {
-        let closed = self.sink.close();
-        self.failed(closed, 0);
-    }
-
-    fn failed(&mut self, result: std::io::Result<()>, records: usize) {
-        let Err(e) = result else { return };
-        self.failed_batches += 1;
-        self.failed_records += records as u64;
-        self.metrics
-            .sink_write_failures
-            .fetch_add(1, Ordering::Relaxed);
-        if self
-            .last_log
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-        {
-            tracing::error!(
-                error = %e,
-                failed_batches = self.failed_batches,
-                failed_records = self.failed_records,
-                "the sink refused a batch; its records are lost"
-            );
-            self.last_log = Some(Instant::now());
-        }
-    }
-}
-
-/// Runs windows forever until `stop` fires (or its sender is dropped), then flushes the
-/// current window. This is the whole daemon loop.
-pub fn run_loop(agent: &mut Agent, sink: &mut dyn Sink, stop: &Receiver<()>, metrics: &Metrics) {
-    let collect = agent.config.collect.clone();
-    let mut out = Output {
-        sink,
-        metrics,
-        failed_batches: 0,
-        failed_records: 0,
-        last_log: None,
-    };
-    agent.poll();
-    let now = SystemTime::now();
-    out.send(agent.inventory(now));
-    let mut window = window_start(now, collect.window);
-    let mut next_inventory = now + collect.inventory_interval;
-    tracing::info!(window = ?collect.window, poll = ?collect.socket_poll, "depmap running");
-    loop {
-        // Sleep to the next tick (multiples of the tick since the epoch), or stop. A tick is a
-        // full dump at multiples of socket_poll, else a hot poll.
-        let now = SystemTime::now();
-        let tick = next_tick(now, collect.tick());
-        let wait = tick.duration_since(now).unwrap_or_default();
-        let stopping = !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
-        if stopping {
-            // Let the notifications of sockets closed just before the signal arrive.
-            std::thread::sleep(Duration::from_millis(50));
-            agent.poll();
-        } else if !agent.poll_at(tick) {
-            continue;
-        }
-        let now = SystemTime::now();
-        metrics.set_agent(agent.self_counters());
-        out.send(agent.new_process_records(now));
-        // A window closes at its end, at shutdown, and when the clock stepped backwards.
-        if stopping || now >= window + collect.window || now < window {
-            out.send(agent.close_window(window));
-            window = window_start(now, collect.window);
-        }
-        if stopping {
-            out.close();
-            tracing::info!(summary = %agent.loss_summary(), "stopped; current window flushed");
-            return;
-        }
-        if now >= next_inventory || now + collect.inventory_interval < next_inventory {
-            out.send(agent.inventory(now));
-            next_inventory = now + collect.inventory_interval;
-        }
-        out.tick();
-    }
 }

@@ -2,16 +2,20 @@
 //! VM Insights Map (VMComputer, VMProcess, VMBoundPort, VMConnection).
 //!
 //! The data's journey: `collect` (kernel and /proc readers) → `track` (socket state across
-//! polls, windows, sums) → `records` (the four tables) → `sink` (delivery). `agent` runs the
-//! poll loop that ties them together, at the times `schedule` picks; `cli` is the command line.
+//! polls, windows, sums) → `records` (the four tables) → `sink` (delivery). `agent` ties them
+//! together in one poll, at the times `schedule` picks; `daemon` is `depmap run`'s loop
+//! (signals, reload, `service` notifications); `cli` is the command line.
 pub mod agent;
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod daemon;
 pub mod inventory;
+pub mod logging;
 pub mod metrics;
 pub mod records;
 pub mod report;
 pub mod schedule;
+pub mod service;
 pub mod sink;
 pub mod track;

@@ -1,31 +1,23 @@
 //! `depmap` binary: parses the command line and runs one of the commands.
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 
-use depmap::agent::{Agent, collect_once, run_loop};
+use depmap::agent::{Agent, collect_once};
 use depmap::cli::{Cli, Command, Format};
 use depmap::config::Config;
+use depmap::daemon::{Control, run_loop};
 use depmap::metrics::Metrics;
 use depmap::records::{Record, TABLES};
 use depmap::{report, sink};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DEPMAP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        // Colours only for a person at a terminal: journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    depmap::logging::init();
     match cli.command {
         Command::Version => {
             let _ = writeln!(std::io::stdout(), "depmap {}", env!("CARGO_PKG_VERSION"));
@@ -47,8 +39,8 @@ fn main() -> ExitCode {
             Ok(c) => once(c, duration, format, &tables),
             Err(e) => fail(2, &e.to_string()),
         },
-        Command::Run { config } => match Config::load(config.as_deref()) {
-            Ok(c) => run(c),
+        Command::Run { config: path } => match Config::load(path.as_deref()) {
+            Ok(c) => run(c, path),
             Err(e) => fail(2, &e.to_string()),
         },
     }
@@ -102,7 +94,7 @@ fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -
 }
 
 /// `depmap run`: the daemon. Signals stop the poll loop, which flushes the current window.
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
     let metrics = Metrics::new();
     if !config.metrics.listen.is_empty() {
         if let Err(e) = depmap::metrics::serve(&config.metrics.listen, metrics.clone()) {
@@ -110,7 +102,7 @@ fn run(config: Config) -> ExitCode {
         }
         tracing::info!(listen = %config.metrics.listen, "serving /metrics");
     }
-    let mut sink = match sink::build(&config, metrics.clone()) {
+    let sink = match sink::build(&config, metrics.clone()) {
         Ok(s) => s,
         Err(e) => {
             return fail(
@@ -135,17 +127,32 @@ fn run(config: Config) -> ExitCode {
         // Handlers first: a signal that arrives while the first poll runs must flush, not kill.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let mut poller = tokio::task::spawn_blocking(move || {
-            run_loop(&mut agent, sink.as_mut(), &stop_rx, &metrics)
-        });
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            done = &mut poller => return done.map_err(std::io::Error::other),
+        let mut hup = signal(SignalKind::hangup())?;
+        let (control, controls) = std::sync::mpsc::channel::<Control>();
+        let mut poller =
+            tokio::task::spawn_blocking(move || run_loop(&mut agent, sink, &controls, metrics));
+        loop {
+            tokio::select! {
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    // A configuration that does not load is refused; the running one stays.
+                    match Config::load(path.as_deref()) {
+                        Ok(c) => {
+                            tracing::info!("SIGHUP: reloading the configuration");
+                            let _ = control.send(Control::Reload(Box::new(c)));
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "SIGHUP: the new configuration is invalid; keeping the running one"
+                        ),
+                    }
+                }
+                done = &mut poller => return done.map_err(std::io::Error::other),
+            }
         }
         tracing::info!("signal received; flushing the current window");
-        let _ = stop_tx.send(());
+        let _ = control.send(Control::Stop);
         poller.await.map_err(std::io::Error::other)
     });
     match result {

@@ -49,7 +49,14 @@ pub fn capabilities(c: &Capabilities) -> String {
     } else {
         let _ = writeln!(
             out,
-            "  [--]   /proc/PID/fd readable for {readable} of {total} processes\n         missing: Process/ProcessName of sockets held by the others (run as root, or grant CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH)"
+            "  [--]   /proc/PID/fd readable for {readable} of {total} processes\n         missing: Process/ProcessName of the sockets the others hold (and their VMProcess records; inbound ones still credited by the listener rule when a readable process listens)\n         fix: run as root, or grant both CAP_DAC_READ_SEARCH (to open /proc/PID/fd) and CAP_SYS_PTRACE (to read its links, exe and cwd) — systemd/depmap.service does"
+        );
+    }
+    if c.destroy_events.is_ok() && c.destroy_rcvbuf < crate::collect::destroy::RCVBUF {
+        let _ = writeln!(
+            out,
+            "  [--]   destroy-notification buffer {} KiB (8 MiB asked; without CAP_NET_ADMIN the kernel caps it at net.core.rmem_max)\n         missing: in a burst of closes beyond the buffer, the notifications the kernel drops (counted as destroy_overruns; those sockets' bytes after their last poll)\n         fix: sysctl -w net.core.rmem_max=8388608 (the packages install /usr/lib/sysctl.d/60-depmap.conf)",
+            c.destroy_rcvbuf / 1024
         );
     }
     let _ = writeln!(

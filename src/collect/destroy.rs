@@ -38,7 +38,7 @@ const SKNLGRP_INET6_TCP_DESTROY: u32 = 3;
 /// Requested receive buffer; the kernel caps it at `net.core.rmem_max` unless we may force it.
 /// 8 MiB held 40,011 notifications of a mass close without loss (research §1.3); the churn
 /// bench lost none of 599,998 at 1,000 connections a second (BENCHMARKS.md).
-const RCVBUF: usize = 8 << 20;
+pub const RCVBUF: usize = 8 << 20;
 
 /// Counters shared with the poll loop.
 #[derive(Debug, Default)]
@@ -65,6 +65,8 @@ pub struct Final {
 pub struct DestroyListener {
     pub queue: Receiver<Final>,
     pub counters: Arc<DestroyCounters>,
+    /// The receive buffer the kernel granted (bytes of its accounting; asked: [`RCVBUF`]).
+    pub rcvbuf: usize,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -79,6 +81,7 @@ impl DestroyListener {
             socket.add_membership(SKNLGRP_INET6_TCP_DESTROY)?;
         }
         set_rcvbuf(&socket, RCVBUF);
+        let rcvbuf = socket.get_rx_buf_sz().unwrap_or(0);
         set_recv_timeout(&socket, Duration::from_millis(200))?;
         let lookups = SockDiag::open()?;
         let (tx, queue) = channel();
@@ -94,6 +97,7 @@ impl DestroyListener {
         Ok(DestroyListener {
             queue,
             counters,
+            rcvbuf,
             stop,
             thread: Some(thread),
         })

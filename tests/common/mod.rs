@@ -189,6 +189,28 @@ impl Proc {
         }
     }
 
+    /// Waits (bounded) for the process to exit by itself, collecting its stdout; kills it
+    /// after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Ok(l) = self.lines.try_recv() {
+                self.seen.push(l);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(300)) {
+                    self.seen.push(l);
+                }
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then the rest of stdout until the process exits (bounded), then its status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: kill(2) on our own child's pid.

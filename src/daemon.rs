@@ -1,0 +1,193 @@
+//! `depmap run`: the daemon loop. Sleep to the next tick, poll (full dump or hot poll),
+//! close the window at its end, re-emit the inventory when due, hand every batch to the sink;
+//! tell the service manager it is ready (after the first poll) and alive (after each poll);
+//! apply a reloaded configuration (SIGHUP) or stop (SIGTERM), flushing the current window.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::agent::Agent;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::records::Record;
+use crate::service::ServiceManager;
+use crate::sink::{self, Sink};
+use crate::track::window::{next_tick, window_start};
+
+/// What the signal handlers ask of the loop.
+pub enum Control {
+    /// SIGTERM/SIGINT: flush the current window and the sink, then return.
+    Stop,
+    /// SIGHUP with a configuration that parsed and validated.
+    Reload(Box<Config>),
+}
+
+/// Hands batches to the sink. A failed write is logged (once a minute at most) and counted,
+/// and the agent keeps collecting: a full disk or a dead collector must not stop the agent.
+struct Output {
+    sink: Box<dyn Sink>,
+    metrics: Arc<Metrics>,
+    failed_batches: u64,
+    failed_records: u64,
+    last_log: Option<Instant>,
+}
+
+impl Output {
+    fn send(&mut self, batch: Vec<Record>) {
+        if batch.is_empty() {
+            return;
+        }
+        let written = self.sink.write(&batch);
+        self.failed(written, batch.len());
+    }
+
+    /// Every poll: lets a remote sink seal batches that have waited long enough.
+    fn tick(&mut self) {
+        let sealed = self.sink.tick();
+        self.failed(sealed, 0);
+    }
+
+    fn close(&mut self) {
+        let closed = self.sink.close();
+        self.failed(closed, 0);
+    }
+
+    fn failed(&mut self, result: std::io::Result<()>, records: usize) {
+        let Err(e) = result else { return };
+        self.failed_batches += 1;
+        self.failed_records += records as u64;
+        self.metrics
+            .sink_write_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::error!(
+                error = %e,
+                failed_batches = self.failed_batches,
+                failed_records = self.failed_records,
+                "the sink refused a batch; its records are lost"
+            );
+            self.last_log = Some(Instant::now());
+        }
+    }
+}
+
+/// Runs windows until `control` says stop (or its sender is dropped), then flushes the
+/// current window and the sink.
+pub fn run_loop(
+    agent: &mut Agent,
+    sink: Box<dyn Sink>,
+    control: &Receiver<Control>,
+    metrics: Arc<Metrics>,
+) {
+    let mut service = ServiceManager::from_env();
+    let mut out = Output {
+        sink,
+        metrics: metrics.clone(),
+        failed_batches: 0,
+        failed_records: 0,
+        last_log: None,
+    };
+    agent.poll();
+    let now = SystemTime::now();
+    out.send(agent.inventory(now));
+    let mut window = window_start(now, agent.config().collect.window);
+    let mut next_inventory = now + agent.config().collect.inventory_interval;
+    tracing::info!(
+        window = ?agent.config().collect.window,
+        poll = ?agent.config().collect.socket_poll,
+        "depmap running"
+    );
+    service.ready(&format!(
+        "first poll done: {} sockets",
+        agent.counters.sockets_last_poll
+    ));
+    loop {
+        // Sleep to the next tick (multiples of the tick since the epoch), or act on a signal.
+        // A tick is a full dump at multiples of the full-dump period, else a hot poll.
+        let collect = agent.config().collect.clone();
+        let now = SystemTime::now();
+        let tick = next_tick(now, collect.tick());
+        let wait = tick.duration_since(now).unwrap_or_default();
+        let stopping = match control.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => false,
+            Ok(Control::Reload(config)) => {
+                service.reloading();
+                reload(agent, &mut out, &config, window);
+                let now = SystemTime::now();
+                window = window_start(now, agent.config().collect.window);
+                next_inventory = now + agent.config().collect.inventory_interval;
+                service.reloaded("configuration reloaded");
+                continue;
+            }
+            Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if stopping {
+            service.stopping();
+            // Let the notifications of sockets closed just before the signal arrive.
+            std::thread::sleep(Duration::from_millis(50));
+            agent.poll();
+        } else if !agent.poll_at(tick) {
+            service.alive();
+            out.tick();
+            continue;
+        }
+        service.alive();
+        let now = SystemTime::now();
+        metrics.set_agent(agent.self_counters());
+        out.send(agent.new_process_records(now));
+        // A window closes at its end, at shutdown, and when the clock stepped backwards.
+        if stopping || now >= window + collect.window || now < window {
+            out.send(agent.close_window(window));
+            window = window_start(now, collect.window);
+        }
+        if stopping {
+            out.close();
+            tracing::info!(summary = %agent.loss_summary(), "stopped; current window flushed");
+            return;
+        }
+        if now >= next_inventory || now + collect.inventory_interval < next_inventory {
+            out.send(agent.inventory(now));
+            next_inventory = now + collect.inventory_interval;
+        }
+        out.tick();
+    }
+}
+
+/// Applies a reloaded configuration: the current window is closed under the old settings
+/// (its records are whole), the sink is rebuilt when its settings changed (a new sink that
+/// cannot be built leaves the old one in place; a new one gets the inventory at once), and
+/// the agent takes the new schedule.
+fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: SystemTime) {
+    agent.poll();
+    out.send(agent.new_process_records(SystemTime::now()));
+    out.send(agent.close_window(window));
+    if new.sink != agent.config().sink {
+        match sink::build(new, out.metrics.clone()) {
+            Ok(fresh) => {
+                out.close();
+                out.sink = fresh;
+                agent.set_sink_config(new.sink.clone());
+                tracing::info!(kind = ?new.sink.kind, "sink rebuilt from the reloaded configuration");
+                // A new destination gets the inventory now, not at the next interval.
+                out.send(agent.inventory(SystemTime::now()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the reloaded sink settings do not work; keeping the running sink");
+            }
+        }
+    }
+    let restart = agent.reconfigure(new);
+    if restart.is_empty() {
+        tracing::info!("configuration reloaded");
+    } else {
+        tracing::warn!(
+            keys = ?restart,
+            "configuration reloaded; these changes take effect at the next restart"
+        );
+    }
+}

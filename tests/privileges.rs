@@ -1,0 +1,120 @@
+//! depmap without root: as `nobody` with exactly the capabilities of systemd/depmap.service
+//! (CAP_DAC_READ_SEARCH + CAP_SYS_PTRACE, ambient, nothing else in the bounding set) it still
+//! attributes root's sockets; with no capability at all it says what is missing, what that
+//! costs and how to fix it, and keeps reporting what it can.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// `depmap once` as nobody with `caps` (e.g. "+dac_read_search,+sys_ptrace", or "" for none),
+/// while a root client talks to a root server; returns (capability report, records).
+fn once_as_nobody(tag: &str, caps: &str) -> (String, Vec<Value>) {
+    let ns = Netns::new(tag);
+    let dir = TempDir::new(tag);
+    let state = dir.0.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let cfg = config_file(&dir, "");
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (_srv, _) = server(&ns, "127.0.0.1", 9601, 0);
+    let set = format!("-all{}{caps}", if caps.is_empty() { "" } else { "," });
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={set}"),
+        &format!("--ambient-caps={set}"),
+        &format!("--bounding-set={set}"),
+        "--",
+        DEPMAP,
+        "once",
+        "--duration",
+        "4s",
+        "--format",
+        "ndjson",
+        "--config",
+    ])
+    .arg(&cfg);
+    let log = dir.0.join("stderr");
+    let mut once = Proc::spawn_logging(
+        cmd,
+        std::process::Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    // A root client holding one connection for ≈2 s inside the window.
+    std::thread::sleep(Duration::from_millis(800));
+    let totals = client(
+        &ns,
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9601",
+            "--conns",
+            "1",
+            "--exchanges",
+            "8",
+            "--req",
+            "100",
+            "--resp",
+            "1000",
+            "--think-ms",
+            "250",
+        ],
+    );
+    assert_eq!(totals["conns"], 1);
+    let status = once.wait_exit(Duration::from_secs(30));
+    let report = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "depmap once as nobody: {status:?} {report}"
+    );
+    let records = parse(&once.seen);
+    (report, records)
+}
+
+fn inbound(records: &[Value]) -> Vec<&Value> {
+    of_type(records, "VMConnection")
+        .into_iter()
+        .filter(|r| r["Direction"] == "inbound" && r["DestinationPort"] == 9601)
+        .collect()
+}
+
+#[test]
+fn as_nobody_with_the_units_capabilities_roots_sockets_are_attributed() {
+    let _serial = serial();
+    let (report, records) = once_as_nobody("caps", "+dac_read_search,+sys_ptrace");
+    assert!(
+        report.contains("[ok]   /proc/PID/fd readable for all"),
+        "{report}"
+    );
+    let conns = inbound(&records);
+    assert!(!conns.is_empty(), "{records:?}");
+    for r in conns {
+        assert!(is_python(&r["ProcessName"]), "{r}");
+    }
+}
+
+#[test]
+fn as_nobody_without_capabilities_depmap_says_what_is_missing_and_keeps_reporting() {
+    let _serial = serial();
+    let (report, records) = once_as_nobody("nocaps", "");
+    assert!(report.contains("/proc/PID/fd readable for"), "{report}");
+    assert!(
+        report.contains("CAP_DAC_READ_SEARCH") && report.contains("CAP_SYS_PTRACE"),
+        "{report}"
+    );
+    assert!(report.contains("missing: Process/ProcessName"), "{report}");
+    // The connection is still reported, without a process.
+    let conns = inbound(&records);
+    assert!(!conns.is_empty(), "{records:?}");
+    for r in conns {
+        assert!(r["Process"].is_null(), "{r}");
+        assert!(r["BytesSent"].as_i64().unwrap_or(0) > 0, "{r}");
+    }
+}

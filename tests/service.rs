@@ -1,0 +1,148 @@
+//! depmap under a service manager, emulated: a datagram socket as `NOTIFY_SOCKET`, a
+//! `WATCHDOG_USEC`, and the signals systemd sends (SIGHUP for `systemctl reload`, SIGTERM for
+//! stop). READY must follow the first poll, keep-alives must keep coming from the poll loop,
+//! a bad reloaded configuration must be refused with the running one kept, a good one applied.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The next notification, or None after `timeout`.
+fn next(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
+    sock.set_read_timeout(Some(timeout)).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Waits (bounded) for a notification containing `what`; returns those seen before it.
+fn wait_for(
+    sock: &UnixDatagram,
+    what: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match next(sock, left) {
+            Some(m) if m.lines().any(|l| l == what) => return Ok(seen),
+            Some(m) => seen.push(m),
+            None => break,
+        }
+    }
+    Err(seen)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig}");
+}
+
+#[test]
+fn ready_watchdog_reload_and_stop_speak_to_the_service_manager() {
+    let _serial = serial();
+    let ns = Netns::new("svc");
+    let dir = TempDir::new("svc");
+    let notify = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).expect("notify socket");
+    let good = "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n[sink]\nkind = \"stdout\"\n";
+    let cfg = config_file(&dir, good);
+    let log = dir.0.join("depmap.log");
+    let mut cmd = ns.command(DEPMAP);
+    cmd.args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "1500000");
+    let mut dm = Proc::spawn_logging(cmd, Stdio::from(std::fs::File::create(&log).unwrap()));
+    let pid = dm.child.id();
+
+    // READY after the first poll (the first records are already out by then).
+    assert!(
+        wait_for(&sock, "READY=1", Duration::from_secs(20)).is_ok(),
+        "no READY"
+    );
+    assert!(!dm.seen.is_empty() || dm.until(Duration::from_secs(5), |l| !l.is_empty()));
+    // Keep-alives at a third of the 1.5 s watchdog period, from the poll loop.
+    let t = Instant::now();
+    for _ in 0..4 {
+        assert!(
+            wait_for(&sock, "WATCHDOG=1", Duration::from_secs(2)).is_ok(),
+            "watchdog"
+        );
+    }
+    assert!(t.elapsed() < Duration::from_secs(4));
+
+    // A configuration with a typo: refused, logged, the running one kept.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("window", "windw"),
+    )
+    .unwrap();
+    signal(pid, "-HUP");
+    let seen = wait_for(&sock, "RELOADING=1", Duration::from_secs(2)).unwrap_err();
+    assert!(seen.iter().all(|m| !m.contains("RELOADING")));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("new configuration is invalid") && text.contains("windw"),
+        "{text}"
+    );
+    assert!(
+        wait_for(&sock, "WATCHDOG=1", Duration::from_secs(2)).is_ok(),
+        "the loop goes on"
+    );
+
+    // A good one switching to the file sink: applied, the records go to files from then on.
+    let records = dir.0.join("records");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\n{}[sink.file]\ndir = \"{}\"\n",
+            dir.0.join("state").display(),
+            good.replace("kind = \"stdout\"", "kind = \"file\""),
+            records.display()
+        ),
+    )
+    .unwrap();
+    signal(pid, "-HUP");
+    assert!(
+        wait_for(&sock, "RELOADING=1", Duration::from_secs(5)).is_ok(),
+        "no RELOADING"
+    );
+    assert!(
+        wait_for(&sock, "READY=1", Duration::from_secs(5)).is_ok(),
+        "no READY after reload"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let has_files = || {
+        std::fs::read_dir(&records)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("VMConnection")
+                        || e.file_name().to_string_lossy().starts_with("VMComputer")
+                })
+            })
+            .unwrap_or(false)
+    };
+    while !has_files() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(has_files(), "records in {}", records.display());
+
+    // Stop: STOPPING, then exit 0.
+    signal(pid, "-TERM");
+    assert!(
+        wait_for(&sock, "STOPPING=1", Duration::from_secs(5)).is_ok(),
+        "no STOPPING"
+    );
+    let status = dm.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
