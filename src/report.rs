@@ -10,10 +10,13 @@ use crate::records::Record;
 /// The capability report: what depmap can see on this host, and what is missing and why.
 pub fn capabilities(c: &Capabilities) -> String {
     let mut out = String::from("depmap capability report\n");
-    let line = |out: &mut String, name: &str, r: &Result<(), String>, cost: &str| {
+    let line = |out: &mut String, name: &str, r: &Result<(), String>, cost: &str, fix: &str| {
         let _ = match r {
             Ok(()) => writeln!(out, "  [ok]   {name}"),
-            Err(e) => writeln!(out, "  [--]   {name}: {e}\n         missing: {cost}"),
+            Err(e) => writeln!(
+                out,
+                "  [--]   {name}: {e}\n         missing: {cost}\n         fix: {fix}"
+            ),
         };
     };
     line(
@@ -21,24 +24,28 @@ pub fn capabilities(c: &Capabilities) -> String {
         "sock_diag IPv4 dump (tcp_info)",
         &c.sock_diag,
         "all connection records",
+        "a kernel with inet_diag and tcp_diag (`modprobe tcp_diag`); no seccomp/LSM policy denying NETLINK_SOCK_DIAG",
     );
     line(
         &mut out,
         "sock_diag IPv6 dump",
         &c.sock_diag_v6,
         "IPv6 connections and ports",
+        "`modprobe tcp_diag` with IPv6 enabled, or set collect.ipv6 = false to silence this",
     );
     line(
         &mut out,
         "TCP destroy notifications",
         &c.destroy_events,
         "connections shorter than one poll, and the bytes of a socket's last poll interval",
+        "Linux 4.9 or later with inet_diag; inside a container, the host's network namespace",
     );
     line(
         &mut out,
         "proc connector (process events)",
         &c.proc_connector,
         "nothing; new sockets are attributed by a wider /proc walk",
+        "optional: run in the initial network namespace (the kernel sends process events only there)",
     );
     let (readable, total) = c.proc_fd_readable;
     if readable == total {
