@@ -18,6 +18,7 @@ use crate::collect::packages::PackageDb;
 use crate::collect::proc_events::{ProcChange, ProcEvents};
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
 use crate::config::{Config, ProcessScope};
+use crate::enrich::Enricher;
 use crate::inventory::{self, Clock};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 use crate::records::identity::{self, Identity, connection_id, port_id};
@@ -82,6 +83,8 @@ pub struct Agent {
     hot: Vec<TcpSample>,
     /// When full and hot polls happen, within the CPU budget.
     schedule: PollSchedule,
+    /// Threat indicators (and later other sources) for the records.
+    enricher: Enricher,
     /// CPU time spent applying destroy notifications since the last full poll was scheduled.
     destroys_cpu: Duration,
     pub capabilities: Capabilities,
@@ -169,6 +172,7 @@ impl Agent {
             hot: Vec::new(),
             counters: AgentCounters::default(),
             schedule: PollSchedule::new(&config.collect),
+            enricher: Enricher::new(&config.enrich.indicator_files),
             destroys_cpu: Duration::ZERO,
             dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
             overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
@@ -519,6 +523,7 @@ impl Agent {
 
     /// Closes the window that started at `start`: VMConnection and VMBoundPort records.
     pub fn close_window(&mut self, start: SystemTime) -> Vec<Record> {
+        self.enricher.refresh();
         let conns = self.tracker.close_window();
         let ports = bound_ports(&self.window_listeners, &conns);
         self.window_listeners = self.listeners.clone();
@@ -541,7 +546,7 @@ impl Agent {
                 Direction::Inbound => src.clone(),
                 Direction::Outbound => dst.clone(),
             };
-            out.push(Record::Connection(Box::new(VmConnection {
+            let mut record = VmConnection {
                 agent_id: id.agent_id.clone(),
                 bytes_received: st.bytes_received as i64,
                 bytes_sent: st.bytes_sent as i64,
@@ -578,7 +583,9 @@ impl Agent {
                 time_generated: time.clone(),
                 kind: "VMConnection",
                 ..Default::default()
-            })));
+            };
+            self.enricher.connection(&mut record);
+            out.push(Record::Connection(Box::new(record)));
         }
         for (key, p) in ports {
             let ip = key.ip.to_string();
@@ -726,6 +733,10 @@ impl Agent {
         collect.max_connections = old.collect.max_connections;
         collect.max_pools = old.collect.max_pools;
         self.config.collect = collect;
+        if self.config.enrich != new.enrich {
+            self.config.enrich = new.enrich.clone();
+            self.enricher = Enricher::new(&self.config.enrich.indicator_files);
+        }
         self.schedule = PollSchedule::new(&self.config.collect);
         restart
     }

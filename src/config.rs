@@ -16,7 +16,17 @@ pub struct Config {
     pub agent: AgentConfig,
     pub collect: CollectConfig,
     pub sink: SinkConfig,
+    pub enrich: EnrichConfig,
     pub metrics: MetricsConfig,
+}
+
+/// Enrichment sources.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichConfig {
+    /// Malicious-IP indicator files: CSV (`.csv`, header line) or JSON lines; reloaded when
+    /// they change.
+    pub indicator_files: Vec<PathBuf>,
 }
 
 /// Self-metrics in Prometheus text format.

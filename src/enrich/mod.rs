@@ -1,0 +1,80 @@
+//! Enrichment: what the records say about the remote end beyond its address. Sources are
+//! loaded at start and refreshed when they change; a lookup never does I/O.
+
+pub mod threat;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::records::VmConnection;
+use threat::{Indicators, Rejected};
+
+pub struct Enricher {
+    files: Vec<PathBuf>,
+    indicators: Indicators,
+}
+
+impl Enricher {
+    pub fn new(indicator_files: &[PathBuf]) -> Enricher {
+        let mut e = Enricher {
+            files: indicator_files.to_vec(),
+            indicators: Indicators::default(),
+        };
+        e.load();
+        e
+    }
+
+    fn load(&mut self) {
+        if self.files.is_empty() {
+            return;
+        }
+        let (indicators, rejected) = Indicators::load(&self.files);
+        report_rejected(&rejected);
+        tracing::info!(
+            indicators = indicators.len(),
+            skipped_lines = rejected.len(),
+            "malicious-IP indicators loaded"
+        );
+        self.indicators = indicators;
+    }
+
+    /// Reloads sources whose files changed (called once per window).
+    pub fn refresh(&mut self) {
+        if self.indicators.changed() {
+            self.load();
+        }
+    }
+
+    /// Fills a connection's enrichment columns from its `RemoteIp`.
+    pub fn connection(&self, rec: &mut VmConnection) {
+        let Ok(ip) = rec.remote_ip.parse::<IpAddr>() else {
+            return;
+        };
+        if let Some(ind) = self.indicators.lookup(ip) {
+            rec.malicious_ip = Some(rec.remote_ip.clone());
+            rec.indicator_threat_type = ind.threat_type.clone();
+            rec.description = ind.description.clone();
+            rec.tlp_level = ind.tlp_level.clone();
+            rec.confidence = ind.confidence.clone();
+            rec.severity = ind.severity;
+            rec.first_reported_date_time = ind.first_reported.clone();
+            rec.last_reported_date_time = ind.last_reported.clone();
+            rec.is_active = ind.is_active.clone();
+        }
+    }
+}
+
+/// Each skipped line is worth knowing once per load; the first ten are named.
+fn report_rejected(rejected: &[Rejected]) {
+    for r in rejected.iter().take(10) {
+        tracing::warn!(
+            file = %r.file.display(),
+            line = r.line,
+            reason = %r.reason,
+            "indicator line skipped"
+        );
+    }
+    if rejected.len() > 10 {
+        tracing::warn!(more = rejected.len() - 10, "more indicator lines skipped");
+    }
+}
