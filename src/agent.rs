@@ -13,11 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::collect::destroy::{DestroyListener, Final, fin_received};
 use crate::collect::host::HostFacts;
+use crate::collect::imds::{self, Compute};
 use crate::collect::ownership::SocketOwners;
 use crate::collect::packages::PackageDb;
 use crate::collect::proc_events::{ProcChange, ProcEvents};
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
-use crate::config::{Config, ProcessScope};
+use crate::config::{AzureMetadata, Config, ProcessScope};
 use crate::enrich::Enricher;
 use crate::inventory::{self, Clock};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
@@ -41,6 +42,8 @@ pub struct Capabilities {
     pub proc_fd_readable: (usize, usize),
     /// Receive buffer of the destroy-notification socket (0: no subscription).
     pub destroy_rcvbuf: usize,
+    /// Azure Instance Metadata: what was found, or why it was not asked or did not answer.
+    pub azure_metadata: Result<String, String>,
 }
 
 /// Counters of the agent's own work and losses.
@@ -83,6 +86,10 @@ pub struct Agent {
     hot: Vec<TcpSample>,
     /// When full and hot polls happen, within the CPU budget.
     schedule: PollSchedule,
+    /// Azure instance metadata, once it answered; whether to ask it (again) at inventory.
+    azure: Option<Compute>,
+    ask_imds: bool,
+    imds_asked: Instant,
     /// Threat indicators (and later other sources) for the records.
     enricher: Enricher,
     /// CPU time spent applying destroy notifications since the last full poll was scheduled.
@@ -138,10 +145,42 @@ impl Agent {
             std::path::Path::new("/etc/machine-id"),
             &config.agent.state_dir,
         );
-        let identity = Identity::new(
+        let mut identity = Identity::new(
             agent_id,
             inventory::computer_name(&config.agent.computer, &facts),
         );
+        // Azure metadata only where it can answer (see collect::imds).
+        let ask_imds = match config.enrich.azure_metadata {
+            AzureMetadata::Never => false,
+            AzureMetadata::Always => true,
+            AzureMetadata::Auto => imds::is_azure_vm(facts.dmi_chassis_asset_tag.as_deref()),
+        };
+        let (azure, azure_metadata) = if !ask_imds {
+            let why = match config.enrich.azure_metadata {
+                AzureMetadata::Never => "not queried (enrich.azure_metadata = \"never\")",
+                _ => "not queried: not an Azure VM (DMI chassis asset tag)",
+            };
+            (None, Err(why.to_string()))
+        } else {
+            match imds::query(&config.enrich.imds_endpoint) {
+                Ok(c) => {
+                    let found = format!("{} in {} ({})", c.name, c.location, c.vm_size);
+                    (Some(c), Ok(found))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, endpoint = %config.enrich.imds_endpoint, "Azure Instance Metadata did not answer; asked again at the next inventory");
+                    (
+                        None,
+                        Err(format!("no answer ({e}); asked again at each inventory")),
+                    )
+                }
+            }
+        };
+        if let Some(c) = &azure
+            && !c.resource_id.is_empty()
+        {
+            identity.resource_id = c.resource_id.clone();
+        }
         let proc_root = PathBuf::from("/proc");
         Ok(Agent {
             capabilities: Capabilities {
@@ -151,7 +190,11 @@ impl Agent {
                 proc_connector,
                 proc_fd_readable: proc_fd_readable(&proc_root),
                 destroy_rcvbuf: destroys.as_ref().map_or(0, |d| d.rcvbuf),
+                azure_metadata,
             },
+            azure,
+            ask_imds,
+            imds_asked: Instant::now(),
             pools: PoolRegistry::new(identity.machine.clone(), proc_root.clone())
                 .with_cap(config.collect.max_pools),
             owners: SocketOwners::new(proc_root),
@@ -628,9 +671,37 @@ impl Agent {
         }
         self.pools.refresh_members();
         let facts = HostFacts::read();
-        let mut out = vec![inventory::computer_record(&self.identity, &facts, now)];
+        if self.azure.is_none()
+            && self.ask_imds
+            && self.imds_asked.elapsed() >= Duration::from_secs(60)
+        {
+            self.azure = self.query_imds();
+        }
+        let mut out = vec![inventory::computer_record(
+            &self.identity,
+            &facts,
+            self.azure.as_ref(),
+            now,
+        )];
         out.extend(self.process_records(now, false));
         out
+    }
+
+    /// Asks IMDS again (an inventory pass after it did not answer).
+    fn query_imds(&mut self) -> Option<Compute> {
+        self.imds_asked = Instant::now();
+        match imds::query(&self.config.enrich.imds_endpoint) {
+            Ok(c) => {
+                if !c.resource_id.is_empty() {
+                    self.identity.resource_id = c.resource_id.clone();
+                }
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Azure Instance Metadata did not answer");
+                None
+            }
+        }
     }
 
     /// VMProcess for pools that appeared since the last inventory.

@@ -21,12 +21,36 @@ pub struct Config {
 }
 
 /// Enrichment sources.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnrichConfig {
     /// Malicious-IP indicator files: CSV (`.csv`, header line) or JSON lines; reloaded when
     /// they change.
     pub indicator_files: Vec<PathBuf>,
+    /// When to ask the Azure Instance Metadata Service.
+    pub azure_metadata: AzureMetadata,
+    /// Where it answers (tests point it at a local server).
+    pub imds_endpoint: String,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        EnrichConfig {
+            indicator_files: Vec::new(),
+            azure_metadata: AzureMetadata::Auto,
+            imds_endpoint: "http://169.254.169.254".into(),
+        }
+    }
+}
+
+/// When depmap asks the Azure Instance Metadata Service.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AzureMetadata {
+    /// Only on an Azure VM, recognised by its DMI chassis asset tag.
+    Auto,
+    Always,
+    Never,
 }
 
 /// Self-metrics in Prometheus text format.

@@ -8,6 +8,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::collect::host::HostFacts;
+use crate::collect::imds::{Compute, non_empty};
 use crate::collect::packages::PackageDb;
 use crate::records::identity::Identity;
 use crate::records::{Record, SOURCE_SYSTEM, VmComputer, VmProcess, datetime};
@@ -28,7 +29,13 @@ pub fn computer_name(configured: &str, facts: &HostFacts) -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-pub fn computer_record(id: &Identity, facts: &HostFacts, now: SystemTime) -> Record {
+pub fn computer_record(
+    id: &Identity,
+    facts: &HostFacts,
+    azure: Option<&Compute>,
+    now: SystemTime,
+) -> Record {
+    let az = |f: fn(&Compute) -> &str| azure.and_then(|c| non_empty(f(c)));
     let ms = |v: i64| datetime(UNIX_EPOCH + Duration::from_millis(v.max(0) as u64));
     let host = facts
         .host_name
@@ -64,6 +71,21 @@ pub fn computer_record(id: &Identity, facts: &HostFacts, now: SystemTime) -> Rec
         virtual_machine_native_id: facts.virtual_machine_native_id.clone(),
         virtual_machine_native_name: facts.virtual_machine_native_name.clone(),
         virtual_machine_type: facts.virtual_machine_type.clone(),
+        hosting_provider: azure.map(|_| "azure".to_string()),
+        azure_fault_domain: az(|c| &c.platform_fault_domain),
+        azure_image_offering: az(|c| &c.offer),
+        azure_image_publisher: az(|c| &c.publisher),
+        azure_image_sku: az(|c| &c.sku),
+        azure_image_version: az(|c| &c.version),
+        azure_location: az(|c| &c.location),
+        azure_resource_group: az(|c| &c.resource_group_name),
+        azure_resource_name: az(|c| &c.name),
+        azure_size: az(|c| &c.vm_size),
+        azure_subscription_id: az(|c| &c.subscription_id),
+        azure_update_domain: az(|c| &c.platform_update_domain),
+        azure_vm_id: az(|c| &c.vm_id),
+        azure_vm_scale_set_name: az(|c| &c.vm_scale_set_name),
+        azure_vm_scale_set_resource_id: az(|c| &c.virtual_machine_scale_set.id),
         ..Default::default()
     }))
 }

@@ -66,10 +66,13 @@ pub fn capabilities(c: &Capabilities) -> String {
             c.destroy_rcvbuf / 1024
         );
     }
-    let _ = writeln!(
-        out,
-        "  [--]   Azure Instance Metadata: not queried (Azure* columns are null)"
-    );
+    let _ = match &c.azure_metadata {
+        Ok(found) => writeln!(out, "  [ok]   Azure Instance Metadata: {found}"),
+        Err(why) => writeln!(
+            out,
+            "  [--]   Azure Instance Metadata: {why}\n         missing: HostingProvider, the Azure* columns of VMComputer; _ResourceId is the machine id\n         fix: on an Azure VM, nothing (it is recognised); elsewhere it does not apply (enrich.azure_metadata = \"always\" forces it)"
+        ),
+    };
     out
 }
 

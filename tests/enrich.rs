@@ -99,3 +99,98 @@ fn indicators_mark_the_servers_by_address_and_by_range() {
         );
     }
 }
+
+const IMDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/imds.py");
+/// research's IMDS sample (../shared/reference/imds-instance-sample.json), kept with the tests.
+const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/peers/imds-instance-sample.json"
+);
+
+fn imds(ns: &Netns, log: &std::path::Path) -> (Proc, u16) {
+    let mut cmd = ns.command("python3");
+    cmd.arg(IMDS)
+        .arg("--instance")
+        .arg(SAMPLE)
+        .arg("--log")
+        .arg(log);
+    let mut p = Proc::spawn(cmd);
+    let port = p.json_line(Duration::from_secs(10))["listening"]
+        .as_u64()
+        .expect("port") as u16;
+    (p, port)
+}
+
+#[test]
+fn azure_metadata_fills_the_computer_exactly_as_the_sample_says() {
+    let _serial = serial();
+    let ns = Netns::new("imds");
+    let dir = TempDir::new("imds");
+    let log = dir.0.join("imds.log");
+    let (_imds, port) = imds(&ns, &log);
+    let dm = Depmap::start_with(
+        &ns,
+        &format!(
+            "[enrich]\nazure_metadata = \"always\"\nimds_endpoint = \"http://127.0.0.1:{port}\"\n"
+        ),
+    );
+    let records = dm.stop();
+    let sample: Value = serde_json::from_str(&std::fs::read_to_string(SAMPLE).unwrap()).unwrap();
+    let c = &sample["compute"];
+    let computers = of_type(&records, "VMComputer");
+    assert!(!computers.is_empty());
+    for r in computers {
+        assert_eq!(r["HostingProvider"], "azure");
+        for (column, field) in [
+            ("AzureResourceName", "name"),
+            ("AzureLocation", "location"),
+            ("AzureResourceGroup", "resourceGroupName"),
+            ("AzureSubscriptionId", "subscriptionId"),
+            ("AzureVmId", "vmId"),
+            ("AzureSize", "vmSize"),
+            ("AzureImagePublisher", "publisher"),
+            ("AzureImageOffering", "offer"),
+            ("AzureImageSku", "sku"),
+            ("AzureImageVersion", "version"),
+            ("AzureFaultDomain", "platformFaultDomain"),
+            ("AzureUpdateDomain", "platformUpdateDomain"),
+            ("AzureVmScaleSetName", "vmScaleSetName"),
+        ] {
+            assert_eq!(r[column], c[field], "{column}");
+        }
+        assert_eq!(
+            r["AzureVmScaleSetResourceId"],
+            c["virtualMachineScaleSet"]["id"]
+        );
+        assert_eq!(r["_ResourceId"], c["resourceId"]);
+    }
+    let requests = std::fs::read_to_string(&log).unwrap();
+    let first: Value = serde_json::from_str(requests.lines().next().unwrap()).unwrap();
+    assert_eq!(first["path"], "/metadata/instance");
+    assert_eq!(first["metadata"], "true");
+    assert!(first["forwarded"].is_null());
+}
+
+#[test]
+fn off_azure_depmap_sends_nothing_to_the_metadata_address() {
+    let _serial = serial();
+    let ns = Netns::new("noimds");
+    let dir = TempDir::new("noimds");
+    let log = dir.0.join("imds.log");
+    let (_imds, port) = imds(&ns, &log);
+    // The default (auto) on this machine, which is not an Azure VM, with the endpoint pointed
+    // at a server that would answer.
+    let dm = Depmap::start_with(
+        &ns,
+        &format!("[enrich]\nimds_endpoint = \"http://127.0.0.1:{port}\"\n"),
+    );
+    let records = dm.stop();
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "");
+    for r in of_type(&records, "VMComputer") {
+        assert!(
+            r["HostingProvider"].is_null() && r["AzureVmId"].is_null(),
+            "{r}"
+        );
+        assert!(r["_ResourceId"].as_str().unwrap().starts_with("m-"));
+    }
+}

@@ -2,6 +2,7 @@
 //! for the records; the tracking layer does.
 pub mod destroy;
 pub mod host;
+pub mod imds;
 pub mod ownership;
 pub mod packages;
 pub mod proc_events;
