@@ -215,7 +215,7 @@ impl Agent {
             hot: Vec::new(),
             counters: AgentCounters::default(),
             schedule: PollSchedule::new(&config.collect),
-            enricher: Enricher::new(&config.enrich.indicator_files),
+            enricher: Enricher::new(&config.enrich),
             destroys_cpu: Duration::ZERO,
             dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
             overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
@@ -806,7 +806,7 @@ impl Agent {
         self.config.collect = collect;
         if self.config.enrich != new.enrich {
             self.config.enrich = new.enrich.clone();
-            self.enricher = Enricher::new(&self.config.enrich.indicator_files);
+            self.enricher = Enricher::new(&self.config.enrich);
         }
         self.schedule = PollSchedule::new(&self.config.collect);
         restart

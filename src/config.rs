@@ -31,6 +31,8 @@ pub struct EnrichConfig {
     pub azure_metadata: AzureMetadata,
     /// Where it answers (tests point it at a local server).
     pub imds_endpoint: String,
+    /// A MaxMind-format database (.mmdb) for RemoteCountry/Latitude/Longitude; empty: none.
+    pub geoip_database: PathBuf,
 }
 
 impl Default for EnrichConfig {
@@ -39,6 +41,7 @@ impl Default for EnrichConfig {
             indicator_files: Vec::new(),
             azure_metadata: AzureMetadata::Auto,
             imds_endpoint: "http://169.254.169.254".into(),
+            geoip_database: PathBuf::new(),
         }
     }
 }

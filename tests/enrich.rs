@@ -194,3 +194,68 @@ fn off_azure_depmap_sends_nothing_to_the_metadata_address() {
         assert!(r["_ResourceId"].as_str().unwrap().starts_with("m-"));
     }
 }
+
+#[test]
+fn a_geolocation_database_places_the_remote_ends() {
+    let _serial = serial();
+    let python = python_venv("mmdb-venv", &["mmdb-writer==0.2.5", "netaddr==1.3.0"]);
+    let dir = TempDir::new("geo");
+    let db = dir.0.join("test.mmdb");
+    let made = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/geo/make_mmdb.py"
+        ))
+        .arg(&db)
+        .status()
+        .expect("make_mmdb.py");
+    assert!(made.success());
+    let ns = Netns::new("geo");
+    let mut dm = Depmap::start_with(
+        &ns,
+        &format!("[enrich]\ngeoip_database = \"{}\"\n", db.display()),
+    );
+    let (_a, _) = server(&ns, "127.0.0.9", 9801, 0);
+    let (_b, _) = server(&ns, "127.0.0.13", 9802, 0);
+    for (host, port) in [("127.0.0.9", "9801"), ("127.0.0.13", "9802")] {
+        assert_eq!(
+            client(&ns, &["--host", host, "--port", port, "--conns", "1"])["conns"],
+            1
+        );
+    }
+    assert!(dm.wait_for(Duration::from_secs(15), |r| {
+        [9801, 9802].iter().all(|p| {
+            conn_sums(r, |x| {
+                x["Direction"] == "outbound" && x["DestinationPort"] == *p
+            })
+            .get("LinksTerminated")
+            .copied()
+                == Some(1)
+        })
+    }));
+    let records = dm.stop();
+    let conns = of_type(&records, "VMConnection");
+    let out = |port: i64| {
+        conns
+            .iter()
+            .copied()
+            .filter(move |r| r["Direction"] == "outbound" && r["DestinationPort"] == port)
+    };
+    assert!(out(9801).count() > 0 && out(9802).count() > 0);
+    for r in out(9801) {
+        assert_eq!(r["RemoteCountry"], "Norway", "{r}");
+        assert_eq!(r["RemoteLatitude"], 59.91);
+        assert_eq!(r["RemoteLongitude"], 10.75);
+    }
+    for r in out(9802) {
+        assert_eq!(r["RemoteCountry"], "JP", "{r}");
+        assert_eq!(r["RemoteLatitude"], 35.68);
+    }
+    // 127.0.0.1 (the servers' remote end) is in no network of the database.
+    for r in conns.iter().filter(|r| r["Direction"] == "inbound") {
+        assert!(
+            r["RemoteCountry"].is_null() && r["RemoteLatitude"].is_null(),
+            "{r}"
+        );
+    }
+}

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,35 +37,6 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The Python with duckdb and duckdb-kql: a venv under the target directory, made once.
-fn kql_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kql-venv");
-    let python = venv.join("bin/python");
-    let marker = venv.join(format!("installed-{}", PY_PACKAGES.join("-")));
-    if marker.exists() {
-        return python;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    assert!(
-        run_bounded(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            Duration::from_secs(120)
-        ),
-        "python3 -m venv failed"
-    );
-    assert!(
-        run_bounded(
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check"])
-                .args(PY_PACKAGES),
-            Duration::from_secs(600)
-        ),
-        "pip install {PY_PACKAGES:?} failed"
-    );
-    std::fs::write(&marker, "").expect("marker");
-    python
 }
 
 fn meminfo_mb() -> i64 {
@@ -104,7 +74,7 @@ fn dpkg_version(package: &str) -> Option<String> {
 
 #[test]
 fn the_sample_queries_answer_right_on_depmap_data() {
-    let python = kql_python();
+    let python = python_venv("kql-venv", &PY_PACKAGES);
     let _serial = serial();
     let srv = Netns::new("qsrv");
     let cli = Netns::new("qcli");

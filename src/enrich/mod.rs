@@ -1,27 +1,50 @@
 //! Enrichment: what the records say about the remote end beyond its address. Sources are
 //! loaded at start and refreshed when they change; a lookup never does I/O.
 
+pub mod geo;
 pub mod threat;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::config::EnrichConfig;
 use crate::records::VmConnection;
+use geo::GeoDb;
 use threat::{Indicators, Rejected};
 
 pub struct Enricher {
     files: Vec<PathBuf>,
     indicators: Indicators,
+    geo_path: Option<PathBuf>,
+    geo: Option<GeoDb>,
 }
 
 impl Enricher {
-    pub fn new(indicator_files: &[PathBuf]) -> Enricher {
+    pub fn new(config: &EnrichConfig) -> Enricher {
         let mut e = Enricher {
-            files: indicator_files.to_vec(),
+            files: config.indicator_files.clone(),
             indicators: Indicators::default(),
+            geo_path: (!config.geoip_database.as_os_str().is_empty())
+                .then(|| config.geoip_database.clone()),
+            geo: None,
         };
         e.load();
+        e.open_geo();
         e
+    }
+
+    fn open_geo(&mut self) {
+        let Some(path) = &self.geo_path else { return };
+        match GeoDb::open(path) {
+            Ok(db) => {
+                tracing::info!(database = %path.display(), "geolocation database opened");
+                self.geo = Some(db);
+            }
+            Err(e) => {
+                // Kept: the previous database (if any) still answers.
+                tracing::warn!(error = %e, "geolocation database unusable; RemoteCountry/Latitude/Longitude stay null");
+            }
+        }
     }
 
     fn load(&mut self) {
@@ -43,6 +66,9 @@ impl Enricher {
         if self.indicators.changed() {
             self.load();
         }
+        if self.geo.as_ref().is_some_and(GeoDb::changed) {
+            self.open_geo();
+        }
     }
 
     /// Fills a connection's enrichment columns from its `RemoteIp`.
@@ -50,6 +76,11 @@ impl Enricher {
         let Ok(ip) = rec.remote_ip.parse::<IpAddr>() else {
             return;
         };
+        if let Some(place) = self.geo.as_ref().and_then(|g| g.lookup(ip)) {
+            rec.remote_country = place.country;
+            rec.remote_latitude = place.latitude;
+            rec.remote_longitude = place.longitude;
+        }
         if let Some(ind) = self.indicators.lookup(ip) {
             rec.malicious_ip = Some(rec.remote_ip.clone());
             rec.indicator_threat_type = ind.threat_type.clone();

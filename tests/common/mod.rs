@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, channel};
@@ -466,4 +466,49 @@ pub type Shared<T> = Arc<Mutex<T>>;
 /// The test peers run under the machine's Python (`python3.11` here): the executable name.
 pub fn is_python(v: &Value) -> bool {
     v.as_str().is_some_and(|s| s.starts_with("python3"))
+}
+
+/// A Python venv under the target directory with `packages` from PyPI (pinned versions), made
+/// once per package set; returns its interpreter. Installs are bounded in time.
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let python = venv.join("bin/python");
+    let marker = venv.join(format!("installed-{}", packages.join("-")));
+    if marker.exists() {
+        return python;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let bounded = |cmd: &mut Command, limit: Duration| {
+        let mut child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(
+        bounded(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            Duration::from_secs(120)
+        ),
+        "python3 -m venv failed"
+    );
+    assert!(
+        bounded(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(packages),
+            Duration::from_secs(600)
+        ),
+        "pip install {packages:?} failed"
+    );
+    std::fs::write(&marker, "").expect("marker");
+    python
 }
