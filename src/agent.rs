@@ -44,6 +44,8 @@ pub struct Capabilities {
     pub destroy_rcvbuf: usize,
     /// Azure Instance Metadata: what was found, or why it was not asked or did not answer.
     pub azure_metadata: Result<String, String>,
+    /// Passive DNS capture, or why it does not run.
+    pub dns_capture: Result<(), String>,
 }
 
 /// Counters of the agent's own work and losses.
@@ -182,6 +184,8 @@ impl Agent {
             identity.resource_id = c.resource_id.clone();
         }
         let proc_root = PathBuf::from("/proc");
+        let enricher = Enricher::new(&config.enrich);
+        let dns_capture = enricher.dns_status.clone();
         Ok(Agent {
             capabilities: Capabilities {
                 sock_diag,
@@ -191,6 +195,7 @@ impl Agent {
                 proc_fd_readable: proc_fd_readable(&proc_root),
                 destroy_rcvbuf: destroys.as_ref().map_or(0, |d| d.rcvbuf),
                 azure_metadata,
+                dns_capture,
             },
             azure,
             ask_imds,
@@ -215,7 +220,7 @@ impl Agent {
             hot: Vec::new(),
             counters: AgentCounters::default(),
             schedule: PollSchedule::new(&config.collect),
-            enricher: Enricher::new(&config.enrich),
+            enricher,
             destroys_cpu: Duration::ZERO,
             dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
             overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),

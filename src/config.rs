@@ -33,6 +33,11 @@ pub struct EnrichConfig {
     pub imds_endpoint: String,
     /// A MaxMind-format database (.mmdb) for RemoteCountry/Latitude/Longitude; empty: none.
     pub geoip_database: PathBuf,
+    /// Passive capture of received DNS answers (needs CAP_NET_RAW) for RemoteDnsQuestions and
+    /// RemoteDnsCanonicalNames.
+    pub dns_capture: bool,
+    /// Most addresses the DNS cache holds.
+    pub dns_cache_entries: usize,
 }
 
 impl Default for EnrichConfig {
@@ -42,6 +47,8 @@ impl Default for EnrichConfig {
             azure_metadata: AzureMetadata::Auto,
             imds_endpoint: "http://169.254.169.254".into(),
             geoip_database: PathBuf::new(),
+            dns_capture: false,
+            dns_cache_entries: 65_536,
         }
     }
 }

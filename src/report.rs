@@ -66,6 +66,13 @@ pub fn capabilities(c: &Capabilities) -> String {
             c.destroy_rcvbuf / 1024
         );
     }
+    let _ = match &c.dns_capture {
+        Ok(()) => writeln!(out, "  [ok]   passive DNS capture"),
+        Err(why) => writeln!(
+            out,
+            "  [--]   passive DNS capture: {why}\n         missing: RemoteDnsQuestions, RemoteDnsCanonicalNames\n         fix: enrich.dns_capture = true with CAP_NET_RAW (under systemd: a drop-in adding CAP_NET_RAW to CapabilityBoundingSet and AmbientCapabilities)"
+        ),
+    };
     let _ = match &c.azure_metadata {
         Ok(found) => writeln!(out, "  [ok]   Azure Instance Metadata: {found}"),
         Err(why) => writeln!(

@@ -259,3 +259,85 @@ fn a_geolocation_database_places_the_remote_ends() {
         );
     }
 }
+
+const DNS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/dns.py");
+
+/// `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` mounts over /etc/resolv.conf: the
+/// namespace's programs ask the test's DNS server. Removed on drop.
+struct Resolver(std::path::PathBuf);
+
+impl Resolver {
+    fn new(ns: &Netns) -> Resolver {
+        let dir = std::path::PathBuf::from("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).expect("/etc/netns dir");
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:2\n",
+        )
+        .expect("resolv.conf");
+        Resolver(dir)
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn dns_answers_name_the_remote_end_with_its_question_and_cname_chain() {
+    let _serial = serial();
+    let ns = Netns::new("dns");
+    let _resolver = Resolver::new(&ns);
+    let mut dns = Proc::spawn({
+        let mut c = ns.command("python3");
+        c.arg(DNS)
+            .arg("api.depmap.test=edge.cdn.depmap.test,node7.cdn.depmap.test,127.0.0.21");
+        c
+    });
+    assert_eq!(dns.json_line(Duration::from_secs(10))["listening"], 53);
+    let mut dm = Depmap::start_with(&ns, "[enrich]\ndns_capture = true\n");
+    let (_srv, _) = server(&ns, "127.0.0.21", 9901, 0);
+    // The client connects by name: the resolver asks the test's DNS server.
+    let t = client(
+        &ns,
+        &[
+            "--host",
+            "api.depmap.test",
+            "--port",
+            "9901",
+            "--conns",
+            "2",
+        ],
+    );
+    assert_eq!(t["conns"], 2);
+    assert!(dm.wait_for(Duration::from_secs(15), |r| {
+        conn_sums(r, |x| {
+            x["Direction"] == "outbound" && x["DestinationPort"] == 9901
+        })
+        .get("LinksTerminated")
+        .copied()
+            == Some(2)
+    }));
+    let records = dm.stop();
+    let out: Vec<&Value> = of_type(&records, "VMConnection")
+        .into_iter()
+        .filter(|r| r["Direction"] == "outbound" && r["DestinationPort"] == 9901)
+        .collect();
+    assert!(!out.is_empty());
+    for r in out {
+        assert_eq!(r["DestinationIp"], "127.0.0.21");
+        assert_eq!(r["RemoteDnsQuestions"], "[\"api.depmap.test\"]", "{r}");
+        assert_eq!(
+            r["RemoteDnsCanonicalNames"], "[\"edge.cdn.depmap.test\",\"node7.cdn.depmap.test\"]",
+            "{r}"
+        );
+    }
+    // No DNS answer named the servers' remote end (127.0.0.1).
+    for r in of_type(&records, "VMConnection") {
+        if r["Direction"] == "inbound" && r["DestinationPort"] == 9901 {
+            assert!(r["RemoteDnsQuestions"].is_null(), "{r}");
+        }
+    }
+}

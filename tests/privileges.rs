@@ -19,7 +19,8 @@ fn once_as_nobody(tag: &str, caps: &str) -> (String, Vec<Value>) {
     std::fs::create_dir_all(&state).unwrap();
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let cfg = config_file(&dir, "");
+    // DNS capture asked for: without CAP_NET_RAW (the unit does not grant it) it must say so.
+    let cfg = config_file(&dir, "[enrich]\ndns_capture = true\n");
     std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let (_srv, _) = server(&ns, "127.0.0.1", 9601, 0);
     let set = format!("-all{}{caps}", if caps.is_empty() { "" } else { "," });
@@ -110,6 +111,11 @@ fn as_nobody_without_capabilities_depmap_says_what_is_missing_and_keeps_reportin
         "{report}"
     );
     assert!(report.contains("missing: Process/ProcessName"), "{report}");
+    assert!(
+        report.contains("passive DNS capture: needs CAP_NET_RAW")
+            && report.contains("missing: RemoteDnsQuestions"),
+        "{report}"
+    );
     // The connection is still reported, without a process.
     let conns = inbound(&records);
     assert!(!conns.is_empty(), "{records:?}");

@@ -1,6 +1,7 @@
 //! Collection: readers of the kernel and /proc. Nothing here decides what a reading means
 //! for the records; the tracking layer does.
 pub mod destroy;
+pub mod dns_capture;
 pub mod host;
 pub mod imds;
 pub mod ownership;

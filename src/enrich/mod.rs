@@ -1,12 +1,14 @@
 //! Enrichment: what the records say about the remote end beyond its address. Sources are
 //! loaded at start and refreshed when they change; a lookup never does I/O.
 
+pub mod dns;
 pub mod geo;
 pub mod threat;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::collect::dns_capture::DnsCapture;
 use crate::config::EnrichConfig;
 use crate::records::VmConnection;
 use geo::GeoDb;
@@ -17,6 +19,9 @@ pub struct Enricher {
     indicators: Indicators,
     geo_path: Option<PathBuf>,
     geo: Option<GeoDb>,
+    dns: Option<DnsCapture>,
+    /// Whether DNS capture runs, or why not.
+    pub dns_status: Result<(), String>,
 }
 
 impl Enricher {
@@ -27,9 +32,28 @@ impl Enricher {
             geo_path: (!config.geoip_database.as_os_str().is_empty())
                 .then(|| config.geoip_database.clone()),
             geo: None,
+            dns: None,
+            dns_status: Err("off (enrich.dns_capture = false)".into()),
         };
         e.load();
         e.open_geo();
+        if config.dns_capture {
+            match DnsCapture::start(config.dns_cache_entries) {
+                Ok(c) => {
+                    e.dns = Some(c);
+                    e.dns_status = Ok(());
+                }
+                Err(err) => {
+                    let why = if err.raw_os_error() == Some(libc::EPERM) {
+                        "needs CAP_NET_RAW".to_string()
+                    } else {
+                        err.to_string()
+                    };
+                    tracing::warn!(error = %why, "passive DNS capture unavailable; RemoteDnsQuestions/RemoteDnsCanonicalNames stay null");
+                    e.dns_status = Err(why);
+                }
+            }
+        }
         e
     }
 
@@ -76,6 +100,15 @@ impl Enricher {
         let Ok(ip) = rec.remote_ip.parse::<IpAddr>() else {
             return;
         };
+        if let Some(dns) = &self.dns {
+            let cache = dns.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(names) = cache.get(ip, std::time::Instant::now()) {
+                rec.remote_dns_questions = serde_json::to_string(&names.questions).ok();
+                rec.remote_dns_canonical_names = (!names.canonical_names.is_empty())
+                    .then(|| serde_json::to_string(&names.canonical_names).ok())
+                    .flatten();
+            }
+        }
         if let Some(place) = self.geo.as_ref().and_then(|g| g.lookup(ip)) {
             rec.remote_country = place.country;
             rec.remote_latitude = place.latitude;
