@@ -38,6 +38,9 @@ pub struct EnrichConfig {
     pub dns_capture: bool,
     /// Most addresses the DNS cache holds.
     pub dns_cache_entries: usize,
+    /// Reverse (PTR) lookups of addresses no captured answer named (they send DNS queries).
+    pub reverse_lookups: bool,
+    pub reverse_lookups_per_second: u32,
 }
 
 impl Default for EnrichConfig {
@@ -49,6 +52,8 @@ impl Default for EnrichConfig {
             geoip_database: PathBuf::new(),
             dns_capture: false,
             dns_cache_entries: 65_536,
+            reverse_lookups: false,
+            reverse_lookups_per_second: 5,
         }
     }
 }

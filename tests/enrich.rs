@@ -341,3 +341,58 @@ fn dns_answers_name_the_remote_end_with_its_question_and_cname_chain() {
         }
     }
 }
+
+#[test]
+fn reverse_lookups_name_addresses_no_answer_was_seen_for() {
+    let _serial = serial();
+    let ns = Netns::new("rdns");
+    let _resolver = Resolver::new(&ns);
+    // Not a loopback address: resolvers answer 127.in-addr.arpa themselves (RFC 6761/6303).
+    ip(&ns, &["addr", "add", "10.86.0.22/32", "dev", "lo"]);
+    let mut dns = Proc::spawn({
+        let mut c = ns.command("python3");
+        c.arg(DNS).arg("10.86.0.22~rev.depmap.test");
+        c
+    });
+    assert_eq!(dns.json_line(Duration::from_secs(10))["listening"], 53);
+    let mut dm = Depmap::start_with(&ns, "[enrich]\nreverse_lookups = true\n");
+    let (_srv, _) = server(&ns, "10.86.0.22", 9902, 0);
+    // A connection by address, held across windows: the lookup answers after the first.
+    let held = spawn_peer(
+        &ns,
+        "client",
+        &[
+            "--host",
+            "10.86.0.22",
+            "--port",
+            "9902",
+            "--conns",
+            "1",
+            "--exchanges",
+            "20",
+            "--think-ms",
+            "300",
+        ]
+        .map(String::from),
+    );
+    let named = |r: &[Value]| {
+        r.iter().any(|x| {
+            x["Type"] == "VMConnection"
+                && x["Direction"] == "outbound"
+                && x["DestinationPort"] == 9902
+                && x["RemoteDnsCanonicalNames"] == "[\"rev.depmap.test\"]"
+        })
+    };
+    assert!(
+        dm.wait_for(Duration::from_secs(20), named),
+        "no PTR name in the records"
+    );
+    let _ = finish(held, Duration::from_secs(20));
+    let records = dm.stop();
+    for r in of_type(&records, "VMConnection") {
+        if r["DestinationPort"] == 9902 && r["Direction"] == "outbound" {
+            // No answer carried a question for it.
+            assert!(r["RemoteDnsQuestions"].is_null(), "{r}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod geo;
+pub mod reverse;
 pub mod threat;
 
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use crate::collect::dns_capture::DnsCapture;
 use crate::config::EnrichConfig;
 use crate::records::VmConnection;
 use geo::GeoDb;
+use reverse::ReverseLookups;
 use threat::{Indicators, Rejected};
 
 pub struct Enricher {
@@ -22,6 +24,7 @@ pub struct Enricher {
     dns: Option<DnsCapture>,
     /// Whether DNS capture runs, or why not.
     pub dns_status: Result<(), String>,
+    reverse: Option<ReverseLookups>,
 }
 
 impl Enricher {
@@ -34,6 +37,7 @@ impl Enricher {
             geo: None,
             dns: None,
             dns_status: Err("off (enrich.dns_capture = false)".into()),
+            reverse: None,
         };
         e.load();
         e.open_geo();
@@ -49,9 +53,17 @@ impl Enricher {
                     } else {
                         err.to_string()
                     };
-                    tracing::warn!(error = %why, "passive DNS capture unavailable; RemoteDnsQuestions/RemoteDnsCanonicalNames stay null");
-                    e.dns_status = Err(why);
+                    tracing::warn!(error = %why, "passive DNS capture unavailable; falling back to reverse lookups (RemoteDnsQuestions stays null)");
+                    e.dns_status = Err(format!("{why}; reverse lookups instead"));
                 }
+            }
+        }
+        // Reverse lookups: asked for, or the fallback of a capture that cannot run.
+        if config.reverse_lookups || (config.dns_capture && e.dns.is_none()) {
+            match ReverseLookups::start(config.reverse_lookups_per_second, config.dns_cache_entries)
+            {
+                Ok(r) => e.reverse = Some(r),
+                Err(err) => tracing::warn!(error = %err, "reverse lookups unavailable"),
             }
         }
         e
@@ -108,6 +120,13 @@ impl Enricher {
                     .then(|| serde_json::to_string(&names.canonical_names).ok())
                     .flatten();
             }
+        }
+        // A name from a reverse lookup is the address's canonical name; no question was seen.
+        if rec.remote_dns_canonical_names.is_none()
+            && rec.remote_dns_questions.is_none()
+            && let Some(name) = self.reverse.as_ref().and_then(|r| r.name(ip))
+        {
+            rec.remote_dns_canonical_names = serde_json::to_string(&[name]).ok();
         }
         if let Some(place) = self.geo.as_ref().and_then(|g| g.lookup(ip)) {
             rec.remote_country = place.country;

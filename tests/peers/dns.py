@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """A DNS server for depmap's tests (UDP, 127.0.0.1:53 in the test's namespace).
 
-  dns.py NAME=CNAME1,CNAME2,...,ADDRESS [...]
+  dns.py NAME=CNAME1,CNAME2,...,ADDRESS [...] [ADDRESS~PTRNAME ...]
 For each NAME, an A query is answered with the CNAME chain NAME → CNAME1 → CNAME2 ... and an
 A record of ADDRESS for the last name; an AAAA query with the chain only (no data). Any other
-name: NXDOMAIN. TTLs are 60 s. Prints {"listening": 53} once bound; stops on SIGTERM.
+name: NXDOMAIN. ADDRESS~PTRNAME answers the PTR query of ADDRESS (IPv4) with PTRNAME.
+TTLs are 60 s. Prints {"listening": 53} once bound; stops on SIGTERM.
 """
 import json
 import signal
@@ -35,7 +36,13 @@ def rr(name, rtype, rdata):
 
 def main():
     zones = {}
+    ptrs = {}
     for arg in sys.argv[1:]:
+        if "~" in arg:
+            address, _, ptr = arg.partition("~")
+            rev = ".".join(reversed(address.split("."))) + ".in-addr.arpa"
+            ptrs[rev] = ptr
+            continue
         name, _, rest = arg.partition("=")
         parts = rest.split(",")
         zones[name.lower()] = (parts[:-1], parts[-1])
@@ -53,7 +60,10 @@ def main():
         question = msg[12:off + 4]
         zone = zones.get(name.lower())
         answers = []
-        if zone is None:
+        if qtype == 12 and name.lower() in ptrs:
+            flags = 0x8180
+            answers.append(rr(name, 12, encode(ptrs[name.lower()])))
+        elif zone is None:
             flags = 0x8183  # NXDOMAIN
         else:
             flags = 0x8180
