@@ -22,23 +22,6 @@ const SERVER: &str = "10.79.0.1";
 const CLIENT: &str = "10.79.0.2";
 const PY_PACKAGES: [&str; 2] = ["duckdb==2.0.1", "duckdb-kql==1.1.2"];
 
-/// Runs a command to completion within `limit`, killing it past that.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> bool {
-    let mut child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn meminfo_mb() -> i64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap();
     let kb: i64 = text

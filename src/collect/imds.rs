@@ -56,13 +56,7 @@ pub fn is_azure_vm(asset_tag: Option<&str>) -> bool {
 
 /// Queries the instance metadata at `endpoint` (e.g. `http://169.254.169.254`).
 pub fn query(endpoint: &str) -> Result<Compute, String> {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .proxy(None)
-            .timeout_global(Some(Duration::from_secs(2)))
-            .http_status_as_error(false)
-            .build(),
-    );
+    let agent = crate::sink::http::no_proxy_client(Duration::from_secs(2));
     let url = format!(
         "{}/metadata/instance?api-version={API_VERSION}",
         endpoint.trim_end_matches('/')

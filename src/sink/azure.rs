@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::delivery::{Outcome, Transport, parse_retry_after};
-use super::http::{client, gzip, outcome_of, percent_encode};
+use super::http::{client, gzip, no_proxy_client, outcome_of, percent_encode};
 use super::spool::Batch;
 use crate::config::{AzureAuth, AzureLogsSinkConfig};
 
@@ -51,13 +51,7 @@ pub struct AzureLogsTransport {
 impl AzureLogsTransport {
     pub fn new(config: &AzureLogsSinkConfig) -> Result<AzureLogsTransport, String> {
         let agent = client(config.timeout, &config.ca_file, None)?;
-        let imds = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .proxy(None)
-                .timeout_global(Some(Duration::from_secs(10)))
-                .http_status_as_error(false)
-                .build(),
-        );
+        let imds = no_proxy_client(Duration::from_secs(10));
         let secret = match config.auth {
             AzureAuth::ClientSecret => {
                 let text = fs::read_to_string(&config.client_secret_file).map_err(|e| {

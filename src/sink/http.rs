@@ -35,33 +35,14 @@ pub fn client(
     let roots = if ca_file.as_os_str().is_empty() {
         RootCerts::PlatformVerifier
     } else {
-        let pem = fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
-        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            return Err(format!("{}: no PEM certificate in it", ca_file.display()));
-        }
-        RootCerts::new_with_certs(&certs)
+        RootCerts::new_with_certs(&pem_certificates(ca_file)?)
     };
     let mut tls = TlsConfig::builder().root_certs(roots);
     if let Some((cert_file, key_file)) = client_cert {
-        let pem = fs::read(cert_file).map_err(|e| format!("{}: {e}", cert_file.display()))?;
-        let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
+        let chain = pem_certificates(cert_file)?;
         let key_pem = fs::read(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
         let key =
             PrivateKey::from_pem(&key_pem).map_err(|e| format!("{}: {e}", key_file.display()))?;
-        if chain.is_empty() {
-            return Err(format!("{}: no PEM certificate in it", cert_file.display()));
-        }
         // ureq builds its TLS configuration at the first connection and panics on a client
         // certificate rustls refuses: check it here, where it is one clear line at start.
         check_client_cert(&chain, &key_pem).map_err(|e| {
@@ -80,6 +61,33 @@ pub fn client(
         .user_agent(concat!("depmap/", env!("CARGO_PKG_VERSION")))
         .build();
     Ok(ureq::Agent::new_with_config(config))
+}
+
+/// The certificates of a PEM file (at least one).
+fn pem_certificates(path: &Path) -> Result<Vec<Certificate<'static>>, String> {
+    let pem = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// An HTTP client for link-local metadata services (IMDS): never through a proxy, a short
+/// timeout, HTTP errors returned as answers.
+pub fn no_proxy_client(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .proxy(None)
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build(),
+    )
 }
 
 /// Whether rustls accepts this certificate chain and key (PEM) for client authentication.

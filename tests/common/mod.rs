@@ -217,24 +217,7 @@ impl Proc {
         unsafe {
             libc_kill(self.child.id() as i32, 15);
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            while let Ok(l) = self.lines.try_recv() {
-                self.seen.push(l);
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Drain what the reader thread still holds.
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(300)) {
-                    self.seen.push(l);
-                }
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(timeout)
     }
 }
 
@@ -478,30 +461,15 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
         return python;
     }
     let _ = std::fs::remove_dir_all(&venv);
-    let bounded = |cmd: &mut Command, limit: Duration| {
-        let mut child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     assert!(
-        bounded(
+        run_bounded(
             Command::new("python3").args(["-m", "venv"]).arg(&venv),
             Duration::from_secs(120)
         ),
         "python3 -m venv failed"
     );
     assert!(
-        bounded(
+        run_bounded(
             Command::new(venv.join("bin/pip"))
                 .args(["install", "--quiet", "--disable-pip-version-check"])
                 .args(packages),
@@ -511,4 +479,22 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
     );
     std::fs::write(&marker, "").expect("marker");
     python
+}
+
+/// Runs a command to completion within `limit` (stdout discarded), killing it past that;
+/// whether it succeeded.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> bool {
+    let mut child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
