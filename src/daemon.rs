@@ -95,13 +95,11 @@ pub fn run_loop(
     agent.poll();
     let now = SystemTime::now();
     out.send(agent.inventory(now));
-    let mut window = window_start(now, agent.config().collect.window);
-    let mut next_inventory = now + agent.config().collect.inventory_interval;
-    tracing::info!(
-        window = ?agent.config().collect.window,
-        poll = ?agent.config().collect.socket_poll,
-        "depmap running"
-    );
+    // The running [collect] settings; replaced only by a reload.
+    let mut collect = agent.config().collect.clone();
+    let mut window = window_start(now, collect.window);
+    let mut next_inventory = now + collect.inventory_interval;
+    tracing::info!(window = ?collect.window, poll = ?collect.socket_poll, "depmap running");
     service.ready(&format!(
         "first poll done: {} sockets",
         agent.counters.sockets_last_poll
@@ -109,7 +107,6 @@ pub fn run_loop(
     loop {
         // Sleep to the next tick (multiples of the tick since the epoch), or act on a signal.
         // A tick is a full dump at multiples of the full-dump period, else a hot poll.
-        let collect = agent.config().collect.clone();
         let now = SystemTime::now();
         let tick = next_tick(now, collect.tick());
         let wait = tick.duration_since(now).unwrap_or_default();
@@ -119,8 +116,9 @@ pub fn run_loop(
                 service.reloading();
                 reload(agent, &mut out, &config, window);
                 let now = SystemTime::now();
-                window = window_start(now, agent.config().collect.window);
-                next_inventory = now + agent.config().collect.inventory_interval;
+                collect = agent.config().collect.clone();
+                window = window_start(now, collect.window);
+                next_inventory = now + collect.inventory_interval;
                 service.reloaded("configuration reloaded");
                 continue;
             }

@@ -438,15 +438,10 @@ fn a_full_spool_drops_the_oldest_batches_and_counts_them() {
 /// openssl command-line tool (test fixtures only: depmap itself uses rustls).
 fn make_certs(dir: &Path) {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (installed by .ci/run)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        output_of(
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir),
         );
     };
     std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();

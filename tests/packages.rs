@@ -12,16 +12,7 @@ use common::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::output_of as run;
 
 fn find(dir: &Path, ext: &str) -> PathBuf {
     std::fs::read_dir(dir)

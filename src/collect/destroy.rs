@@ -82,7 +82,7 @@ impl DestroyListener {
         }
         set_rcvbuf(&socket, RCVBUF);
         let rcvbuf = socket.get_rx_buf_sz().unwrap_or(0);
-        set_recv_timeout(&socket, Duration::from_millis(200))?;
+        super::set_recv_timeout(&socket, Duration::from_millis(200))?;
         let lookups = SockDiag::open()?;
         let (tx, queue) = channel();
         let counters = Arc::new(DestroyCounters::default());
@@ -188,28 +188,5 @@ fn set_rcvbuf(socket: &Socket, bytes: usize) {
     };
     if forced != 0 {
         let _ = socket.set_rx_buf_sz(bytes);
-    }
-}
-
-fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt with a valid fd and a pointer to a timeval of the stated size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

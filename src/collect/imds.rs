@@ -67,26 +67,20 @@ pub fn query(endpoint: &str) -> Result<Compute, String> {
         Some(Duration::from_secs(2)),
         None,
     ] {
-        match agent.get(&url).header("Metadata", "true").call() {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(1 << 20)
-                    .read_to_string()
-                    .unwrap_or_default();
-                if status == 200 {
-                    return serde_json::from_str::<Instance>(&body)
-                        .map(|i| i.compute)
-                        .map_err(|e| format!("unreadable answer: {e}"));
-                }
-                last = format!("HTTP {status}");
-                if !matches!(status, 410 | 429 | 500..=599) {
+        let sent = agent.get(&url).header("Metadata", "true").call();
+        match crate::sink::http::read_answer(sent, 1 << 20) {
+            Ok(a) if a.status == 200 => {
+                return serde_json::from_str::<Instance>(&a.body)
+                    .map(|i| i.compute)
+                    .map_err(|e| format!("unreadable answer: {e}"));
+            }
+            Ok(a) => {
+                last = format!("HTTP {}", a.status);
+                if !matches!(a.status, 410 | 429 | 500..=599) {
                     return Err(last);
                 }
             }
-            Err(e) => last = e.to_string(),
+            Err(e) => last = e,
         }
         if let Some(w) = wait {
             std::thread::sleep(w);

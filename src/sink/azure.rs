@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::delivery::{Outcome, Transport, parse_retry_after};
-use super::http::{client, gzip, no_proxy_client, outcome_of, percent_encode};
+use super::delivery::{Outcome, Transport};
+use super::http::{
+    client, gzip, no_proxy_client, outcome_of, percent_encode, read_answer, transport_failure,
+};
 use super::spool::Batch;
 use crate::config::{AzureAuth, AzureLogsSinkConfig};
 
@@ -81,7 +83,7 @@ impl AzureLogsTransport {
         {
             return Ok(t.value.clone());
         }
-        let (status, body) = match self.config.auth {
+        let answer = match self.config.auth {
             AzureAuth::ClientSecret => {
                 let url = format!(
                     "{}/{}/oauth2/v2.0/token",
@@ -99,7 +101,7 @@ impl AzureLogsTransport {
                     .post(&url)
                     .header("Content-Type", "application/x-www-form-urlencoded")
                     .send(form.as_bytes());
-                read_answer(sent)
+                read_answer(sent, 64 * 1024)
             }
             AzureAuth::ManagedIdentity => {
                 let mut url = format!(
@@ -111,13 +113,14 @@ impl AzureLogsTransport {
                     url.push_str("&client_id=");
                     url.push_str(&percent_encode(&self.config.managed_identity_client_id));
                 }
-                read_answer(self.imds.get(&url).header("Metadata", "true").call())
+                read_answer(
+                    self.imds.get(&url).header("Metadata", "true").call(),
+                    64 * 1024,
+                )
             }
         };
-        let status = status.map_err(|e| Outcome::Retry {
-            after: None,
-            reason: format!("token: {e}"),
-        })?;
+        let answer = answer.map_err(|e| transport_failure(format!("token: {e}")))?;
+        let (status, body) = (answer.status, answer.body);
         if status != 200 {
             // A wrong secret is a configuration error, but batches must wait for the fix,
             // not be thrown away: retried with backoff, and logged by the sender.
@@ -183,24 +186,11 @@ impl AzureLogsTransport {
             if self.config.gzip {
                 req = req.header("Content-Encoding", "gzip");
             }
-            let sent = req.send(&body[..]);
-            let retry_after = sent.as_ref().ok().and_then(|r| {
-                r.headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            });
-            let (status, text) = read_answer(sent);
-            let status = match status {
-                Ok(s) => s,
-                Err(e) => {
-                    return Outcome::Retry {
-                        after: None,
-                        reason: e,
-                    };
-                }
+            let answer = match read_answer(req.send(&body[..]), 64 * 1024) {
+                Ok(a) => a,
+                Err(e) => return transport_failure(e),
             };
-            return match status {
+            return match answer.status {
                 401 if !renewed => {
                     self.token = None;
                     renewed = true;
@@ -228,34 +218,15 @@ impl AzureLogsTransport {
                     Outcome::Delivered
                 }
                 403 => Outcome::Retry {
-                    after: retry_after.as_deref().and_then(parse_retry_after),
+                    after: answer.retry_after,
                     reason: format!(
                         "HTTP 403 (role assignment missing or still propagating): {}",
-                        text.chars().take(200).collect::<String>()
+                        answer.body.chars().take(200).collect::<String>()
                     ),
                 },
-                s => outcome_of(s, retry_after.as_deref(), &text),
+                s => outcome_of(s, answer.retry_after, &answer.body),
             };
         }
-    }
-}
-
-/// Status and body text (first 4 KiB) of an answer, or the transport error.
-fn read_answer(
-    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> (Result<u16, String>, String) {
-    match sent {
-        Ok(mut resp) => {
-            let status = resp.status().as_u16();
-            let text = resp
-                .body_mut()
-                .with_config()
-                .limit(64 * 1024)
-                .read_to_string()
-                .unwrap_or_default();
-            (Ok(status), text)
-        }
-        Err(e) => (Err(e.to_string()), String::new()),
     }
 }
 

@@ -17,8 +17,8 @@
 use std::fs;
 use std::time::Duration;
 
-use super::delivery::{Outcome, Transport, parse_retry_after};
-use super::http::{client, gzip, percent_encode};
+use super::delivery::{Outcome, Transport};
+use super::http::{client, gzip, percent_encode, read_answer, transport_failure};
 use super::spool::Batch;
 use crate::config::ClickhouseSinkConfig;
 
@@ -95,29 +95,10 @@ impl Transport for ClickhouseTransport {
         if self.config.gzip {
             req = req.header("Content-Encoding", "gzip");
         }
-        match req.send(&body[..]) {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                if status == 200 {
-                    return Outcome::Delivered;
-                }
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
-                let text = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(4096)
-                    .read_to_string()
-                    .unwrap_or_default();
-                classify(status, &text, retry_after)
-            }
-            Err(e) => Outcome::Retry {
-                after: None,
-                reason: e.to_string(),
-            },
+        match read_answer(req.send(&body[..]), 4096) {
+            Ok(a) if a.status == 200 => Outcome::Delivered,
+            Ok(a) => classify(a.status, &a.body, a.retry_after),
+            Err(e) => transport_failure(e),
         }
     }
 

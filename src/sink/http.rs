@@ -110,8 +110,50 @@ fn check_client_cert(chain: &[Certificate<'static>], key_pem: &[u8]) -> Result<(
         .map_err(|e| e.to_string())
 }
 
+/// An HTTP answer as the sinks and metadata clients need it.
+pub struct Answer {
+    pub status: u16,
+    /// `Retry-After`, when the server sent one that parses.
+    pub retry_after: Option<Duration>,
+    /// The body text, at most the limit read.
+    pub body: String,
+}
+
+/// Reads an answer (status, `Retry-After`, at most `limit` bytes of body), or the transport
+/// error as text.
+pub fn read_answer(
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    limit: u64,
+) -> Result<Answer, String> {
+    let mut resp = sent.map_err(|e| e.to_string())?;
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_string()
+        .unwrap_or_default();
+    Ok(Answer {
+        status: resp.status().as_u16(),
+        retry_after,
+        body,
+    })
+}
+
+/// A send that never got an answer: retried.
+pub fn transport_failure(reason: String) -> Outcome {
+    Outcome::Retry {
+        after: None,
+        reason,
+    }
+}
+
 /// Classifies an answer: 2xx delivered; 408, 429 and 5xx retried; other statuses rejected.
-pub fn outcome_of(status: u16, retry_after: Option<&str>, body: &str) -> Outcome {
+pub fn outcome_of(status: u16, retry_after: Option<Duration>, body: &str) -> Outcome {
     let reason = || {
         let snippet: String = body.chars().take(200).collect();
         format!("HTTP {status}: {}", snippet.trim())
@@ -119,7 +161,7 @@ pub fn outcome_of(status: u16, retry_after: Option<&str>, body: &str) -> Outcome
     match status {
         200..=299 => Outcome::Delivered,
         408 | 429 | 500..=599 => Outcome::Retry {
-            after: retry_after.and_then(parse_retry_after),
+            after: retry_after,
             reason: reason(),
         },
         _ => Outcome::Rejected { reason: reason() },
@@ -225,29 +267,9 @@ impl Transport for HttpTransport {
         if let Some(t) = bearer {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        match req.send(&body[..]) {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let text = if status >= 300 {
-                    resp.body_mut()
-                        .with_config()
-                        .limit(4096)
-                        .read_to_string()
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                outcome_of(status, retry_after.as_deref(), &text)
-            }
-            Err(e) => Outcome::Retry {
-                after: None,
-                reason: e.to_string(),
-            },
+        match read_answer(req.send(&body[..]), 4096) {
+            Ok(a) => outcome_of(a.status, a.retry_after, &a.body),
+            Err(e) => transport_failure(e),
         }
     }
 
@@ -299,7 +321,7 @@ mod tests {
     fn answers_are_classified() {
         assert_eq!(outcome_of(204, None, ""), Outcome::Delivered);
         assert_eq!(
-            outcome_of(429, Some("3"), "slow down"),
+            outcome_of(429, parse_retry_after("3"), "slow down"),
             Outcome::Retry {
                 after: Some(Duration::from_secs(3)),
                 reason: "HTTP 429: slow down".into()
@@ -311,7 +333,7 @@ mod tests {
         ));
         assert!(matches!(outcome_of(408, None, ""), Outcome::Retry { .. }));
         assert!(matches!(
-            outcome_of(400, Some("1"), "bad"),
+            outcome_of(400, parse_retry_after("1"), "bad"),
             Outcome::Rejected { .. }
         ));
         assert!(matches!(

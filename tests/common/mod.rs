@@ -498,3 +498,15 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs a command to completion and returns its stdout; panics with its output when it fails.
+pub fn output_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
