@@ -102,6 +102,7 @@ pub struct Agent {
     /// Recurring problems, logged once per interval.
     dump_failures: Throttle,
     overrun_log: Throttle,
+    period_log: Throttle,
     reported_shed: (u64, u64),
     shed_logged_at: Option<Instant>,
 }
@@ -224,6 +225,7 @@ impl Agent {
             destroys_cpu: Duration::ZERO,
             dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
             overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
+            period_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             reported_overruns: 0,
             reported_shed: (0, 0),
             shed_logged_at: None,
@@ -403,13 +405,22 @@ impl Agent {
             let dump_cpu = thread_cpu()
                 .saturating_sub(cpu)
                 .saturating_sub(std::mem::take(&mut self.destroys_cpu));
-            if let Some(period) = self.schedule.full_poll_done(dump_cpu) {
+            let previous = self.schedule.full_period();
+            if let Some(period) = self.schedule.full_poll_done(dump_cpu)
+                && let Some(changes_not_logged) = self.period_log.ready()
+            {
+                // Once a minute at most: the average cost moves with every poll, and the
+                // metric depmap_full_poll_period_milliseconds always has the current period.
                 tracing::info!(
                     period = %humantime::format_duration(period),
-                    dump_cpu = ?self.schedule.full_poll_cost().unwrap_or_default(),
+                    previous = %humantime::format_duration(previous),
+                    cpu_per_full_poll = ?self.schedule.full_poll_cost().unwrap_or_default(),
+                    full_polls_may_use = %format!("{:.2}% of a core", self.schedule.full_share() * 100.0),
                     sockets = self.counters.sockets_last_poll,
                     cpu_budget = %self.config.collect.cpu_budget,
-                    "full sock_diag dump period changed to stay within collect.cpu_budget"
+                    changes_not_logged,
+                    "full sock_diag dump period changed to stay within collect.cpu_budget \
+                     (cpu_per_full_poll: the dump and reading /proc for new sockets' processes)"
                 );
             }
             self.schedule.process_usage(process_cpu(), Instant::now());
@@ -906,25 +917,55 @@ fn proc_fd_readable(proc_root: &std::path::Path) -> (usize, usize) {
 
 /// Collects for `duration` on the same ticks as [`crate::daemon::run_loop`] (`depmap once`), ending with a
 /// full poll, and returns the inventory and the records of that one window.
-pub fn collect_once(agent: &mut Agent, duration: Duration) -> Vec<Record> {
+pub fn collect_once(
+    agent: &mut Agent,
+    duration: Duration,
+    stop: &std::sync::mpsc::Receiver<()>,
+) -> Vec<Record> {
+    use std::sync::mpsc::RecvTimeoutError;
     agent.poll();
     let start = SystemTime::now();
     let end = Instant::now() + duration;
     let tick_len = agent.config.collect.tick();
+    // Sleeps until `d` has passed; false when told to stop first (the window ends early).
+    let sleep = |d: Duration| matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout));
     loop {
         let now = SystemTime::now();
         let tick = next_tick(now, tick_len);
         let wait = tick.duration_since(now).unwrap_or_default();
         let left = end.saturating_duration_since(Instant::now());
         if wait >= left {
-            std::thread::sleep(left);
+            sleep(left); // told to stop or not, the window ends now
             agent.poll();
             break;
         }
-        std::thread::sleep(wait);
+        if !sleep(wait) {
+            agent.poll();
+            break;
+        }
         agent.poll_at(tick);
     }
     let mut records = agent.inventory(SystemTime::now());
     records.extend(agent.close_window(start));
     records
+}
+
+/// The configuration with its empty defaults resolved as depmap would use them: the computer
+/// name, the AgentId (left empty when a new random one would be made), the sink's directory.
+pub fn resolved(config: &Config) -> Config {
+    let mut c = config.clone();
+    let facts = HostFacts::read();
+    c.agent.computer = inventory::computer_name(&config.agent.computer, &facts);
+    c.agent.agent_id = identity::known_agent_id(
+        &config.agent.agent_id,
+        std::path::Path::new("/etc/machine-id"),
+        &config.agent.state_dir,
+    )
+    .unwrap_or_default();
+    match config.sink_dir() {
+        Some(("sink.file.dir", dir)) => c.sink.file.dir = dir,
+        Some((_, dir)) => c.sink.delivery.spool_dir = dir,
+        None => {}
+    }
+    c
 }

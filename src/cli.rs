@@ -41,12 +41,20 @@ pub enum Command {
         /// Only these tables (repeatable): VMComputer, VMProcess, VMBoundPort, VMConnection.
         #[arg(long = "table", value_parser = parse_table)]
         tables: Vec<String>,
+        /// Tables with every column and whole values, whatever the terminal's width (by
+        /// default they fit it: long values are cut and the last columns left out, named).
+        #[arg(long)]
+        wide: bool,
     },
-    /// Validate the configuration and print the effective configuration; exit 0 or 2.
+    /// Validate the configuration and print the effective one (the values in use, defaults
+    /// resolved) and where it came from; exit 0, or 2 with one line naming the key.
     CheckConfig {
         /// Configuration file (default /etc/depmap/depmap.toml; defaults if that is missing).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print nothing when the configuration is good (for `ExecReload=`).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Print the version.
     Version,

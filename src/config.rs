@@ -525,9 +525,32 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Where a loaded configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// This file.
+    File(PathBuf),
+    /// The defaults: no file at the default path.
+    Defaults(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults(p) => write!(f, "the defaults (no file at {})", p.display()),
+        }
+    }
+}
+
 impl Config {
     /// Loads `path`, or the defaults when no path was given and the default file is missing.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(path).map(|(c, _)| c)
+    }
+
+    /// As [`Config::load`], saying where the configuration came from.
+    pub fn load_from(path: Option<&Path>) -> Result<(Config, Source), ConfigError> {
         let (file, explicit) = match path {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_PATH), false),
@@ -535,11 +558,27 @@ impl Config {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Config::default());
+                return Ok((Config::default(), Source::Defaults(file)));
             }
             Err(e) => return Err(ConfigError(format!("{}: cannot read: {e}", file.display()))),
         };
-        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", file.display())))
+        Config::parse(&text)
+            .map(|c| (c, Source::File(file.clone())))
+            .map_err(|e| ConfigError(format!("{}: {e}", file.display())))
+    }
+
+    /// The directory the configured sink writes to: the file sink's records, or a remote
+    /// sink's spool; `None` for stdout.
+    pub fn sink_dir(&self) -> Option<(&'static str, PathBuf)> {
+        let state = &self.agent.state_dir;
+        match self.sink.kind {
+            SinkKind::Stdout => None,
+            SinkKind::File => Some(("sink.file.dir", self.sink.file.dir(state))),
+            kind => Some((
+                "sink.delivery.spool_dir",
+                self.sink.delivery.spool_dir(state, kind),
+            )),
+        }
     }
 
     /// Parses and validates TOML text; the error names the key.
@@ -622,6 +661,19 @@ impl Config {
         }
         if self.agent.state_dir.as_os_str().is_empty() {
             return Err("key `agent.state_dir`: must not be empty".into());
+        }
+        // Relative paths would depend on the directory depmap was started from.
+        for (key, path) in [
+            ("agent.state_dir", &self.agent.state_dir),
+            ("sink.file.dir", &self.sink.file.dir),
+            ("sink.delivery.spool_dir", &self.sink.delivery.spool_dir),
+        ] {
+            if !path.as_os_str().is_empty() && !path.is_absolute() {
+                return Err(format!(
+                    "key `{key}`: `{}` is a relative path; write an absolute one",
+                    path.display()
+                ));
+            }
         }
         self.validate_sink()?;
         if !self.metrics.listen.is_empty()
@@ -807,6 +859,14 @@ mod tests {
             Config::parse("[collect]\nsocket_poll = \"200ms\"\n").is_ok(),
             "hot_poll above socket_poll: off"
         );
+        for key in [
+            "[agent]\nstate_dir",
+            "[sink.file]\ndir",
+            "[sink.delivery]\nspool_dir",
+        ] {
+            let e = Config::parse(&format!("{key} = \"var/lib/depmap\"\n")).unwrap_err();
+            assert!(e.contains("relative path"), "{e}");
+        }
         let e = Config::parse("[collect]\ninventory_interval = \"300000000000y\"\n").unwrap_err();
         assert!(e.contains("collect.inventory_interval"), "{e}");
         assert!(

@@ -39,6 +39,10 @@ impl Output {
         if batch.is_empty() {
             return;
         }
+        // Produced = handed to the sink, whatever its kind (delivery is counted apart).
+        for r in &batch {
+            self.metrics.count_record(r.table());
+        }
         let written = self.sink.write(&batch);
         self.failed(written, batch.len());
     }
@@ -114,12 +118,15 @@ pub fn run_loop(
             Err(RecvTimeoutError::Timeout) => false,
             Ok(Control::Reload(config)) => {
                 service.reloading();
-                reload(agent, &mut out, &config, window);
+                let outcome = reload(agent, &mut out, &config, window);
                 let now = SystemTime::now();
                 collect = agent.config().collect.clone();
                 window = window_start(now, collect.window);
                 next_inventory = now + collect.inventory_interval;
-                service.reloaded("configuration reloaded");
+                service.reloaded(&format!(
+                    "{outcome} at {}",
+                    humantime::format_rfc3339_seconds(now)
+                ));
                 continue;
             }
             Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => true,
@@ -159,8 +166,9 @@ pub fn run_loop(
 /// Applies a reloaded configuration: the current window is closed under the old settings
 /// (its records are whole), the sink is rebuilt when its settings changed (a new sink that
 /// cannot be built leaves the old one in place; a new one gets the inventory at once), and
-/// the agent takes the new schedule.
-fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: SystemTime) {
+/// the agent takes the new schedule. Returns the outcome for the service status line.
+fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: SystemTime) -> String {
+    let mut outcome = String::from("configuration reloaded");
     agent.poll();
     out.send(agent.new_process_records(SystemTime::now()));
     out.send(agent.close_window(window));
@@ -176,6 +184,7 @@ fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: SystemTime)
             }
             Err(e) => {
                 tracing::error!(error = %e, "the reloaded sink settings do not work; keeping the running sink");
+                outcome = format!("configuration reloaded, but not the sink ({e})");
             }
         }
     }
@@ -187,5 +196,7 @@ fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: SystemTime)
             keys = ?restart,
             "configuration reloaded; these changes take effect at the next restart"
         );
+        outcome = format!("{outcome}; restart to apply {}", restart.join(", "));
     }
+    outcome
 }

@@ -1,36 +1,71 @@
-//! Logging: structured events (`tracing`), written natively to the journal when stderr is
-//! journald's stream (`JOURNAL_STREAM`, set by systemd for `StandardError=journal`, the
-//! default), so every field (`error`, `period`, `batches`, ...) is a journal field and
-//! `journalctl -u depmap -o verbose` shows them; otherwise one plain line per event on stderr
-//! (colours only at a terminal). `DEPMAP_LOG` sets the filter (default `info`).
+//! Logging: structured events (`tracing`), one line per event on stderr with every field
+//! (`error=...`, `period=...`) in the line's text. When stderr is journald's stream
+//! (`JOURNAL_STREAM`, set by systemd for `StandardError=journal`, the default) each line starts
+//! with its syslog priority (`<3>` error ... `<7>` debug, which journald reads as the entry's
+//! priority) and carries no timestamp (the journal adds one); elsewhere a timestamp and the
+//! level start the line (colours only at a terminal). `DEPMAP_LOG` sets the filter (default
+//! `info`).
+//!
+//! Why not the journal's native protocol (tracing-journald, tried first): it puts fields in
+//! journal fields of their own, which `journalctl -u depmap` and `systemctl status` do not
+//! show, so a refused reload or a sink failure showed no reason there (issue 11, measured
+//! under systemd 252). A reason must be in the text an operator reads first.
 
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{Format, Full, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 pub fn init() {
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_env("DEPMAP_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
-    if stderr_is_journal()
-        && let Ok(journal) = tracing_journald::layer()
-    {
-        tracing_subscriber::registry()
-            .with(filter())
-            .with(journal.with_syslog_identifier("depmap".into()))
-            .init();
-        return;
-    }
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEPMAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter())
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_env_filter(filter)
+        .with_target(false);
+    if stderr_is_journal() {
+        let lines = Format::default()
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false);
+        builder.event_format(JournalLine(lines)).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// A line for journald's stream: `<priority>` then the event as plain text.
+struct JournalLine(Format<Full, ()>);
+
+impl<S, N> FormatEvent<S, N> for JournalLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// syslog(3) priorities, as journald reads them from a stream line's `<N>` prefix.
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
 }
 
 /// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM=<dev>:<ino>`).
@@ -95,6 +130,14 @@ mod tests {
         assert_eq!(t.ready(), None);
         t.last = Some(Instant::now() - Duration::from_secs(3601));
         assert_eq!(t.ready(), Some(2));
+    }
+
+    #[test]
+    fn journal_priorities_follow_syslog() {
+        assert_eq!(syslog_priority(Level::ERROR), 3);
+        assert_eq!(syslog_priority(Level::WARN), 4);
+        assert_eq!(syslog_priority(Level::INFO), 6);
+        assert_eq!(syslog_priority(Level::DEBUG), 7);
     }
 
     #[test]

@@ -23,27 +23,73 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stdout(), "depmap {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
-            Ok(c) => {
-                let _ = write!(std::io::stdout(), "{}", c.to_toml());
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(2, &e.to_string()),
-        },
+        Command::CheckConfig { config, quiet } => check_config(config.as_deref(), quiet),
         Command::Once {
             config,
             duration,
             format,
             tables,
-        } => match Config::load(config.as_deref()) {
-            Ok(c) => once(c, duration, format, &tables),
-            Err(e) => fail(2, &e.to_string()),
+            wide,
+        } => match load(config.as_deref()) {
+            Ok(c) => once(c, duration, format, &tables, wide),
+            Err(e) => fail(2, &e),
         },
-        Command::Run { config: path } => match Config::load(path.as_deref()) {
+        Command::Run { config: path } => match load(path.as_deref()) {
             Ok(c) => run(c, path),
-            Err(e) => fail(2, &e.to_string()),
+            Err(e) => fail(2, &e),
         },
     }
+}
+
+/// Loads and validates the configuration, including that the sink can write its directory.
+fn load(path: Option<&std::path::Path>) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    sink::check_writable(&config).map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// `depmap check-config`: where the configuration came from, then the values in use (empty
+/// defaults resolved), as TOML that loads back; `--quiet` prints only errors.
+fn check_config(path: Option<&std::path::Path>, quiet: bool) -> ExitCode {
+    let (config, source) = match Config::load_from(path) {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    if let Err(e) = sink::check_writable(&config) {
+        return fail(2, &e.to_string());
+    }
+    if quiet {
+        return ExitCode::SUCCESS;
+    }
+    let resolved = depmap::agent::resolved(&config);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "# configuration: {source}");
+    let _ = writeln!(
+        out,
+        "# the values in use; empty defaults are shown resolved (agent.computer, agent.agent_id, \
+         the sink's directory)"
+    );
+    if resolved.agent.agent_id.is_empty() {
+        let _ = writeln!(
+            out,
+            "# agent.agent_id: no /etc/machine-id; a random id is made and kept in {} at the first run",
+            config.agent.state_dir.join("agent-id").display()
+        );
+    }
+    let _ = write!(out, "{}", resolved.to_toml());
+    if let Some((key, dir)) = config.sink_dir()
+        && !dir.starts_with(sink::UNIT_WRITABLE_DIR)
+    {
+        let _ = out.flush();
+        eprintln!(
+            "depmap: note: {key} {} is outside {}: under systemd/depmap.service it is read-only \
+             unless a drop-in adds `ReadWritePaths={}` (systemctl edit depmap)",
+            dir.display(),
+            sink::UNIT_WRITABLE_DIR,
+            dir.display()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {
@@ -51,23 +97,67 @@ fn fail(code: u8, msg: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// `depmap once`: the capability report, then one window of `duration`.
-fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -> ExitCode {
-    let mut agent = match Agent::start(config) {
-        Ok(a) => a,
-        Err(e) => return fail(1, &e),
+/// `depmap once`: the capability report, then one window of `duration`. SIGINT (Ctrl-C) or
+/// SIGTERM end the window early; its records so far are printed, as `run` flushes at stop.
+fn once(
+    config: Config,
+    duration: Duration,
+    format: Format,
+    tables: &[String],
+    wide: bool,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
     };
-    let caps = report::capabilities(&agent.capabilities);
-    // Writes ignore a closed pipe (`depmap once | head`): nothing is left to tell anyone.
-    let mut stdout = std::io::stdout().lock();
-    match format {
-        Format::Table => {
-            let _ = writeln!(stdout, "{caps}");
+    let collected = runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Handlers before anything that can wait: a Ctrl-C during start-up ends the window.
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let mut window = tokio::task::spawn_blocking(move || {
+            let mut agent = Agent::start(config)?;
+            let mut caps = report::capabilities(&agent.capabilities);
+            if format == Format::Table
+                && let Some(width) = (!wide).then(report::terminal_width).flatten()
+            {
+                caps = report::fit_lines(&caps, width);
+            }
+            // Writes ignore a closed pipe (`depmap once | head`): nothing is left to tell anyone.
+            match format {
+                Format::Table => {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = writeln!(stdout, "{caps}");
+                    let _ = stdout.flush();
+                }
+                Format::Ndjson => eprint!("{caps}"),
+            }
+            let records = collect_once(&mut agent, duration, &stopped);
+            tracing::debug!(summary = %agent.loss_summary(), "once done");
+            Ok::<_, String>(records)
+        });
+        let interrupted = tokio::select! {
+            _ = int.recv() => true,
+            _ = term.recv() => true,
+            done = &mut window => return Ok(done),
+        };
+        if interrupted {
+            eprintln!("depmap: interrupted; the records of the window so far:");
         }
-        Format::Ndjson => eprint!("{caps}"),
-    }
-    let _ = stdout.flush();
-    let records = collect_once(&mut agent, duration);
+        let _ = stop.send(());
+        Ok::<_, std::io::Error>(window.await)
+    });
+    let records = match collected {
+        Ok(Ok(Ok(records))) => records,
+        Ok(Ok(Err(e))) => return fail(1, &e),
+        Ok(Err(e)) => return fail(1, &format!("collecting stopped: {e}")),
+        Err(e) => return fail(1, &format!("cannot handle signals: {e}")),
+    };
+    let mut stdout = std::io::stdout().lock();
     let wanted = |r: &Record| tables.is_empty() || tables.iter().any(|t| t == r.table());
     match format {
         Format::Ndjson => {
@@ -78,18 +168,18 @@ fn once(config: Config, duration: Duration, format: Format, tables: &[String]) -
             }
         }
         Format::Table => {
+            let width = (!wide).then(report::terminal_width).flatten();
             for t in TABLES
                 .iter()
                 .filter(|t| tables.is_empty() || tables.iter().any(|w| w == *t))
             {
-                if writeln!(stdout, "{}", report::table(t, &records)).is_err() {
+                if writeln!(stdout, "{}", report::table(t, &records, width)).is_err() {
                     break;
                 }
             }
         }
     }
     let _ = stdout.flush();
-    tracing::debug!(summary = %agent.loss_summary(), "once done");
     ExitCode::SUCCESS
 }
 
@@ -137,15 +227,21 @@ fn run(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
                 _ = term.recv() => break,
                 _ = hup.recv() => {
                     // A configuration that does not load is refused; the running one stays.
-                    match Config::load(path.as_deref()) {
+                    match load(path.as_deref()) {
                         Ok(c) => {
                             tracing::info!("SIGHUP: reloading the configuration");
                             let _ = control.send(Control::Reload(Box::new(c)));
                         }
-                        Err(e) => tracing::error!(
-                            error = %e,
-                            "SIGHUP: the new configuration is invalid; keeping the running one"
-                        ),
+                        Err(e) => {
+                            tracing::error!(
+                                error = %e,
+                                "SIGHUP: the new configuration is invalid; keeping the running one"
+                            );
+                            depmap::service::status(&format!(
+                                "reload refused at {}: {e}; running the previous configuration",
+                                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                            ));
+                        }
                     }
                 }
                 done = &mut poller => return done.map_err(std::io::Error::other),

@@ -83,7 +83,8 @@ pub fn capabilities(c: &Capabilities) -> String {
     out
 }
 
-/// Columns shown per table in `--format table` (all columns are in NDJSON).
+/// Columns shown per table in `--format table` (all columns are in NDJSON), most important
+/// first: when a table is wider than the terminal, the last ones are left out (and named).
 fn columns(table: &str) -> &'static [&'static str] {
     match table {
         "VMComputer" => &[
@@ -91,29 +92,29 @@ fn columns(table: &str) -> &'static [&'static str] {
             "OperatingSystemFullName",
             "Cpus",
             "PhysicalMemoryMB",
-            "VirtualizationState",
             "Ipv4Addresses",
+            "VirtualizationState",
             "Machine",
         ],
         "VMProcess" => &[
-            "Process",
             "ExecutableName",
             "FirstPid",
             "UserName",
             "Role",
             "ProductName",
             "CommandLine",
+            "Process",
         ],
         "VMBoundPort" => &[
             "ProcessName",
             "Ip",
             "Port",
-            "IsWildcardBind",
-            "LinksEstablished",
-            "LinksTerminated",
-            "LinksLive",
             "BytesSent",
             "BytesReceived",
+            "LinksEstablished",
+            "LinksLive",
+            "LinksTerminated",
+            "IsWildcardBind",
         ],
         _ => &[
             "Direction",
@@ -121,15 +122,39 @@ fn columns(table: &str) -> &'static [&'static str] {
             "SourceIp",
             "DestinationIp",
             "DestinationPort",
-            "LinksEstablished",
-            "LinksTerminated",
-            "LinksLive",
             "BytesSent",
             "BytesReceived",
+            "LinksEstablished",
+            "LinksLive",
+            "LinksTerminated",
+            "LinksFailed",
         ],
     }
 }
 
+/// Longest cell of a table that fits the terminal; `--wide` shows whole values.
+const CELL_MAX: usize = 48;
+/// A column is not narrowed below this (or its header) to make room.
+const CELL_MIN: usize = 12;
+
+/// The width tables must fit: the terminal's when stdout is one, else `COLUMNS` when set,
+/// else none (a pipe or file gets every column).
+pub fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    let stdout = std::io::stdout();
+    if stdout.is_terminal()
+        && let Some((terminal_size::Width(w), _)) = terminal_size::terminal_size_of(&stdout)
+    {
+        return Some(usize::from(w));
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|w| *w > 0)
+}
+
+/// A value as text for a person: control characters (ESC, BEL, CR, ...), which another user's
+/// command line or process name may hold, are shown escaped, never sent to the terminal.
 fn cell(v: &Value) -> String {
     let s = match v {
         Value::Null => "-".to_string(),
@@ -137,40 +162,170 @@ fn cell(v: &Value) -> String {
         Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     };
-    if s.chars().count() > 48 {
-        let cut: String = s.chars().take(47).collect();
-        format!("{cut}…")
+    if s.chars().any(char::is_control) {
+        s.chars().flat_map(char::escape_default).collect()
     } else {
         s
     }
 }
 
-/// One aligned table of the records of `table`.
-pub fn table(table: &str, records: &[Record]) -> String {
-    let cols = columns(table);
+/// `s` cut to `width` characters, the cut marked with `…`.
+fn cut(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let kept: String = s.chars().take(width.saturating_sub(1)).collect();
+        format!("{kept}…")
+    }
+}
+
+/// One aligned table of the records of `table`, fitting `width` characters when given:
+/// long values are cut, the widest columns narrowed, then the last columns left out.
+pub fn table(table: &str, records: &[Record], width: Option<usize>) -> String {
+    let all = columns(table);
     let rows: Vec<Vec<String>> = records
         .iter()
         .filter(|r| r.table() == table)
         .filter_map(|r| serde_json::to_value(r).ok())
-        .map(|v| cols.iter().map(|c| cell(&v[*c])).collect())
+        .map(|v| all.iter().map(|c| cell(&v[*c])).collect())
         .collect();
-    let mut widths: Vec<usize> = cols.iter().map(|c| c.len()).collect();
+    let mut widths: Vec<usize> = all.iter().map(|c| c.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let mut out = format!("{table} ({} records)\n", rows.len());
-    let fmt_row = |cells: Vec<&str>| {
+    let mut shown = all.len();
+    if let Some(limit) = width {
+        for w in widths.iter_mut() {
+            *w = (*w).min(CELL_MAX);
+        }
+        // Two spaces of indent, two between columns.
+        let total = |widths: &[usize]| {
+            2 + widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1)
+        };
+        while total(&widths[..shown]) > limit {
+            let floor = |i: usize| all[i].len().max(CELL_MIN);
+            let excess = total(&widths[..shown]) - limit;
+            let widest = (0..shown)
+                .filter(|i| widths[*i] > floor(*i))
+                .max_by_key(|i| widths[*i]);
+            match widest {
+                Some(i) => widths[i] = widths[i].saturating_sub(excess).max(floor(i)),
+                None if shown > 1 => shown -= 1,
+                None => break,
+            }
+        }
+    }
+    let plural = if rows.len() == 1 { "" } else { "s" };
+    let mut out = format!("{table} ({} record{plural})\n", rows.len());
+    let fmt_row = |cells: &[String]| {
         let mut line = String::from("  ");
-        for (c, w) in cells.iter().zip(&widths) {
+        for (c, w) in cells.iter().zip(&widths).take(shown) {
+            let c = cut(c, *w);
             let _ = write!(line, "{c:<w$}  ");
         }
         line.trim_end().to_string() + "\n"
     };
-    out.push_str(&fmt_row(cols.to_vec()));
+    let header: Vec<String> = all.iter().map(|c| c.to_string()).collect();
+    out.push_str(&fmt_row(&header));
     for r in &rows {
-        out.push_str(&fmt_row(r.iter().map(String::as_str).collect()));
+        out.push_str(&fmt_row(r));
+    }
+    if shown < all.len() {
+        let note = format!(
+            "(left out to fit {} columns: {}; --wide shows them, --format ndjson has every column)",
+            width.unwrap_or_default(),
+            all[shown..].join(", ")
+        );
+        out.push_str(&wrapped(&note, width.unwrap_or(usize::MAX)));
     }
     out
+}
+
+/// `text` as lines of at most `width` characters (two of indent), broken between words.
+fn wrapped(text: &str, width: usize) -> String {
+    fit_lines(&format!("  {text}"), width)
+}
+
+/// Each line of `text` broken between words to at most `width` characters; a continuation
+/// keeps the line's indent, two more (a word longer than the line stays whole).
+pub fn fit_lines(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    for original in text.lines() {
+        if original.chars().count() <= width {
+            out.push_str(original);
+            out.push('\n');
+            continue;
+        }
+        let indent = original.len() - original.trim_start().len();
+        let mut line = original[..indent].to_string();
+        let mut filled = false;
+        for word in original.split_whitespace() {
+            if filled && line.chars().count() + 1 + word.chars().count() > width {
+                out.push_str(&line);
+                out.push('\n');
+                line = " ".repeat(indent + 2);
+                filled = false;
+            }
+            if filled {
+                line.push(' ');
+            }
+            line.push_str(word);
+            filled = true;
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let v = Value::String("a\u{1b}[2Jb\u{7}\rc".into());
+        assert_eq!(cell(&v), "a\\u{1b}[2Jb\\u{7}\\rc");
+        assert!(!cell(&v).chars().any(char::is_control));
+        assert_eq!(cell(&Value::String("plain é".into())), "plain é");
+    }
+
+    #[test]
+    fn long_lines_are_broken_between_words_keeping_the_indent() {
+        let text = "  [--]   thing: one two three four five six\nshort\n";
+        let out = fit_lines(text, 20);
+        assert!(out.lines().all(|l| l.chars().count() <= 20), "{out}");
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            text.split_whitespace().collect::<Vec<_>>()
+        );
+        assert!(
+            out.lines().nth(1).is_some_and(|l| l.starts_with("    ")),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_table_fits_the_width_and_names_what_it_left_out() {
+        let out = table("VMConnection", &[], Some(60));
+        assert!(out.lines().all(|l| l.chars().count() <= 60), "{out}");
+        assert!(
+            out.contains("--wide") && out.contains("LinksFailed"),
+            "{out}"
+        );
+        let wide = table("VMConnection", &[], None);
+        assert!(
+            wide.contains("LinksFailed") && !wide.contains("--wide"),
+            "{wide}"
+        );
+        assert!(table("VMConnection", &[], Some(1)).contains("Direction"));
+    }
+
+    #[test]
+    fn cut_marks_the_cut() {
+        assert_eq!(cut("abcdef", 4), "abc…");
+        assert_eq!(cut("abc", 4), "abc");
+    }
 }

@@ -199,10 +199,15 @@ impl PollSchedule {
         self.full_cost.map(Duration::from_secs_f64)
     }
 
+    /// The share of one core the full dumps may use now.
+    pub fn full_share(&self) -> f64 {
+        self.for_polls() * FULL_SHARE
+    }
+
     /// The smallest stride (a divisor of the polls per window) whose dumps fit their share;
     /// one dump per window when none does.
     fn stride_for(&self, cost: f64) -> u64 {
-        let share = self.for_polls() * FULL_SHARE;
+        let share = self.full_share();
         let sp = self.socket_poll.as_secs_f64();
         (1..=self.polls_per_window)
             .filter(|k| self.polls_per_window.is_multiple_of(*k))

@@ -64,3 +64,10 @@ impl ServiceManager {
         self.send(&[NotifyState::Stopping]);
     }
 }
+
+/// Sets the status line `systemctl status` shows, from any thread (no READY or other state).
+pub fn status(text: &str) {
+    if let Err(e) = sd_notify::notify(&[NotifyState::Status(text)]) {
+        tracing::debug!(error = %e, "cannot set the service status (NOTIFY_SOCKET)");
+    }
+}

@@ -134,3 +134,218 @@ fn once_reports_capabilities_then_one_window_as_ndjson() {
     assert!(text.contains("6060"));
     let _ = Duration::from_secs(0);
 }
+
+#[test]
+fn check_config_prints_the_values_in_use_and_where_they_came_from() {
+    let dir = TempDir::new("check");
+    let cfg = config_file(&dir, "[collect]\nwindow = \"30s\"\n");
+    let out = Command::new(DEPMAP)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("# configuration: {}\n", cfg.display())),
+        "{text}"
+    );
+    // No empty defaults: the computer, the AgentId (there is a machine-id here) and the
+    // directory the records go to, as depmap would use them.
+    for empty in ["\ncomputer = \"\"", "\nagent_id = \"\"", "\ndir = \"\""] {
+        assert!(!text.contains(empty), "{empty}: {text}");
+    }
+    let records = dir.0.join("state").join("records");
+    assert!(
+        text.contains(&format!("dir = \"{}\"", records.display())),
+        "{text}"
+    );
+    // What it prints loads back as the same configuration.
+    let again = dir.0.join("again.toml");
+    std::fs::write(&again, text.as_bytes()).unwrap();
+    let out2 = Command::new(DEPMAP)
+        .args(["check-config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out2.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out2.stdout)
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>(),
+        text.lines().skip(1).collect::<Vec<_>>()
+    );
+    // --quiet: nothing on success.
+    let out = Command::new(DEPMAP)
+        .args(["check-config", "--quiet", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty());
+    // Without --config and no default file: says so.
+    if !std::path::Path::new("/etc/depmap/depmap.toml").exists() {
+        let out = Command::new(DEPMAP).arg("check-config").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("# configuration: the defaults (no file at /etc/depmap/depmap.toml)"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn paths_must_be_absolute_and_sink_directories_writable() {
+    let dir = TempDir::new("paths");
+    let cfg = dir.0.join("depmap.toml");
+    std::fs::write(&cfg, "[agent]\nstate_dir = \"var/lib/depmap\"\n").unwrap();
+    let out = Command::new(DEPMAP)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent.state_dir"));
+    // A directory depmap cannot create or write (procfs refuses new files, even to root):
+    // refused at once by check-config, run and once, one line naming the key, the path and
+    // the fix, exit 2 — not a healthy-looking daemon losing every record.
+    let unwritable = "/proc/1/depmap-records";
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\n[sink.file]\ndir = \"{unwritable}\"\n",
+            dir.0.display()
+        ),
+    )
+    .unwrap();
+    for cmd in ["check-config", "run", "once"] {
+        let out = Command::new(DEPMAP)
+            .args([cmd, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("sink.file.dir")
+                && err.contains(unwritable)
+                && err.contains(&format!("ReadWritePaths={unwritable}")),
+            "{cmd}: {err}"
+        );
+    }
+    // Outside the unit's state directory check-config notes the drop-in it needs.
+    let elsewhere = dir.0.join("records");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\n[sink.file]\ndir = \"{}\"\n",
+            dir.0.display(),
+            elsewhere.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(DEPMAP)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("read-only")
+            && err.contains(&format!("ReadWritePaths={}", elsewhere.display())),
+        "{err}"
+    );
+    assert!(!elsewhere.exists(), "check-config creates nothing");
+}
+
+#[test]
+fn usage_errors_list_the_valid_values_and_help_fits_80_columns() {
+    let out = Command::new(DEPMAP)
+        .args(["once", "--format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("table") && err.contains("ndjson"), "{err}");
+    for args in [&["--help"][..], &["once", "--help"], &["run", "--help"]] {
+        let out = Command::new(DEPMAP)
+            .args(args)
+            .env("COLUMNS", "80")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(widest <= 80, "{args:?}: {widest} columns\n{text}");
+    }
+}
+
+#[test]
+fn once_tables_fit_the_terminal_unless_wide_and_ctrl_c_prints_the_window_so_far() {
+    let _serial = serial();
+    let ns = Netns::new("cols");
+    let (_srv, _) = server(&ns, "127.0.0.1", 6070, 0);
+    let out = ns
+        .command(DEPMAP)
+        .args(["once", "--duration", "300ms"])
+        .env("COLUMNS", "80")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("VMBoundPort (1 record)\n"), "{text}");
+    let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    assert!(widest <= 80, "{widest} columns\n{text}");
+    assert!(text.contains("--wide shows them"), "{text}");
+    let out = ns
+        .command(DEPMAP)
+        .args(["once", "--duration", "300ms", "--wide"])
+        .env("COLUMNS", "80")
+        .output()
+        .unwrap();
+    let wide = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        wide.contains("IsWildcardBind") && !wide.contains("--wide shows them"),
+        "{wide}"
+    );
+
+    // Ctrl-C during a long window: the window so far is printed, as SIGTERM does in `run`.
+    let dir = TempDir::new("ctrlc");
+    let log = dir.0.join("once.log");
+    let mut cmd = ns.command(DEPMAP);
+    cmd.args(["once", "--duration", "10m", "--format", "ndjson"]);
+    let mut once = Proc::spawn_logging(
+        cmd,
+        std::process::Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    // `ip netns exec` execs depmap: the child's pid is depmap's. The capability report (on
+    // stderr with ndjson) is written once the window has begun.
+    let pid = once.child.id();
+    let began = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("capability report")
+    {
+        assert!(began.elapsed() < Duration::from_secs(30), "no report");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    let status = once.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    let records = parse(&once.seen);
+    assert_eq!(of_type(&records, "VMComputer").len(), 1, "{records:?}");
+    assert!(
+        of_type(&records, "VMBoundPort")
+            .iter()
+            .any(|p| p["Port"] == 6070),
+        "{records:?}"
+    );
+}

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -52,15 +53,19 @@ fn ready_watchdog_reload_and_stop_speak_to_the_service_manager() {
     let dir = TempDir::new("svc");
     let notify = dir.0.join("notify.sock");
     let sock = UnixDatagram::bind(&notify).expect("notify socket");
-    let good = "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n[sink]\nkind = \"stdout\"\n";
+    let good = "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n[metrics]\nlisten = \"127.0.0.1:9471\"\n[sink]\nkind = \"stdout\"\n";
     let cfg = config_file(&dir, good);
     let log = dir.0.join("depmap.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    // stderr as journald's stream, the way systemd connects it (JOURNAL_STREAM=dev:ino).
+    let meta = std::fs::metadata(&log).unwrap();
     let mut cmd = ns.command(DEPMAP);
     cmd.args(["run", "--config"])
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &notify)
-        .env("WATCHDOG_USEC", "1500000");
-    let mut dm = Proc::spawn_logging(cmd, Stdio::from(std::fs::File::create(&log).unwrap()));
+        .env("WATCHDOG_USEC", "1500000")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    let mut dm = Proc::spawn_logging(cmd, Stdio::from(log_file));
     let pid = dm.child.id();
 
     // READY after the first poll (the first records are already out by then).
@@ -90,10 +95,23 @@ fn ready_watchdog_reload_and_stop_speak_to_the_service_manager() {
     signal(pid, "-HUP");
     let seen = wait_for(&sock, "RELOADING=1", Duration::from_secs(2)).unwrap_err();
     assert!(seen.iter().all(|m| !m.contains("RELOADING")));
+    // The status line says so, with the reason.
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("STATUS=reload refused") && m.contains("windw")),
+        "{seen:?}"
+    );
+    // The journal line: priority 3 (error), the reason in the text journalctl shows.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("new configuration is invalid") && text.contains("windw"),
+        text.lines().any(|l| l.starts_with("<3>")
+            && l.contains("new configuration is invalid")
+            && l.contains("windw")),
         "{text}"
+    );
+    assert!(
+        text.lines().all(|l| l.starts_with('<')),
+        "every journal line has its priority: {text}"
     );
     assert!(
         wait_for(&sock, "WATCHDOG=1", Duration::from_secs(2)).is_ok(),
@@ -136,6 +154,18 @@ fn ready_watchdog_reload_and_stop_speak_to_the_service_manager() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(has_files(), "records in {}", records.display());
+    // Produced records are counted for every sink, not only the remote ones: the start-up
+    // inventory (stdout) and the new sink's (file) at least.
+    let metrics = output_of(ns.command("python3").args([
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9471/metrics', timeout=5).read().decode())",
+    ]));
+    let computers: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("depmap_records_produced_total{table=\"VMComputer\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(computers >= 2, "{metrics}");
 
     // Stop: STOPPING, then exit 0.
     signal(pid, "-TERM");

@@ -36,21 +36,10 @@ impl Identity {
 /// AgentId: configured, else UUIDv5 of /etc/machine-id, else a random UUID persisted in
 /// `state_dir/agent-id` (created on first use).
 pub fn agent_id(configured: &str, machine_id_file: &Path, state_dir: &Path) -> String {
-    if !configured.is_empty() {
-        return configured.to_ascii_lowercase();
-    }
-    if let Ok(text) = fs::read_to_string(machine_id_file) {
-        let id = text.trim();
-        if !id.is_empty() {
-            return Uuid::new_v5(&AGENT_NAMESPACE, id.as_bytes()).to_string();
-        }
+    if let Some(id) = known_agent_id(configured, machine_id_file, state_dir) {
+        return id;
     }
     let file = state_dir.join("agent-id");
-    if let Ok(text) = fs::read_to_string(&file)
-        && let Ok(id) = Uuid::parse_str(text.trim())
-    {
-        return id.to_string();
-    }
     let id = Uuid::new_v4().to_string();
     if fs::create_dir_all(state_dir).is_ok() {
         let tmp = state_dir.join("agent-id.tmp");
@@ -59,6 +48,25 @@ pub fn agent_id(configured: &str, machine_id_file: &Path, state_dir: &Path) -> S
         }
     }
     id
+}
+
+/// The AgentId [`agent_id`] would give, when it needs no new random one (nothing is written).
+pub fn known_agent_id(
+    configured: &str,
+    machine_id_file: &Path,
+    state_dir: &Path,
+) -> Option<String> {
+    if !configured.is_empty() {
+        return Some(configured.to_ascii_lowercase());
+    }
+    if let Ok(text) = fs::read_to_string(machine_id_file) {
+        let id = text.trim();
+        if !id.is_empty() {
+            return Some(Uuid::new_v5(&AGENT_NAMESPACE, id.as_bytes()).to_string());
+        }
+    }
+    let text = fs::read_to_string(state_dir.join("agent-id")).ok()?;
+    Uuid::parse_str(text.trim()).ok().map(|id| id.to_string())
 }
 
 fn hashed(prefix: &str, parts: &[&str]) -> String {

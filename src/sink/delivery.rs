@@ -224,7 +224,6 @@ impl Sink for Delivery {
             p.body.extend_from_slice(r.to_json().as_bytes());
             p.body.push(b'\n');
             p.records += 1;
-            self.metrics.count_record(r.table());
             if p.records >= self.config.batch_max_records
                 || p.body.len() >= self.config.batch_max_bytes
             {

@@ -13,6 +13,7 @@ pub mod spool;
 pub mod stdout;
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, SinkKind};
@@ -30,6 +31,52 @@ pub trait Sink: Send {
     /// grace time.
     fn close(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The directory the unit makes writable (`StateDirectory=depmap` under `ProtectSystem=strict`).
+pub const UNIT_WRITABLE_DIR: &str = "/var/lib/depmap";
+
+/// A sink or spool directory depmap cannot write: every record would be lost while the
+/// service looks healthy, so start and reload refuse it (issue 11, seen under systemd).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "key `{key}`: {} is not writable ({source}); depmap needs to write there. Under \
+     systemd/depmap.service only {UNIT_WRITABLE_DIR} is writable (ProtectSystem=strict): add \
+     `ReadWritePaths={}` with `systemctl edit depmap`, or choose a directory under \
+     {UNIT_WRITABLE_DIR}; elsewhere give the user depmap runs as write access",
+    dir.display(),
+    dir.display()
+)]
+pub struct UnwritableDir {
+    pub key: &'static str,
+    pub dir: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Checks that the configured sink can write its directory, without creating it: a probe file
+/// is created and removed in the directory, or, when it does not exist yet, in the nearest
+/// ancestor that does (where depmap would create it).
+pub fn check_writable(config: &Config) -> Result<(), UnwritableDir> {
+    let Some((key, dir)) = config.sink_dir() else {
+        return Ok(());
+    };
+    let existing = dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| Path::new("/"));
+    let probe = existing.join(format!(".depmap-write-probe-{}", std::process::id()));
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe);
+    match made {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(source) => Err(UnwritableDir { key, dir, source }),
     }
 }
 
