@@ -5,7 +5,9 @@
 #   packaging/build.sh                       release build, packages in target/packages/
 #   packaging/build.sh --no-build --profile dev --fast --out DIR
 #                                            package the binary already built, with quick
-#                                            compression (the tests do)
+#                                            compression (the tests do; the .rpm payload
+#                                            uncompressed: zstd of a debug binary takes 100 s)
+#   packaging/build.sh ... --deb-only        only the .deb
 #
 # Installs cargo-deb and cargo-generate-rpm with `cargo install --locked` when missing.
 set -euo pipefail
@@ -14,14 +16,17 @@ cd "$(dirname "$0")/.."
 profile=release
 build=1
 fast=()
+rpm_fast=()
+rpm=1
 out=target/packages
 while [ $# -gt 0 ]; do
     case "$1" in
         --no-build) build=0 ;;
-        --fast) fast=(--fast) ;;
+        --fast) fast=(--fast); rpm_fast=(--payload-compress none) ;;
+        --deb-only) rpm=0 ;;
         --profile) profile=$2; shift ;;
         --out) out=$2; shift ;;
-        *) echo "usage: packaging/build.sh [--no-build] [--profile P] [--fast] [--out DIR]" >&2; exit 2 ;;
+        *) echo "usage: packaging/build.sh [--no-build] [--profile P] [--fast] [--deb-only] [--out DIR]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -39,5 +44,8 @@ if [ "$build" = 1 ]; then
 fi
 mkdir -p "$out"
 cargo deb --no-build --no-strip "${fast[@]}" --profile "$profile" --output "$out" >/dev/null
-cargo generate-rpm --profile "$profile" --output "$out" >/dev/null
-ls "$out"/*.deb "$out"/*.rpm
+if [ "$rpm" = 1 ]; then
+    cargo generate-rpm --profile "$profile" "${rpm_fast[@]}" --output "$out" >/dev/null
+    ls "$out"/*.rpm
+fi
+ls "$out"/*.deb

@@ -185,26 +185,6 @@ fn once(
 
 /// `depmap run`: the daemon. Signals stop the poll loop, which flushes the current window.
 fn run(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
-    let metrics = Metrics::new();
-    if !config.metrics.listen.is_empty() {
-        if let Err(e) = depmap::metrics::serve(&config.metrics.listen, metrics.clone()) {
-            return fail(1, &format!("metrics.listen: {e}"));
-        }
-        tracing::info!(listen = %config.metrics.listen, "serving /metrics");
-    }
-    let sink = match sink::build(&config, metrics.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            return fail(
-                1,
-                &format!("cannot open the {:?} sink: {e}", config.sink.kind),
-            );
-        }
-    };
-    let mut agent = match Agent::start(config) {
-        Ok(a) => a,
-        Err(e) => return fail(1, &e),
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -214,13 +194,25 @@ fn run(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        // Handlers first: a signal that arrives while the first poll runs must flush, not kill.
+        // Handlers before anything that can wait (opening the kernel interfaces, the first
+        // poll): a SIGTERM or SIGHUP that arrives during start-up is acted on, never fatal.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let (control, controls) = std::sync::mpsc::channel::<Control>();
-        let mut poller =
-            tokio::task::spawn_blocking(move || run_loop(&mut agent, sink, &controls, metrics));
+        let mut poller = tokio::task::spawn_blocking(move || {
+            let metrics = Metrics::new();
+            if !config.metrics.listen.is_empty() {
+                depmap::metrics::serve(&config.metrics.listen, metrics.clone())
+                    .map_err(|e| format!("metrics.listen: {e}"))?;
+                tracing::info!(listen = %config.metrics.listen, "serving /metrics");
+            }
+            let sink = sink::build(&config, metrics.clone())
+                .map_err(|e| format!("cannot open the {:?} sink: {e}", config.sink.kind))?;
+            let mut agent = Agent::start(config)?;
+            run_loop(&mut agent, sink, &controls, metrics);
+            Ok::<(), String>(())
+        });
         loop {
             tokio::select! {
                 _ = int.recv() => break,
@@ -244,15 +236,17 @@ fn run(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
                         }
                     }
                 }
-                done = &mut poller => return done.map_err(std::io::Error::other),
+                done = &mut poller => return Ok(done),
             }
         }
         tracing::info!("signal received; flushing the current window");
         let _ = control.send(Control::Stop);
-        poller.await.map_err(std::io::Error::other)
+        Ok::<_, std::io::Error>(poller.await)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(1, &format!("stopped: {e}")),
+        Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
+        Ok(Ok(Err(e))) => fail(1, &e),
+        Ok(Err(e)) => fail(1, &format!("stopped: {e}")),
+        Err(e) => fail(1, &format!("cannot handle signals: {e}")),
     }
 }
