@@ -27,9 +27,15 @@ fn find(dir: &Path, ext: &str) -> PathBuf {
 fn the_deb_and_the_rpm_carry_the_binary_unit_config_docs_and_scripts() {
     let out = TempDir::new("pkg");
     // The binary of this test build (target/debug/depmap), not a rebuild.
-    run(Command::new(format!("{ROOT}/packaging/build.sh"))
+    let built = Command::new(format!("{ROOT}/packaging/build.sh"))
         .args(["--no-build", "--profile", "dev", "--fast", "--out"])
-        .arg(&out.0));
+        .arg(&out.0)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&built.stderr);
+    assert!(built.status.success(), "{said}");
+    // Metadata complete: no tool complains of a missing field (the license, say).
+    assert!(!said.contains("missing"), "{said}");
     let deb = find(&out.0, "deb");
     let rpm = find(&out.0, "rpm");
 
@@ -38,6 +44,13 @@ fn the_deb_and_the_rpm_carry_the_binary_unit_config_docs_and_scripts() {
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl));
     let control = std::fs::read_to_string(ctrl.join("control")).unwrap();
     assert!(control.contains("Package: depmap"), "{control}");
+    // The summary is one short line (dpkg and apt show it in 80 columns), the rest below it.
+    let summary = control
+        .lines()
+        .find_map(|l| l.strip_prefix("Description: "))
+        .expect("Description");
+    assert!(summary.len() <= 60, "{summary}");
+    assert!(control.contains("\n depmap maps a Linux host"), "{control}");
     assert!(control.contains("adduser"), "{control}");
     let conffiles = std::fs::read_to_string(ctrl.join("conffiles")).unwrap();
     assert!(
@@ -120,6 +133,18 @@ fn the_deb_and_the_rpm_carry_the_binary_unit_config_docs_and_scripts() {
         scripts.contains("useradd -r") && scripts.contains("systemctl preset"),
         "{scripts}"
     );
+    // The sysctl is applied by a path that exists on RHEL (systemd-sysctl is not on PATH).
+    assert!(
+        scripts.contains("/usr/lib/systemd/systemd-sysctl") && scripts.contains("sysctl -q -p"),
+        "{scripts}"
+    );
+    let tags = run(Command::new("rpm")
+        .args(["-qp", "--qf", "%{SUMMARY}|%{LICENSE}"])
+        .arg(&rpm));
+    assert_eq!(
+        tags,
+        "Host network dependency agent (VM Insights Map tables)|Proprietary"
+    );
 }
 
 #[test]
@@ -129,11 +154,19 @@ fn the_shipped_default_config_is_the_defaults_and_every_key_in_it_is_valid() {
     let check = |text: &str| {
         let path = dir.0.join("depmap.toml");
         std::fs::write(&path, text).unwrap();
-        run(Command::new(DEPMAP)
+        values(&run(Command::new(DEPMAP)
             .args(["check-config", "--config"])
-            .arg(&path))
+            .arg(&path)))
     };
-    let defaults = run(Command::new(DEPMAP).args(["check-config", "--config", "/dev/null"]));
+    // The values, without the first line (which names the file they came from).
+    fn values(checked: &str) -> String {
+        checked.lines().skip(1).collect::<Vec<_>>().join("\n")
+    }
+    let defaults = values(&run(Command::new(DEPMAP).args([
+        "check-config",
+        "--config",
+        "/dev/null",
+    ])));
     assert_eq!(check(&text), defaults);
     // Uncommented: each `# key = value` and `#[section]` becomes live; still the defaults.
     let live: String = text
