@@ -25,8 +25,8 @@ need() { command -v "$1" >/dev/null 2>&1; }
 # scripts they call use.
 missing=()
 need cc || missing+=(gcc libc6-dev)           # the linker cargo uses
-need ip || missing+=(iproute2)                # ip netns, veth, ss
-need ss || missing+=(iproute2)
+need ip && need ss || missing+=(iproute2)     # ip netns, veth, ss
+need kill || missing+=(procps)                # not in a minimal Debian
 need curl || missing+=(curl)
 need python3 || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
