@@ -19,7 +19,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-need() { command -v "$1" >/dev/null 2>&1; }
+# Programs on PATH only: `kill` is also a shell builtin.
+need() { type -P "$1" >/dev/null 2>&1; }
 
 # command → Debian package, for every program the tests, the benches' helpers and the
 # scripts they call use.
