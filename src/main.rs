@@ -92,6 +92,15 @@ fn check_config(path: Option<&std::path::Path>, quiet: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The single-threaded runtime that waits for signals while the work runs on a blocking
+/// thread.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, &format!("cannot start the runtime: {e}")))
+}
+
 fn fail(code: u8, msg: &str) -> ExitCode {
     eprintln!("depmap: {msg}");
     ExitCode::from(code)
@@ -106,12 +115,9 @@ fn once(
     tables: &[String],
     wide: bool,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     let collected = runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -185,12 +191,9 @@ fn once(
 
 /// `depmap run`: the daemon. Signals stop the poll loop, which flushes the current window.
 fn run(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => return fail(1, &format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};

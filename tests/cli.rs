@@ -2,36 +2,48 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+
+/// `depmap <cmd> --config <cfg>`, run to completion.
+fn with_config(cmd: &str, cfg: &Path) -> std::process::Output {
+    Command::new(DEPMAP)
+        .args([cmd, "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap()
+}
+
+/// check-config, run and once each refuse `cfg`: exit 2, one line on stderr; those lines.
+fn refused_by_every_command(cfg: &Path) -> Vec<String> {
+    ["check-config", "run", "once"]
+        .iter()
+        .map(|cmd| {
+            let out = with_config(cmd, cfg);
+            assert_eq!(out.status.code(), Some(2), "{cmd}");
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: {err}");
+            err
+        })
+        .collect()
+}
 
 #[test]
 fn a_bad_config_is_one_line_naming_the_key_and_exit_2() {
     let dir = TempDir::new("badcfg");
     let cfg = dir.0.join("depmap.toml");
     std::fs::write(&cfg, "[collect]\nwindow = \"60s\"\nsocket_pol = \"1s\"\n").unwrap();
-    for cmd in ["check-config", "run", "once"] {
-        let out = Command::new(DEPMAP)
-            .args([cmd, "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{cmd}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for err in refused_by_every_command(&cfg) {
         assert!(
             err.contains("socket_pol") && err.contains("depmap.toml"),
             "{err}"
         );
     }
     std::fs::write(&cfg, "[collect]\nwindow = \"soon\"\n").unwrap();
-    let out = Command::new(DEPMAP)
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = with_config("check-config", &cfg);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("collect.window"));
     // A missing explicit file is an error too.
@@ -42,11 +54,7 @@ fn a_bad_config_is_one_line_naming_the_key_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     // A good one prints the effective configuration.
     std::fs::write(&cfg, "[collect]\nwindow = \"30s\"\n").unwrap();
-    let out = Command::new(DEPMAP)
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = with_config("check-config", &cfg);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -139,11 +147,7 @@ fn once_reports_capabilities_then_one_window_as_ndjson() {
 fn check_config_prints_the_values_in_use_and_where_they_came_from() {
     let dir = TempDir::new("check");
     let cfg = config_file(&dir, "[collect]\nwindow = \"30s\"\n");
-    let out = Command::new(DEPMAP)
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = with_config("check-config", &cfg);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -163,11 +167,7 @@ fn check_config_prints_the_values_in_use_and_where_they_came_from() {
     // What it prints loads back as the same configuration.
     let again = dir.0.join("again.toml");
     std::fs::write(&again, text.as_bytes()).unwrap();
-    let out2 = Command::new(DEPMAP)
-        .args(["check-config", "--config"])
-        .arg(&again)
-        .output()
-        .unwrap();
+    let out2 = with_config("check-config", &again);
     assert!(out2.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out2.stdout)
@@ -199,11 +199,7 @@ fn paths_must_be_absolute_and_sink_directories_writable() {
     let dir = TempDir::new("paths");
     let cfg = dir.0.join("depmap.toml");
     std::fs::write(&cfg, "[agent]\nstate_dir = \"var/lib/depmap\"\n").unwrap();
-    let out = Command::new(DEPMAP)
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = with_config("check-config", &cfg);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("agent.state_dir"));
     // A directory depmap cannot create or write (procfs refuses new files, even to root):
@@ -218,20 +214,12 @@ fn paths_must_be_absolute_and_sink_directories_writable() {
         ),
     )
     .unwrap();
-    for cmd in ["check-config", "run", "once"] {
-        let out = Command::new(DEPMAP)
-            .args([cmd, "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{cmd}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for err in refused_by_every_command(&cfg) {
         assert!(
             err.contains("sink.file.dir")
                 && err.contains(unwritable)
                 && err.contains(&format!("ReadWritePaths={unwritable}")),
-            "{cmd}: {err}"
+            "{err}"
         );
     }
     // Outside the unit's state directory check-config notes the drop-in it needs.
@@ -245,11 +233,7 @@ fn paths_must_be_absolute_and_sink_directories_writable() {
         ),
     )
     .unwrap();
-    let out = Command::new(DEPMAP)
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = with_config("check-config", &cfg);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
