@@ -333,3 +333,43 @@ fn once_tables_fit_the_terminal_unless_wide_and_ctrl_c_prints_the_window_so_far(
         "{records:?}"
     );
 }
+
+#[test]
+fn a_process_whose_name_is_not_utf8_keeps_its_connections_and_its_record() {
+    let _serial = serial();
+    let ns = Netns::new("oddname");
+    // Any user can do this: prctl(PR_SET_NAME) takes any bytes but NUL.
+    let script = "import ctypes, socket, sys, time\n\
+                  ctypes.CDLL(None).prctl(15, b'\\xff\\xfeodd', 0, 0, 0)\n\
+                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                  s.bind(('127.0.0.1', 6071)); s.listen(); print('ready', flush=True)\n\
+                  time.sleep(60)\n";
+    let mut cmd = ns.command("python3");
+    cmd.args(["-c", script]);
+    let mut odd = Proc::spawn(cmd);
+    assert_eq!(odd.line(Duration::from_secs(20)), "ready");
+    let comm = std::fs::read(format!("/proc/{}/comm", odd.child.id())).unwrap_or_default();
+    assert!(comm.starts_with(b"\xff\xfeodd"), "{comm:?}");
+    let out = ns
+        .command(DEPMAP)
+        .args(["once", "--duration", "300ms", "--format", "ndjson"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let records = parse(&lines);
+    let port = of_type(&records, "VMBoundPort")
+        .into_iter()
+        .find(|p| p["Port"] == 6071)
+        .expect("bound port");
+    assert!(port["Process"].is_string(), "attributed: {port}");
+    assert!(
+        of_type(&records, "VMProcess")
+            .iter()
+            .any(|p| p["Process"] == port["Process"]),
+        "its VMProcess record"
+    );
+}

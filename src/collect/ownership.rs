@@ -197,7 +197,7 @@ impl SocketOwners {
         let dir = self.proc_root.join(pid.to_string());
         let fd_dir = dir.join("fd");
         let meta = fs::metadata(&fd_dir).ok();
-        let start_ticks = fs::read_to_string(dir.join("stat"))
+        let start_ticks = fs::read(dir.join("stat"))
             .ok()
             .and_then(|s| parse_stat(&s))
             .map(|(_, t)| t);

@@ -33,19 +33,15 @@ impl ProcessInfo {
     /// Reads `/proc/<pid>`; `None` if the process is gone or its `stat` is unreadable.
     pub fn read(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
         let dir = proc_root.join(pid.to_string());
-        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        let stat = fs::read(dir.join("stat")).ok()?;
         let (comm, start_ticks) = parse_stat(&stat)?;
         let exe = fs::read_link(dir.join("exe")).ok().map(path_string);
         let cmdline = fs::read(dir.join("cmdline"))
             .map(|b| join_cmdline(&b))
             .unwrap_or_default();
         let cwd = fs::read_link(dir.join("cwd")).ok().map(path_string);
-        let uid = fs::read_to_string(dir.join("status"))
-            .ok()
-            .and_then(|s| parse_status_uid(&s));
-        let cgroup = fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|s| parse_cgroup(&s));
+        let uid = read_lossy(&dir.join("status")).and_then(|s| parse_status_uid(&s));
+        let cgroup = read_lossy(&dir.join("cgroup")).and_then(|s| parse_cgroup(&s));
         Some(ProcessInfo {
             pid,
             start_ticks,
@@ -77,16 +73,41 @@ fn path_string(p: PathBuf) -> String {
         .unwrap_or(s)
 }
 
-/// `comm` and start time from `/proc/<pid>/stat`. `comm` may contain spaces and parentheses,
-/// so the fields after it are found from the last `)`.
-pub fn parse_stat(stat: &str) -> Option<(String, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_string();
+/// `comm` and start time from `/proc/<pid>/stat`, read as bytes: `comm` is whatever the process
+/// set (`prctl(PR_SET_NAME)`, any bytes but NUL) and may contain spaces and parentheses, so
+/// the fields after it are found from the last `)`. `comm` is rendered as UTF-8 where it is
+/// valid, each invalid byte as U+FFFD (README "The records in brief").
+pub fn parse_stat(stat: &[u8]) -> Option<(String, u64)> {
+    let (comm, rest) = split_stat(stat)?;
     // After ") " come fields 3.. ; start time is field 22, i.e. index 19 from field 3.
-    let rest = stat.get(close + 1..)?;
-    let start = rest.split_whitespace().nth(19)?.parse().ok()?;
-    Some((comm, start))
+    let start = std::str::from_utf8(rest)
+        .ok()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    Some((String::from_utf8_lossy(comm).into_owned(), start))
+}
+
+/// The state letter (field 3) of `/proc/<pid>/stat`: `R`, `S`, `Z`, ...
+pub fn stat_state(stat: &[u8]) -> Option<u8> {
+    let (_, rest) = split_stat(stat)?;
+    rest.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+/// `comm` (between the first `(` and the last `)`) and the fields after it.
+fn split_stat(stat: &[u8]) -> Option<(&[u8], &[u8])> {
+    let open = stat.iter().position(|b| *b == b'(')?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    Some((stat.get(open + 1..close)?, stat.get(close + 1..)?))
+}
+
+/// A /proc text file whose lines may hold bytes that are not UTF-8 (`status` has the
+/// process's name, `cgroup` paths any bytes): read whole, invalid bytes as U+FFFD.
+fn read_lossy(path: &Path) -> Option<String> {
+    fs::read(path)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Real uid from the `Uid:` line of `/proc/<pid>/status`.
@@ -147,8 +168,16 @@ mod tests {
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {
         let stat = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200";
-        assert_eq!(parse_stat(stat), Some(("my (odd) prog".into(), 98765)));
-        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(
+            parse_stat(stat.as_bytes()),
+            Some(("my (odd) prog".into(), 98765))
+        );
+        assert_eq!(stat_state(stat.as_bytes()), Some(b'S'));
+        assert_eq!(parse_stat(b"garbage"), None);
+        // Not UTF-8 (prctl(PR_SET_NAME) takes any bytes): still parsed, shown lossily.
+        let odd =
+            b"77 (\xff\xfeevil) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 1000 200";
+        assert_eq!(parse_stat(odd), Some(("\u{fffd}\u{fffd}evil".into(), 4242)));
     }
 
     #[test]

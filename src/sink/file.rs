@@ -107,18 +107,28 @@ impl FileSink {
             .unwrap_or(0)
     }
 
+    /// This table's files, oldest first: ordered by (hour, sequence) as numbers, so that
+    /// `-10000` comes after `-9999` (as text it sorts first and was pruned at once: issue 12).
+    /// Names not of the sink's form are left alone.
     fn files_of(&self, table: &str) -> Vec<String> {
         let prefix = format!("{table}-");
-        let mut names: Vec<String> = fs::read_dir(&self.dir)
+        let mut names: Vec<((String, u32), String)> = fs::read_dir(&self.dir)
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.starts_with(&prefix) && n.ends_with(".ndjson"))
+                    .filter_map(|n| {
+                        let (hour, seq) = n
+                            .strip_prefix(&prefix)?
+                            .strip_suffix(".ndjson")?
+                            .rsplit_once('-')?;
+                        let order = (hour.to_string(), seq.parse::<u32>().ok()?);
+                        Some((order, n))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         names.sort();
-        names
+        names.into_iter().map(|(_, n)| n).collect()
     }
 
     fn prune(&self, table: &str) {
@@ -209,6 +219,38 @@ mod tests {
         // Only the newest files are kept; every kept file holds whole records.
         assert!(lines < written && lines > 0);
         assert_eq!(hour_stamp(SystemTime::UNIX_EPOCH), "19700101T00");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sequence_10000_is_newer_than_9999_and_is_kept() {
+        let dir = std::env::temp_dir().join(format!("depmap-file-seq-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let hour = hour_stamp(SystemTime::now());
+        for seq in [9997, 9998, 9999] {
+            fs::write(dir.join(format!("VMConnection-{hour}-{seq:04}.ndjson")), "").unwrap();
+        }
+        fs::write(dir.join("VMConnection-notes.ndjson"), "").unwrap();
+        let mut sink = FileSink::open(dir.clone(), 1000, 3).unwrap();
+        let record = Record::Connection(Box::new(VmConnection {
+            kind: "VMConnection",
+            ..Default::default()
+        }));
+        sink.write(std::slice::from_ref(&record)).unwrap();
+        let newest = dir.join(format!("VMConnection-{hour}-10000.ndjson"));
+        let text = fs::read_to_string(&newest).expect("the new file is kept");
+        assert_eq!(text.lines().count(), 1);
+        // The oldest of ours went; the file not of the sink's form stays.
+        assert!(
+            !dir.join(format!("VMConnection-{hour}-9997.ndjson"))
+                .exists()
+        );
+        assert!(
+            dir.join(format!("VMConnection-{hour}-9998.ndjson"))
+                .exists()
+        );
+        assert!(dir.join("VMConnection-notes.ndjson").exists());
         let _ = fs::remove_dir_all(&dir);
     }
 }

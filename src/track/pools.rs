@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::collect::procinfo::{ProcessInfo, parse_stat, user_name};
+use crate::collect::procinfo::{ProcessInfo, parse_stat, stat_state, user_name};
 use crate::records::identity::process_id;
 
 use super::sockets::PoolId;
@@ -201,13 +201,10 @@ impl PoolRegistry {
 
 /// Whether `pid` is still the process that started at `ticks` (a zombie is not running).
 fn still_running(proc_root: &Path, pid: u32, ticks: u64) -> bool {
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))
+    std::fs::read(proc_root.join(pid.to_string()).join("stat"))
         .ok()
         .is_some_and(|s| {
-            let zombie = s
-                .rfind(')')
-                .and_then(|i| s[i + 1..].split_whitespace().next())
-                .is_some_and(|state| state == "Z" || state == "X");
+            let zombie = matches!(stat_state(&s), Some(b'Z' | b'X'));
             !zombie && parse_stat(&s).is_some_and(|(_, t)| t == ticks)
         })
 }
