@@ -118,10 +118,9 @@ pub fn run_loop(
             Err(RecvTimeoutError::Timeout) => false,
             Ok(Control::Reload(config)) => {
                 service.reloading();
-                let outcome = reload(agent, &mut out, &config, window);
+                let outcome = reload(agent, &mut out, &config, &mut window);
                 let now = SystemTime::now();
                 collect = agent.config().collect.clone();
-                window = window_start(now, collect.window);
                 next_inventory = now + collect.inventory_interval;
                 service.reloaded(&format!(
                     "{outcome} at {}",
@@ -146,7 +145,7 @@ pub fn run_loop(
         metrics.set_agent(agent.self_counters());
         out.send(agent.new_process_records(now));
         // A window closes at its end, at shutdown, and when the clock stepped backwards.
-        if stopping || now >= window + collect.window || now < window {
+        if stopping || now >= window_end(window, collect.window) || now < window {
             out.send(agent.close_window(window));
             window = window_start(now, collect.window);
         }
@@ -163,15 +162,21 @@ pub fn run_loop(
     }
 }
 
-/// Applies a reloaded configuration: the current window is closed under the old settings
-/// (its records are whole), the sink is rebuilt when its settings changed (a new sink that
-/// cannot be built leaves the old one in place; a new one gets the inventory at once), and
-/// the agent takes the new schedule. Returns the outcome for the service status line.
-fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: SystemTime) -> String {
+/// Applies a reloaded configuration: the sink is rebuilt when its settings changed (a new
+/// sink that cannot be built leaves the old one in place; a new one gets the inventory at
+/// once), and the agent takes the new schedule. The current window goes on (its records go
+/// to the sink in use at its end): closing it here and opening one at the same aligned start
+/// wrote a second record per connection with the same TimeGenerated at every reload (issue
+/// 12). Only a new `collect.window` closes it, and the next window then starts now (one
+/// partial window), realigned from the one after. Returns the outcome for the status line.
+fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: &mut SystemTime) -> String {
     let mut outcome = String::from("configuration reloaded");
     agent.poll();
     out.send(agent.new_process_records(SystemTime::now()));
-    out.send(agent.close_window(window));
+    if new.collect.window != agent.config().collect.window {
+        out.send(agent.close_window(*window));
+        *window = SystemTime::now();
+    }
     if new.sink != agent.config().sink {
         match sink::build(new, out.metrics.clone()) {
             Ok(fresh) => {
@@ -199,4 +204,10 @@ fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: SystemTime)
         outcome = format!("{outcome}; restart to apply {}", restart.join(", "));
     }
     outcome
+}
+
+/// The end of the window that began at `start`: the next aligned boundary (a partial window,
+/// begun at a reload that changed the window's length, ends where the aligned ones do).
+fn window_end(start: SystemTime, len: Duration) -> SystemTime {
+    window_start(start, len) + len
 }

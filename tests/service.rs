@@ -176,3 +176,61 @@ fn ready_watchdog_reload_and_stop_speak_to_the_service_manager() {
     let status = dm.terminate(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+#[test]
+fn reloads_never_write_a_window_twice() {
+    let _serial = serial();
+    let ns = Netns::new("hup");
+    let mut dm = Depmap::start(&ns);
+    let (_srv, _) = server(&ns, "127.0.0.1", 7090, 0);
+    // Five connections held across several 2 s windows, while depmap is reloaded again and
+    // again with the same configuration (a SIGHUP storm).
+    let client = spawn_peer(
+        &ns,
+        "client",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "7090",
+            "--conns",
+            "5",
+            "--concurrent",
+            "--hold-ms",
+            "5000",
+        ]
+        .map(String::from),
+    );
+    let pid = dm.proc.child.id();
+    for _ in 0..10 {
+        signal(pid, "-HUP");
+        // Paced, so that the storm spans window boundaries (not a wait for a condition).
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let truth = finish(client, Duration::from_secs(30));
+    assert!(dm.wait_for(Duration::from_secs(15), |r| {
+        conn_sums(r, |r| {
+            r["Direction"] == "inbound" && r["DestinationPort"] == 7090
+        })
+        .get("LinksTerminated")
+        .copied()
+            == Some(5)
+    }));
+    let records = dm.stop();
+    // One record per logical connection (and bound port) per window, whatever the reloads.
+    let mut seen = std::collections::HashSet::new();
+    for r in &records {
+        let id = r["ConnectionId"].as_str().or(r["PortId"].as_str());
+        if let Some(id) = id {
+            let key = (id.to_string(), r["TimeGenerated"].to_string());
+            assert!(seen.insert(key.clone()), "written twice: {key:?}");
+        }
+    }
+    // And the figures stay exact.
+    let inbound = conn_sums(&records, |r| {
+        r["Direction"] == "inbound" && r["DestinationPort"] == 7090
+    });
+    assert_eq!(inbound["LinksEstablished"], 5);
+    assert_eq!(inbound["BytesReceived"], truth["sent"].as_i64().unwrap());
+    assert_eq!(inbound["BytesSent"], truth["received"].as_i64().unwrap());
+}
