@@ -689,6 +689,56 @@ impl Config {
 
     fn validate_sink(&self) -> Result<(), String> {
         let d = &self.sink.delivery;
+        // Upper bounds: a duration past them is a typo, and some (300000000000y) overflow the
+        // clock arithmetic of the sender and the shutdown (issue 12: accepted, then panicked).
+        let minute = Duration::from_secs(60);
+        for (key, value, max) in [
+            (
+                "sink.delivery.spool_max_age",
+                d.spool_max_age,
+                366 * 24 * 60 * minute,
+            ),
+            ("sink.delivery.batch_max_age", d.batch_max_age, 60 * minute),
+            ("sink.delivery.max_backoff", d.max_backoff, 24 * 60 * minute),
+            (
+                "sink.delivery.shutdown_grace",
+                d.shutdown_grace,
+                10 * minute,
+            ),
+            ("sink.http.timeout", self.sink.http.timeout, 10 * minute),
+            (
+                "sink.clickhouse.timeout",
+                self.sink.clickhouse.timeout,
+                10 * minute,
+            ),
+            (
+                "sink.azure_logs.timeout",
+                self.sink.azure_logs.timeout,
+                10 * minute,
+            ),
+        ] {
+            if value > max {
+                return Err(format!(
+                    "key `{key}`: at most {}",
+                    humantime::format_duration(max)
+                ));
+            }
+        }
+        for (name, value) in &self.sink.http.headers {
+            // RFC 9110: a name is a token; a value has no CR, LF or NUL (they would split or
+            // end the request, and every send would fail).
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(token) {
+                return Err(format!(
+                    "key `sink.http.headers`: `{name}` is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+                ));
+            }
+            if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+                return Err(format!(
+                    "key `sink.http.headers.{name}`: the value holds a line break or NUL"
+                ));
+            }
+        }
         if d.batch_max_records == 0 || d.batch_max_bytes == 0 {
             return Err(
                 "keys `sink.delivery.batch_max_records` and `sink.delivery.batch_max_bytes`: must be at least 1"
@@ -867,6 +917,24 @@ mod tests {
             let e = Config::parse(&format!("{key} = \"var/lib/depmap\"\n")).unwrap_err();
             assert!(e.contains("relative path"), "{e}");
         }
+        for (section, key) in [
+            ("sink.delivery", "shutdown_grace"),
+            ("sink.delivery", "max_backoff"),
+            ("sink.delivery", "spool_max_age"),
+            ("sink.delivery", "batch_max_age"),
+            ("sink.http", "timeout"),
+            ("sink.clickhouse", "timeout"),
+            ("sink.azure_logs", "timeout"),
+        ] {
+            let e =
+                Config::parse(&format!("[{section}]\n{key} = \"300000000000y\"\n")).unwrap_err();
+            assert!(e.contains(&format!("{section}.{key}")), "{e}");
+        }
+        let e = Config::parse("[sink.http.headers]\n\"X Bad\" = \"v\"\n").unwrap_err();
+        assert!(e.contains("header name"), "{e}");
+        let e = Config::parse("[sink.http.headers]\nX-Ok = \"a\\r\\nInjected: 1\"\n").unwrap_err();
+        assert!(e.contains("line break"), "{e}");
+        assert!(Config::parse("[sink.http.headers]\nX-Tenant = \"blue\"\n").is_ok());
         let e = Config::parse("[collect]\ninventory_interval = \"300000000000y\"\n").unwrap_err();
         assert!(e.contains("collect.inventory_interval"), "{e}");
         assert!(

@@ -220,19 +220,26 @@ impl HttpTransport {
             Token::None => None,
             Token::Env(var) => std::env::var(var.as_str())
                 .ok()
-                .map(|t| t.trim().to_string()),
+                .map(|t| first_line(&t))
+                .filter(|t| !t.is_empty()),
             Token::File(path, seen, token) => {
                 let mtime = fs::metadata(&*path).and_then(|m| m.modified()).ok();
                 if (mtime.is_none() || mtime != *seen)
                     && let Ok(t) = fs::read_to_string(&*path)
                 {
-                    *token = t.trim().to_string();
+                    *token = first_line(&t);
                     *seen = mtime;
                 }
                 (!token.is_empty()).then(|| token.clone())
             }
         }
     }
+}
+
+/// A secret's first line, trimmed: what README promises for token files (a second line, or
+/// a line break in the variable, would make every request's header invalid).
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").trim().to_string()
 }
 
 impl Transport for HttpTransport {
@@ -316,6 +323,13 @@ pub fn json_array(ndjson: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_the_first_line_of_its_file() {
+        assert_eq!(first_line("s3cret\nsecond line\n"), "s3cret");
+        assert_eq!(first_line("  s3cret \r\n"), "s3cret");
+        assert_eq!(first_line(""), "");
+    }
 
     #[test]
     fn answers_are_classified() {
