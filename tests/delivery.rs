@@ -591,3 +591,51 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_redirect_is_never_followed_nor_counted_delivered() {
+    let _serial = serial();
+    let bed = Bed::new("redirect", "");
+    // "Another host": a second collector the first one redirects to.
+    let other_port = COLLECTOR_PORT + 1;
+    let other_log = bed.dir.0.join("other.ndjson");
+    let mut cmd = bed.ns.command("python3");
+    cmd.arg(COLLECTOR)
+        .args(["--port", &other_port.to_string(), "--log"])
+        .arg(&other_log);
+    let mut other = Proc::spawn(cmd);
+    assert_eq!(
+        other.json_line(Duration::from_secs(10))["listening"],
+        other_port
+    );
+    let location = format!("http://127.0.0.1:{other_port}/ingest");
+    let _collector = bed.collector(&["--script", "302,307,301", "--location", &location]);
+    let mut dm = bed.depmap();
+    let (_srv, totals) = traffic(&bed, 9306, 8);
+    assert!(bed.wait_requests(Duration::from_secs(30), |r| {
+        r.iter().filter(|r| r["status"] == 200).count() >= 3
+    }));
+    assert!(
+        dm.terminate(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+    // Nothing, not even the token, went to the other host.
+    let leaked = std::fs::read_to_string(&other_log).unwrap_or_default();
+    assert!(leaked.is_empty(), "sent to the redirect's target: {leaked}");
+    // The redirected batch stayed spooled and was sent again to the configured URL.
+    let requests = bed.requests();
+    let statuses: Vec<i64> = requests
+        .iter()
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(&statuses[..4], &[302, 307, 301, 200], "{statuses:?}");
+    for r in &requests[..4] {
+        assert_eq!(r["batch"], requests[0]["batch"]);
+    }
+    assert_exact(&accepted(&requests), 9306, &totals, 8);
+    assert!(
+        bed.depmap_log().contains("not followed"),
+        "{}",
+        bed.depmap_log()
+    );
+}

@@ -58,6 +58,7 @@ pub fn client(
         .tls_config(tls.build())
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
+        .max_redirects(0)
         .user_agent(concat!("depmap/", env!("CARGO_PKG_VERSION")))
         .build();
     Ok(ureq::Agent::new_with_config(config))
@@ -86,6 +87,7 @@ pub fn no_proxy_client(timeout: Duration) -> ureq::Agent {
             .proxy(None)
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
+            .max_redirects(0)
             .build(),
     )
 }
@@ -120,12 +122,26 @@ pub struct Answer {
 }
 
 /// Reads an answer (status, `Retry-After`, at most `limit` bytes of body), or the transport
-/// error as text.
+/// error as text. A redirect is an error too: the clients never follow one (ureq turned the
+/// POST into a GET that another host answered 200 — the batch counted delivered and lost —
+/// and sent the configured headers and credentials there: issue 12), so it is retried (the
+/// batch stays spooled) and logged with where it pointed.
 pub fn read_answer(
     sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     limit: u64,
 ) -> Result<Answer, String> {
     let mut resp = sent.map_err(|e| e.to_string())?;
+    if resp.status().is_redirection() {
+        let to = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(no Location)");
+        return Err(format!(
+            "HTTP {} redirect to {to}, not followed (records and credentials go only to the configured URL): point the URL there",
+            resp.status().as_u16()
+        ));
+    }
     let retry_after = resp
         .headers()
         .get("retry-after")

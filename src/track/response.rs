@@ -105,6 +105,8 @@ pub struct RtEstimator {
     prev: Option<Prev>,
     /// Response counter at the last measured exchange (so one exchange is measured once).
     measured_response_bytes: u64,
+    /// When that exchange's last response byte arrived (absolute, ms).
+    measured_response_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,8 +127,28 @@ impl RtEstimator {
         let mut e = RtEstimator::default();
         let v = view(c, client);
         e.measured_response_bytes = v.response_bytes;
+        e.measured_response_at = Some(at_ms.saturating_sub(v.since_response));
         e.prev = Some(prev_of(at_ms, &v));
         e
+    }
+
+    /// Whether the snapshot shows a response not measured yet. The peer's FIN adds one byte
+    /// to a client's `bytes_received` without moving `last_data_recv`: one byte more with no
+    /// later data is the close, not a new response (it was counted twice: FIDELITY's
+    /// one-shot scenario failed "more responses than exchanges" now and then).
+    fn is_new_response(&self, at_ms: u64, v: &View) -> bool {
+        let grew = v
+            .response_bytes
+            .saturating_sub(self.measured_response_bytes);
+        let later = self
+            .measured_response_at
+            .is_none_or(|then| at_ms.saturating_sub(v.since_response) > then + JIFFY_MS);
+        grew > 1 || (grew == 1 && later)
+    }
+
+    fn measured(&mut self, at_ms: u64, v: &View) {
+        self.measured_response_bytes = v.response_bytes;
+        self.measured_response_at = Some(at_ms.saturating_sub(v.since_response));
     }
 
     /// Feeds one snapshot taken at `at_ms` (a monotonic clock, milliseconds) and records the
@@ -134,11 +156,11 @@ impl RtEstimator {
     pub fn observe(&mut self, at_ms: u64, c: &TcpCounters, client: bool, out: &mut RtStats) {
         let v = view(c, client);
         let idle = v.since_response < v.since_request;
-        let new_response = v.response_bytes > self.measured_response_bytes;
+        let new_response = self.is_new_response(at_ms, &v);
         if idle && new_response && v.request_segs > 0 {
             // A: the last exchange is complete.
             out.record(v.since_request - v.since_response, 1);
-            self.measured_response_bytes = v.response_bytes;
+            self.measured(at_ms, &v);
         } else if !idle
             && let Some(p) = self.prev
             && v.response_bytes > p.response_bytes
@@ -151,7 +173,7 @@ impl RtEstimator {
                 // new request left.
                 Some(sent) if new_requests <= 1 && response_at > sent => {
                     out.record(response_at - sent, 1);
-                    self.measured_response_bytes = v.response_bytes;
+                    self.measured(at_ms, &v);
                 }
                 // C: back-to-back at both snapshots, several exchanges in between.
                 Some(_)
@@ -161,7 +183,7 @@ impl RtEstimator {
                 {
                     let interval = at_ms.saturating_sub(p.at_ms);
                     out.record(interval / u64::from(new_requests), u64::from(new_requests));
-                    self.measured_response_bytes = v.response_bytes;
+                    self.measured(at_ms, &v);
                 }
                 _ => {}
             }
@@ -213,6 +235,20 @@ mod tests {
                 max_ms: 120
             }
         );
+    }
+
+    #[test]
+    fn the_peers_fin_at_close_is_not_a_second_response() {
+        let mut e = RtEstimator::default();
+        let mut s = RtStats::default();
+        // Response complete at 880 (request left at 700): measured once.
+        e.observe(1_000, &client(300, 120, 1, 2000), true, &mut s);
+        // The destroy final: the peer's FIN made bytes_received 2001; no later data.
+        e.observe(1_050, &client(350, 170, 1, 2001), true, &mut s);
+        assert_eq!(s.responses, 1, "{s:?}");
+        // A real one-byte response later on is still measured.
+        e.observe(3_000, &client(400, 100, 2, 2002), true, &mut s);
+        assert_eq!(s.responses, 2, "{s:?}");
     }
 
     #[test]

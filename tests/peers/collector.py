@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """A test collector for depmap's http sink: records every POST and answers as the test says.
 
-  collector.py --port P --log FILE [--script S,S:R,...] [--delay-ms D]
+  collector.py --port P --log FILE [--script S,S:R,...] [--delay-ms D] [--location L]
                [--tls-cert F --tls-key F [--tls-client-ca F]]
 
 Listens on 127.0.0.1:P (0: any free port), prints {"listening": port} on stdout, and appends
 one JSON line per request to FILE, written before the answer is sent:
   {"t", "status", "batch", "created", "table", "records", "gzip", "auth", "type", "body": [...records]}
 The first requests are answered by the script, one entry each: a status, with `:R` for a
-`Retry-After: R` header; the rest get 200. Every request waits D ms before its answer.
+`Retry-After: R` header; the rest get 200. A 3xx carries `Location: L` (--location L). Every request waits D ms before its answer.
 `POST /_control` with a JSON object changes these at run time: {"script": [[S, R], ...],
 "delay_ms": D}. With --tls-cert it speaks HTTPS; with --tls-client-ca it requires a client
 certificate signed by that CA and logs its subject's CN as "peer". Stops on SIGTERM.
@@ -23,7 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 lock = threading.Lock()
-state = {"script": [], "delay_ms": 0}
+state = {"script": [], "delay_ms": 0, "location": None}
 log_file = None
 
 
@@ -86,6 +86,8 @@ class Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
+        if 300 <= status < 400 and state["location"]:
+            headers.append(("Location", state["location"]))
         self.answer(status, b"" if status < 300 else b"collector says no\n", headers)
 
 
@@ -108,6 +110,7 @@ def main():
     p.add_argument("--log", required=True)
     p.add_argument("--script", default="")
     p.add_argument("--delay-ms", type=int, default=0)
+    p.add_argument("--location")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--tls-client-ca")
@@ -116,7 +119,7 @@ def main():
     for item in filter(None, a.script.split(",")):
         status, _, after = item.partition(":")
         script.append([int(status), int(after) if after else None])
-    state.update(script=script, delay_ms=a.delay_ms)
+    state.update(script=script, delay_ms=a.delay_ms, location=a.location)
     log_file = open(a.log, "a")
     ThreadingHTTPServer.allow_reuse_address = True
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
