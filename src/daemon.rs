@@ -6,14 +6,16 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::agent::Agent;
 use crate::config::Config;
+use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 use crate::metrics::Metrics;
 use crate::records::Record;
 use crate::service::ServiceManager;
-use crate::sink::{self, Sink};
+use crate::sink::spool::DropReason;
+use crate::sink::{self, Sink, WriteFailure};
 use crate::track::window::{next_tick, window_start};
 
 /// What the signal handlers ask of the loop.
@@ -24,17 +26,33 @@ pub enum Control {
     Reload(Box<Config>),
 }
 
-/// Hands batches to the sink. A failed write is logged (once a minute at most) and counted,
-/// and the agent keeps collecting: a full disk or a dead collector must not stop the agent.
+/// Hands batches to the sink. A failed write is counted (batches, and the records lost:
+/// `depmap_records_dropped_total`, `depmap_batches_dropped_total{reason="unwritable"}`) and
+/// logged — the first failure of an episode at once, then once a minute at most, and the
+/// recovery when writes succeed again — and the agent keeps collecting: a full disk or a
+/// dead collector must not stop the agent.
 struct Output {
     sink: Box<dyn Sink>,
     metrics: Arc<Metrics>,
     failed_batches: u64,
     failed_records: u64,
-    last_log: Option<Instant>,
+    /// Failed writes since the last success (the current episode).
+    failing: u64,
+    failures_log: Throttle,
 }
 
 impl Output {
+    fn new(sink: Box<dyn Sink>, metrics: Arc<Metrics>) -> Output {
+        Output {
+            sink,
+            metrics,
+            failed_batches: 0,
+            failed_records: 0,
+            failing: 0,
+            failures_log: Throttle::new(PROBLEM_LOG_INTERVAL),
+        }
+    }
+
     fn send(&mut self, batch: Vec<Record>) {
         if batch.is_empty() {
             return;
@@ -44,38 +62,50 @@ impl Output {
             self.metrics.count_record(r.table());
         }
         let written = self.sink.write(&batch);
-        self.failed(written, batch.len());
+        self.outcome(written);
     }
 
     /// Every poll: lets a remote sink seal batches that have waited long enough.
     fn tick(&mut self) {
         let sealed = self.sink.tick();
-        self.failed(sealed, 0);
+        self.outcome(sealed);
     }
 
     fn close(&mut self) {
         let closed = self.sink.close();
-        self.failed(closed, 0);
+        self.outcome(closed);
     }
 
-    fn failed(&mut self, result: std::io::Result<()>, records: usize) {
-        let Err(e) = result else { return };
+    fn outcome(&mut self, result: Result<(), WriteFailure>) {
+        let e = match result {
+            Ok(()) => {
+                if self.failing > 0 {
+                    tracing::info!(
+                        failed_writes = std::mem::take(&mut self.failing),
+                        "the sink writes again"
+                    );
+                    self.failures_log = Throttle::new(PROBLEM_LOG_INTERVAL);
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        self.failing += 1;
         self.failed_batches += 1;
-        self.failed_records += records as u64;
+        self.failed_records += e.records_lost as u64;
         self.metrics
             .sink_write_failures
             .fetch_add(1, Ordering::Relaxed);
-        if self
-            .last_log
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-        {
+        self.metrics
+            .count_drop(DropReason::Unwritable, e.records_lost);
+        if let Some(more) = self.failures_log.ready() {
             tracing::error!(
                 error = %e,
                 failed_batches = self.failed_batches,
                 failed_records = self.failed_records,
-                "the sink refused a batch; its records are lost"
+                also_since_last_log = more,
+                "the sink could not write a batch; its records are lost"
             );
-            self.last_log = Some(Instant::now());
         }
     }
 }
@@ -89,13 +119,7 @@ pub fn run_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut service = ServiceManager::from_env();
-    let mut out = Output {
-        sink,
-        metrics: metrics.clone(),
-        failed_batches: 0,
-        failed_records: 0,
-        last_log: None,
-    };
+    let mut out = Output::new(sink, metrics.clone());
     agent.poll();
     let now = SystemTime::now();
     out.send(agent.inventory(now));

@@ -31,6 +31,7 @@ pub struct Metrics {
     dropped_full: AtomicU64,
     dropped_old: AtomicU64,
     dropped_corrupt: AtomicU64,
+    dropped_unwritable: AtomicU64,
     records_dropped: AtomicU64,
     spool_batches: AtomicU64,
     spool_bytes: AtomicU64,
@@ -58,6 +59,7 @@ impl Metrics {
             DropReason::Full => &self.dropped_full,
             DropReason::TooOld => &self.dropped_old,
             DropReason::Corrupt => &self.dropped_corrupt,
+            DropReason::Unwritable => &self.dropped_unwritable,
         };
         c.fetch_add(1, Ordering::Relaxed);
         self.records_dropped
@@ -154,6 +156,10 @@ impl Metrics {
                 ("{reason=\"spool_full\"}".into(), get(&self.dropped_full)),
                 ("{reason=\"too_old\"}".into(), get(&self.dropped_old)),
                 ("{reason=\"corrupt\"}".into(), get(&self.dropped_corrupt)),
+                (
+                    "{reason=\"unwritable\"}".into(),
+                    get(&self.dropped_unwritable),
+                ),
             ],
         );
         family(

@@ -234,3 +234,137 @@ fn reloads_never_write_a_window_twice() {
     assert_eq!(inbound["BytesReceived"], truth["sent"].as_i64().unwrap());
     assert_eq!(inbound["BytesSent"], truth["received"].as_i64().unwrap());
 }
+
+/// A tmpfs of the test's own, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(at: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount tmpfs");
+        SmallDisk(at)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn metric_value(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn records_lost_to_a_full_disk_are_counted_and_logged_at_once() {
+    let _serial = serial();
+    let ns = Netns::new("full");
+    let dir = TempDir::new("full");
+    let disk = SmallDisk::new(dir.0.join("records"), "256k");
+    // The disk is full before depmap writes a byte.
+    let filler = disk.0.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 512 << 10]);
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n\
+             [metrics]\nlisten = \"127.0.0.1:9472\"\n[sink]\nkind = \"file\"\n[sink.file]\ndir = \"{}\"\n",
+            disk.0.display()
+        ),
+    );
+    let log = dir.0.join("depmap.log");
+    let mut cmd = ns.command(DEPMAP);
+    cmd.args(["run", "--config"]).arg(&cfg);
+    let mut dm = Proc::spawn_logging(cmd, Stdio::from(std::fs::File::create(&log).unwrap()));
+    let fetch = || {
+        let out = ns
+            .command("python3")
+            .args([
+                "-c",
+                "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9472/metrics', timeout=5).read().decode())",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The first loss is logged at once, with the records it lost.
+    let began = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("could not write")
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "no log of the loss"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = fetch();
+    let dropped = metric_value(&text, "depmap_records_dropped_total");
+    assert!(dropped >= 1, "{text}");
+    assert!(
+        metric_value(&text, "depmap_batches_dropped_total{reason=\"unwritable\"}") >= 1,
+        "{text}"
+    );
+    // Room again: writes resume and say so; every record produced is either in a file or
+    // counted as dropped (read while the counters stand still).
+    std::fs::remove_file(&filler).unwrap();
+    let began = Instant::now();
+    loop {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "never consistent"
+        );
+        let before = fetch();
+        let in_files: u64 = std::fs::read_dir(&disk.0)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".ndjson"))
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .count() as u64
+            })
+            .sum();
+        let after = fetch();
+        let produced = |t: &str| -> u64 {
+            ["VMComputer", "VMProcess", "VMBoundPort", "VMConnection"]
+                .iter()
+                .map(|table| {
+                    metric_value(
+                        t,
+                        &format!("depmap_records_produced_total{{table=\"{table}\"}}"),
+                    )
+                })
+                .sum()
+        };
+        let dropped = metric_value(&after, "depmap_records_dropped_total");
+        if produced(&before) == produced(&after)
+            && in_files > 0
+            && dropped == metric_value(&before, "depmap_records_dropped_total")
+        {
+            assert_eq!(produced(&after), in_files + dropped, "{after}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("the sink writes again")
+    );
+    let status = dm.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}

@@ -23,8 +23,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::Sink;
 use super::spool::{Batch, DropReason, Segment, Spool};
+use super::{Sink, WriteFailure};
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
 use crate::records::Record;
@@ -156,7 +156,7 @@ impl Delivery {
     }
 
     /// Seals the pending batch of `key` into the spool.
-    fn seal(&mut self, key: Option<&'static str>) -> io::Result<()> {
+    fn seal(&mut self, key: Option<&'static str>) -> Result<(), WriteFailure> {
         let Some(p) = self.pending.remove(&key) else {
             return Ok(());
         };
@@ -172,7 +172,10 @@ impl Delivery {
         };
         let dropped = {
             let mut spool = lock(&self.shared.spool);
-            let dropped = spool.push(&batch)?;
+            let dropped = spool.push(&batch).map_err(|source| WriteFailure {
+                records_lost: batch.records,
+                source,
+            })?;
             self.metrics.set_spool(spool.len() as u64, spool.bytes());
             dropped
         };
@@ -202,18 +205,23 @@ impl Delivery {
         }
     }
 
-    fn seal_all(&mut self) -> io::Result<()> {
+    /// Seals every pending batch; those the spool refused are lost (counted together).
+    fn seal_all(&mut self) -> Result<(), WriteFailure> {
         let keys: Vec<Option<&'static str>> = self.pending.keys().copied().collect();
+        let mut failure: Option<WriteFailure> = None;
         for k in keys {
-            self.seal(k)?;
+            if let Err(e) = self.seal(k) {
+                WriteFailure::add(&mut failure, e);
+            }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 
 impl Sink for Delivery {
-    fn write(&mut self, batch: &[Record]) -> io::Result<()> {
+    fn write(&mut self, batch: &[Record]) -> Result<(), WriteFailure> {
         let mut full = Vec::new();
+        let mut failure: Option<WriteFailure> = None;
         for r in batch {
             let key = self.per_table.then(|| r.table());
             let p = self.pending.entry(key).or_insert_with(|| Pending {
@@ -230,13 +238,15 @@ impl Sink for Delivery {
                 full.push(key);
             }
             for k in full.drain(..) {
-                self.seal(k)?;
+                if let Err(e) = self.seal(k) {
+                    WriteFailure::add(&mut failure, e);
+                }
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
-    fn tick(&mut self) -> io::Result<()> {
+    fn tick(&mut self) -> Result<(), WriteFailure> {
         let max_age = self.config.batch_max_age;
         let due: Vec<Option<&'static str>> = self
             .pending
@@ -244,13 +254,16 @@ impl Sink for Delivery {
             .filter(|(_, p)| p.since.elapsed() >= max_age)
             .map(|(k, _)| *k)
             .collect();
+        let mut failure: Option<WriteFailure> = None;
         for k in due {
-            self.seal(k)?;
+            if let Err(e) = self.seal(k) {
+                WriteFailure::add(&mut failure, e);
+            }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
-    fn close(&mut self) -> io::Result<()> {
+    fn close(&mut self) -> Result<(), WriteFailure> {
         let sealed = self.seal_all();
         lock(&self.shared.state).stop_by = Some(Instant::now() + self.config.shutdown_grace);
         self.shared.wake.notify_all();

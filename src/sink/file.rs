@@ -14,7 +14,7 @@ use std::io::{self, Write as _};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use super::Sink;
+use super::{Sink, WriteFailure};
 use crate::records::Record;
 
 const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
@@ -142,26 +142,39 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, batch: &[Record]) -> io::Result<()> {
-        let mut by_table: HashMap<&'static str, Vec<u8>> = HashMap::new();
+    fn write(&mut self, batch: &[Record]) -> Result<(), WriteFailure> {
+        let mut by_table: HashMap<&'static str, (usize, Vec<u8>)> = HashMap::new();
         for r in batch {
-            let buf = by_table.entry(r.table()).or_default();
+            let (records, buf) = by_table.entry(r.table()).or_default();
+            *records += 1;
             buf.extend_from_slice(r.to_json().as_bytes());
             buf.push(b'\n');
         }
-        let mut first_error = None;
-        for (table, bytes) in by_table {
-            let f = self.file_for(table, bytes.len() as u64)?;
-            match f.file.write_all(&bytes).and_then(|()| f.file.sync_data()) {
-                Ok(()) => f.size += bytes.len() as u64,
-                Err(e) => {
-                    // Cut the torn tail so the next batch starts on a line of its own.
-                    let _ = f.file.set_len(f.size);
-                    first_error.get_or_insert(e);
+        // Every table is tried; the records of those that could not be written are lost.
+        let mut failure: Option<WriteFailure> = None;
+        for (table, (records, bytes)) in by_table {
+            let written = self.file_for(table, bytes.len() as u64).and_then(|f| {
+                match f.file.write_all(&bytes).and_then(|()| f.file.sync_data()) {
+                    Ok(()) => {
+                        f.size += bytes.len() as u64;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Cut the torn tail so the next batch starts on a line of its own.
+                        let _ = f.file.set_len(f.size);
+                        Err(e)
+                    }
                 }
+            });
+            if let Err(source) = written {
+                let lost = WriteFailure {
+                    records_lost: records,
+                    source,
+                };
+                WriteFailure::add(&mut failure, lost);
             }
         }
-        first_error.map_or(Ok(()), Err)
+        failure.map_or(Ok(()), Err)
     }
 }
 

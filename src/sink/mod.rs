@@ -20,16 +20,36 @@ use crate::config::{Config, SinkKind};
 use crate::metrics::Metrics;
 use crate::records::Record;
 
+/// A write the sink could not make, and how many records it lost with it (a full disk, a
+/// read-only directory, a closed stdout): the loss is counted as records, not just failures.
+#[derive(Debug, thiserror::Error)]
+#[error("{source} ({records_lost} records lost)")]
+pub struct WriteFailure {
+    pub records_lost: usize,
+    #[source]
+    pub source: io::Error,
+}
+
+impl WriteFailure {
+    /// Adds `more` to the failures so far (the first one's error is the one told).
+    pub fn add(so_far: &mut Option<WriteFailure>, more: WriteFailure) {
+        match so_far {
+            Some(f) => f.records_lost += more.records_lost,
+            None => *so_far = Some(more),
+        }
+    }
+}
+
 pub trait Sink: Send {
     /// Takes a batch: written out (local sinks) or batched for the spool (remote sinks).
-    fn write(&mut self, batch: &[Record]) -> io::Result<()>;
+    fn write(&mut self, batch: &[Record]) -> Result<(), WriteFailure>;
     /// Called at every poll: a remote sink seals batches that have waited long enough.
-    fn tick(&mut self) -> io::Result<()> {
+    fn tick(&mut self) -> Result<(), WriteFailure> {
         Ok(())
     }
     /// Called once at shutdown: seal and spool what is pending, send what can be sent in the
     /// grace time.
-    fn close(&mut self) -> io::Result<()> {
+    fn close(&mut self) -> Result<(), WriteFailure> {
         Ok(())
     }
 }

@@ -68,6 +68,9 @@ pub enum DropReason {
     TooOld,
     /// Failed its checksum or header.
     Corrupt,
+    /// Never written: the spool or the file sink's directory refused the write (disk full,
+    /// read-only). Counted by the caller that lost the records.
+    Unwritable,
 }
 
 /// Counters of the spool's work.
@@ -299,7 +302,7 @@ impl Spool {
         match reason {
             DropReason::Full => self.stats.dropped_full += 1,
             DropReason::TooOld => self.stats.dropped_old += 1,
-            DropReason::Corrupt => self.stats.corrupt += 1,
+            DropReason::Corrupt | DropReason::Unwritable => self.stats.corrupt += 1,
         }
         self.stats.dropped_records += records as u64;
         records

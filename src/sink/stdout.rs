@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use super::Sink;
+use super::{Sink, WriteFailure};
 use crate::records::Record;
 
 #[derive(Default)]
@@ -15,12 +15,22 @@ impl StdoutSink {
 }
 
 impl Sink for StdoutSink {
-    fn write(&mut self, batch: &[Record]) -> io::Result<()> {
+    fn write(&mut self, batch: &[Record]) -> Result<(), WriteFailure> {
         let mut out = io::stdout().lock();
-        for r in batch {
-            out.write_all(r.to_json().as_bytes())?;
-            out.write_all(b"\n")?;
+        for (i, r) in batch.iter().enumerate() {
+            let written = out
+                .write_all(r.to_json().as_bytes())
+                .and_then(|()| out.write_all(b"\n"));
+            if let Err(source) = written {
+                return Err(WriteFailure {
+                    records_lost: batch.len() - i,
+                    source,
+                });
+            }
         }
-        out.flush()
+        out.flush().map_err(|source| WriteFailure {
+            records_lost: 0,
+            source,
+        })
     }
 }
