@@ -76,6 +76,13 @@ impl Output {
         self.outcome(closed);
     }
 
+    /// A reload replaces the sink: the old one hands over without waiting for the network.
+    fn replace(&mut self, fresh: Box<dyn Sink>) {
+        let handed = self.sink.hand_over();
+        self.outcome(handed);
+        self.sink = fresh;
+    }
+
     fn outcome(&mut self, result: Result<(), WriteFailure>) {
         let e = match result {
             Ok(()) => {
@@ -204,8 +211,7 @@ fn reload(agent: &mut Agent, out: &mut Output, new: &Config, window: &mut System
     if new.sink != agent.config().sink {
         match sink::build(new, out.metrics.clone()) {
             Ok(fresh) => {
-                out.close();
-                out.sink = fresh;
+                out.replace(fresh);
                 agent.set_sink_config(new.sink.clone());
                 tracing::info!(kind = ?new.sink.kind, "sink rebuilt from the reloaded configuration");
                 // A new destination gets the inventory now, not at the next interval.

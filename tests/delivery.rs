@@ -639,3 +639,63 @@ fn a_redirect_is_never_followed_nor_counted_delivered() {
         bed.depmap_log()
     );
 }
+
+#[test]
+fn stop_does_not_wait_for_a_hanging_collector() {
+    let _serial = serial();
+    let bed = Bed::new("hang", "");
+    // A request timeout far longer than the grace time: stop must not wait for it.
+    let text = std::fs::read_to_string(&bed.cfg)
+        .unwrap()
+        .replace("timeout = \"2s\"", "timeout = \"60s\"")
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\"");
+    std::fs::write(&bed.cfg, text).unwrap();
+    // It hangs, and keeps its own log: what it "received" never counts as delivered.
+    let mut cmd = bed.ns.command("python3");
+    cmd.arg(COLLECTOR)
+        .args([
+            "--port",
+            &COLLECTOR_PORT.to_string(),
+            "--delay-ms",
+            "60000",
+            "--log",
+        ])
+        .arg(bed.dir.0.join("hanging.ndjson"));
+    let mut hanging = Proc::spawn(cmd);
+    assert_eq!(
+        hanging.json_line(Duration::from_secs(10))["listening"],
+        COLLECTOR_PORT
+    );
+    let hanging_log = bed.dir.0.join("hanging.ndjson");
+    let in_flight = || std::fs::read_to_string(&hanging_log).is_ok_and(|t| !t.is_empty());
+    let mut dm = bed.depmap();
+    let (_srv, totals) = traffic(&bed, 9307, 4);
+    // A send is in flight (the collector logs a request before it answers).
+    let began = Instant::now();
+    while !in_flight() {
+        assert!(began.elapsed() < Duration::from_secs(20), "no send");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopping = Instant::now();
+    let status = dm.terminate(Duration::from_secs(50));
+    let took = stopping.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    // shutdown_grace (1 s) plus the second of slack, with room for a loaded machine: far
+    // below the 60 s request timeout it used to wait for.
+    assert!(took < Duration::from_secs(15), "stop took {took:?}");
+    drop(hanging);
+    // Nothing was lost: the batch in flight stayed spooled and goes after the next start.
+    let _collector = bed.collector(&[]);
+    let mut again = bed.depmap();
+    assert!(bed.wait_requests(Duration::from_secs(30), |r| {
+        let records = accepted(r);
+        conn_sums(&records, |r| {
+            r["Direction"] == "inbound" && r["DestinationPort"] == 9307
+        })
+        .get("LinksTerminated")
+        .copied()
+            == Some(4)
+    }));
+    assert!(again.terminate(Duration::from_secs(20)).is_some());
+    assert_exact(&accepted(&bed.requests()), 9307, &totals, 4);
+}

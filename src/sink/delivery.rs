@@ -93,7 +93,22 @@ struct Shared {
 struct SenderState {
     /// Set at shutdown: send until this instant, then stop.
     stop_by: Option<Instant>,
+    /// The sender thread has returned.
+    finished: bool,
 }
+
+/// Marks the sender finished when its thread returns, however it returns.
+struct Finished(Arc<Shared>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        lock(&self.0.state).finished = true;
+        self.0.wake.notify_all();
+    }
+}
+
+/// How long past its deadline a stopping sender may take to notice (between two requests).
+const STOP_SLACK: Duration = Duration::from_secs(1);
 
 /// The remote sink: batcher on the caller's side, sender thread behind the spool.
 pub struct Delivery {
@@ -142,7 +157,10 @@ impl Delivery {
             let config = config.clone();
             std::thread::Builder::new()
                 .name("depmap-send".into())
-                .spawn(move || send_loop(&shared, transport, &config, &metrics))?
+                .spawn(move || {
+                    let _finished = Finished(shared.clone());
+                    send_loop(&shared, transport, &config, &metrics)
+                })?
         };
         Ok(Delivery {
             shared,
@@ -264,11 +282,46 @@ impl Sink for Delivery {
     }
 
     fn close(&mut self) -> Result<(), WriteFailure> {
+        self.stop(self.config.shutdown_grace)
+    }
+
+    fn hand_over(&mut self) -> Result<(), WriteFailure> {
+        self.stop(Duration::ZERO)
+    }
+}
+
+impl Delivery {
+    /// Seals what is pending into the spool, lets the sender go on for `grace`, and waits for
+    /// it at most `grace` + [`STOP_SLACK`]: a request still in flight then (a hanging
+    /// collector, a long `timeout`) is left behind — its batch stays spooled and is sent again
+    /// after the next start — so that stop and reload never wait for the network (issue 12:
+    /// SIGTERM took the request timeout, 30.9 s, not `shutdown_grace`).
+    fn stop(&mut self, grace: Duration) -> Result<(), WriteFailure> {
         let sealed = self.seal_all();
-        lock(&self.shared.state).stop_by = Some(Instant::now() + self.config.shutdown_grace);
-        self.shared.wake.notify_all();
+        let deadline = Instant::now() + grace + STOP_SLACK;
+        {
+            let mut state = lock(&self.shared.state);
+            state.stop_by = Some(Instant::now() + grace);
+            self.shared.wake.notify_all();
+            while !state.finished {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                state = match self.shared.wake.wait_timeout(state, left) {
+                    Ok((s, _)) => s,
+                    Err(e) => e.into_inner().0,
+                };
+            }
+        }
         if let Some(t) = self.sender.take() {
-            let _ = t.join();
+            if lock(&self.shared.state).finished {
+                let _ = t.join();
+            } else {
+                tracing::warn!(
+                    grace = ?grace,
+                    "a send is still in flight; its batch stays spooled and is sent after the next start"
+                );
+            }
         }
         let left = lock(&self.shared.spool).len();
         if left > 0 {

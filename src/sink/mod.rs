@@ -52,6 +52,11 @@ pub trait Sink: Send {
     fn close(&mut self) -> Result<(), WriteFailure> {
         Ok(())
     }
+    /// Called when a reload replaces the sink: as [`Sink::close`], without the grace time
+    /// (what is spooled is the next sink's to send, and the poll loop must not wait).
+    fn hand_over(&mut self) -> Result<(), WriteFailure> {
+        self.close()
+    }
 }
 
 /// The directory the unit makes writable (`StateDirectory=depmap` under `ProtectSystem=strict`).
