@@ -203,13 +203,22 @@ fn run(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let (control, controls) = std::sync::mpsc::channel::<Control>();
+        let metrics = Metrics::new();
+        if !config.metrics.listen.is_empty() {
+            let listener = match tokio::net::TcpListener::bind(&config.metrics.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let why = format!(
+                        "metrics.listen: cannot listen on {}: {e}",
+                        config.metrics.listen
+                    );
+                    return Ok(Ok(Err(why)));
+                }
+            };
+            tracing::info!(listen = %config.metrics.listen, "serving /metrics");
+            tokio::spawn(depmap::metrics::serve(listener, metrics.clone()));
+        }
         let mut poller = tokio::task::spawn_blocking(move || {
-            let metrics = Metrics::new();
-            if !config.metrics.listen.is_empty() {
-                depmap::metrics::serve(&config.metrics.listen, metrics.clone())
-                    .map_err(|e| format!("metrics.listen: {e}"))?;
-                tracing::info!(listen = %config.metrics.listen, "serving /metrics");
-            }
             let sink = sink::build(&config, metrics.clone())
                 .map_err(|e| format!("cannot open the {:?} sink: {e}", config.sink.kind))?;
             let mut agent = Agent::start(config)?;

@@ -368,3 +368,53 @@ fn records_lost_to_a_full_disk_are_counted_and_logged_at_once() {
     let status = dm.terminate(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+#[test]
+fn the_metrics_endpoint_survives_idle_huge_and_greedy_clients() {
+    let _serial = serial();
+    let ns = Netns::new("abuse");
+    let dm = Depmap::start_with(
+        &ns,
+        "cpu_budget = \"0%\"\n[metrics]\nlisten = \"127.0.0.1:9473\"\n",
+    );
+    // 200 clients that never send, 5 that send 10 MB with no line end, one that pipelines
+    // 2,000 requests and never reads — then a scrape, which must be answered.
+    let script = r#"
+import json, socket, time, urllib.request
+A = ('127.0.0.1', 9473)
+idle = [socket.create_connection(A) for _ in range(200)]
+noisy = []
+for _ in range(5):
+    s = socket.create_connection(A); s.setblocking(False)
+    try: s.send(b'G' * (10 << 20))
+    except BlockingIOError: pass
+    noisy.append(s)
+p = socket.create_connection(A); p.setblocking(False)
+try: p.send(b'GET /metrics HTTP/1.1\r\n\r\n' * 2000)
+except BlockingIOError: pass
+body = urllib.request.urlopen('http://127.0.0.1:9473/metrics', timeout=10).read()
+print(json.dumps({"scraped": b'depmap_polls_total' in body}), flush=True)
+input()
+"#;
+    let mut cmd = ns.command("python3");
+    cmd.args(["-c", script]).stdin(Stdio::piped());
+    let mut abuser = Proc::spawn(cmd);
+    let answer = abuser.json_line(Duration::from_secs(30));
+    assert_eq!(answer["scraped"], true);
+    // Threads did not grow with the clients (tiny_http made one per connection).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", dm.proc.child.id())).unwrap();
+    let threads: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(threads < 20, "{threads} threads");
+    drop(abuser);
+    // And it goes on answering.
+    let again = output_of(ns.command("python3").args([
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9473/metrics', timeout=10).read().decode())",
+    ]));
+    assert!(again.contains("depmap_polls_total"));
+    let _ = dm.stop();
+}
