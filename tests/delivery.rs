@@ -96,18 +96,7 @@ impl Bed {
 
     /// The metrics endpoint's text (fetched from inside the namespace).
     fn metrics(&self) -> String {
-        let out = self
-            .ns
-            .command("python3")
-            .args([
-                "-c",
-                &format!(
-                    "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())"
-                ),
-            ])
-            .output()
-            .expect("fetch metrics");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        metrics_text(&self.ns, METRICS_PORT)
     }
 
     fn depmap_log(&self) -> String {

@@ -156,15 +156,11 @@ fn ready_watchdog_reload_and_stop_speak_to_the_service_manager() {
     assert!(has_files(), "records in {}", records.display());
     // Produced records are counted for every sink, not only the remote ones: the start-up
     // inventory (stdout) and the new sink's (file) at least.
-    let metrics = output_of(ns.command("python3").args([
-        "-c",
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9471/metrics', timeout=5).read().decode())",
-    ]));
-    let computers: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("depmap_records_produced_total{table=\"VMComputer\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let metrics = metrics_text(&ns, 9471);
+    let computers = metric_value(
+        &metrics,
+        "depmap_records_produced_total{table=\"VMComputer\"}",
+    );
     assert!(computers >= 2, "{metrics}");
 
     // Stop: STOPPING, then exit 0.
@@ -260,12 +256,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn metric_value(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn records_lost_to_a_full_disk_are_counted_and_logged_at_once() {
     let _serial = serial();
@@ -287,17 +277,7 @@ fn records_lost_to_a_full_disk_are_counted_and_logged_at_once() {
     let mut cmd = ns.command(DEPMAP);
     cmd.args(["run", "--config"]).arg(&cfg);
     let mut dm = Proc::spawn_logging(cmd, Stdio::from(std::fs::File::create(&log).unwrap()));
-    let fetch = || {
-        let out = ns
-            .command("python3")
-            .args([
-                "-c",
-                "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9472/metrics', timeout=5).read().decode())",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let fetch = || metrics_text(&ns, 9472);
     // The first loss is logged at once, with the records it lost.
     let began = Instant::now();
     while !std::fs::read_to_string(&log)
@@ -411,10 +391,6 @@ input()
     assert!(threads < 20, "{threads} threads");
     drop(abuser);
     // And it goes on answering.
-    let again = output_of(ns.command("python3").args([
-        "-c",
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9473/metrics', timeout=10).read().decode())",
-    ]));
-    assert!(again.contains("depmap_polls_total"));
+    assert!(metrics_text(&ns, 9473).contains("depmap_polls_total"));
     let _ = dm.stop();
 }

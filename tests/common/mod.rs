@@ -510,3 +510,23 @@ pub fn output_of(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The text of depmap's `/metrics` on `127.0.0.1:port` inside `ns` (empty when it does not
+/// answer within 10 s).
+pub fn metrics_text(ns: &Netns, port: u16) -> String {
+    let fetch = format!(
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=10).read().decode())"
+    );
+    ns.command("python3")
+        .args(["-c", &fetch])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A sample's value in metrics text, 0 when absent.
+pub fn metric_value(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
