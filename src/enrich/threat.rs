@@ -76,8 +76,11 @@ impl Indicators {
         let mut stamps = Vec::new();
         for file in files {
             stamps.push((file.clone(), mtime(file)));
-            match fs::read_to_string(file) {
-                Ok(text) => parse_file(file, &text, &mut all, &mut rejected),
+            // Streamed as bytes: a file need not fit in memory twice, and a line that is not
+            // UTF-8 is that line's problem only (read whole as text, one bad byte dropped every
+            // indicator of the file: issue 12).
+            match fs::File::open(file) {
+                Ok(f) => parse_file(file, std::io::BufReader::new(f), &mut all, &mut rejected),
                 Err(e) => rejected.push(Rejected {
                     file: file.clone(),
                     line: 0,
@@ -157,7 +160,12 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{t}` is not an IP address or CIDR range"))
 }
 
-fn parse_file(file: &Path, text: &str, out: &mut Vec<Indicator>, rejected: &mut Vec<Rejected>) {
+fn parse_file(
+    file: &Path,
+    text: impl std::io::BufRead,
+    out: &mut Vec<Indicator>,
+    rejected: &mut Vec<Rejected>,
+) {
     let reject = |line: usize, reason: String| Rejected {
         file: file.to_path_buf(),
         line,
@@ -185,7 +193,7 @@ fn parse_file(file: &Path, text: &str, out: &mut Vec<Indicator>, rejected: &mut 
         let mut reader = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .flexible(true)
-            .from_reader(text.as_bytes());
+            .from_reader(text);
         for (i, row) in reader.deserialize::<Line>().enumerate() {
             // Line numbers count the header as line 1.
             let line = i + 2;
@@ -195,7 +203,18 @@ fn parse_file(file: &Path, text: &str, out: &mut Vec<Indicator>, rejected: &mut 
             }
         }
     } else {
-        for (i, raw) in text.lines().enumerate() {
+        for (i, raw) in text.split(b'\n').enumerate() {
+            let raw = match raw {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    rejected.push(reject(i + 1, format!("cannot read: {e}")));
+                    break;
+                }
+            };
+            let Ok(raw) = std::str::from_utf8(&raw) else {
+                rejected.push(reject(i + 1, "not UTF-8".into()));
+                continue;
+            };
             let raw = raw.trim();
             if raw.is_empty() || raw.starts_with('#') {
                 continue;
@@ -218,6 +237,29 @@ mod tests {
         let p = dir.join(name);
         fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_skipped_alone() {
+        let dir = std::env::temp_dir().join(format!("depmap-threat-bytes-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let csv = dir.join("x.csv");
+        fs::write(
+            &csv,
+            b"indicator,threat_type\n10.0.0.1,C2\n10.0.0.2,Bad\xff\n10.0.0.3,Botnet\n",
+        )
+        .unwrap();
+        let jsonl = dir.join("x.jsonl");
+        fs::write(
+            &jsonl,
+            b"{\"indicator\": \"10.1.0.1\"}\n{\"indicator\": \"10.1.0.2\xff\"}\n{\"indicator\": \"10.1.0.3\"}\n",
+        )
+        .unwrap();
+        let (ind, rejected) = Indicators::load(&[csv, jsonl]);
+        assert_eq!(ind.len(), 4, "{rejected:?}");
+        let lines: Vec<usize> = rejected.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![3, 2], "{rejected:?}");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
