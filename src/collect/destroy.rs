@@ -25,7 +25,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -62,6 +62,11 @@ pub struct Final {
 }
 
 /// The running subscription: a thread and the queue it fills.
+/// Most notifications queued for the poll loop (≈ 2 minutes of 1,000 closes a second, a few
+/// tens of MB at most): a stalled loop must not grow the queue without bound (issue 12);
+/// beyond it notifications are dropped and counted as overruns, like the kernel's ENOBUFS.
+const QUEUE_MAX: usize = 131_072;
+
 pub struct DestroyListener {
     pub queue: Receiver<Final>,
     pub counters: Arc<DestroyCounters>,
@@ -84,7 +89,7 @@ impl DestroyListener {
         let rcvbuf = socket.get_rx_buf_sz().unwrap_or(0);
         super::set_recv_timeout(&socket, Duration::from_millis(200))?;
         let lookups = SockDiag::open()?;
-        let (tx, queue) = channel();
+        let (tx, queue) = sync_channel(QUEUE_MAX);
         let counters = Arc::new(DestroyCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -116,7 +121,7 @@ impl Drop for DestroyListener {
 fn read_loop(
     socket: Socket,
     mut lookups: SockDiag,
-    tx: Sender<Final>,
+    tx: SyncSender<Final>,
     counters: Arc<DestroyCounters>,
     stop: Arc<AtomicBool>,
 ) {
@@ -136,11 +141,15 @@ fn read_loop(
                 for sample in samples {
                     counters.received.fetch_add(1, Ordering::Relaxed);
                     let fin_received = fin_received(&mut lookups, &sample);
-                    let _ = tx.send(Final {
+                    let queued = tx.try_send(Final {
                         sample,
                         fin_received,
                         at,
                     });
+                    if let Err(TrySendError::Full(_)) = queued {
+                        // The poll loop is stalled this long: drop as the kernel would.
+                        counters.overruns.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 counters
                     .unparsable

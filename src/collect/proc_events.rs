@@ -8,11 +8,15 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use proc_connector::{EventMask, ProcConnector, ProcEvent};
+
+/// Most process events queued for the poll loop; beyond it they are dropped and counted
+/// (a stalled loop must not grow the queue without bound: issue 12).
+const QUEUE_MAX: usize = 65_536;
 
 /// Longest wait for the subscription's acknowledgement.
 const ACK_WAIT: Duration = Duration::from_millis(250);
@@ -47,7 +51,7 @@ impl ProcEvents {
             Err(e) => return Err(to_io(e)),
         }
         let _ = conn.set_recv_buf_size(4 << 20);
-        let (tx, queue) = channel();
+        let (tx, queue) = sync_channel(QUEUE_MAX);
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(AtomicU64::new(0));
         let thread = {
@@ -74,10 +78,14 @@ impl ProcEvents {
                                     }
                                     _ => None,
                                 };
-                                if let Some(c) = change
-                                    && tx.send(c).is_err()
-                                {
-                                    return;
+                                match change.map(|c| tx.try_send(c)) {
+                                    Some(Err(TrySendError::Disconnected(_))) => return,
+                                    // The poll loop is stalled: the hint is lost, the
+                                    // fd-count walk catches up (counted as an error).
+                                    Some(Err(TrySendError::Full(_))) => {
+                                        errors.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    _ => {}
                                 }
                             }
                             Ok(None) => {}
