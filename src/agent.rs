@@ -18,7 +18,7 @@ use crate::collect::ownership::SocketOwners;
 use crate::collect::packages::PackageDb;
 use crate::collect::proc_events::{ProcChange, ProcEvents};
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
-use crate::config::{AzureMetadata, Config, ProcessScope};
+use crate::config::{AzureMetadata, Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
 use crate::inventory::{self, Clock};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
@@ -962,10 +962,11 @@ pub fn resolved(config: &Config) -> Config {
         &config.agent.state_dir,
     )
     .unwrap_or_default();
-    match config.sink_dir() {
-        Some(("sink.file.dir", dir)) => c.sink.file.dir = dir,
-        Some((_, dir)) => c.sink.delivery.spool_dir = dir,
-        None => {}
+    let state = &config.agent.state_dir;
+    match config.sink.kind {
+        SinkKind::Stdout => {}
+        SinkKind::File => c.sink.file.dir = config.sink.file.dir(state),
+        kind => c.sink.delivery.spool_dir = config.sink.delivery.spool_dir(state, kind),
     }
     c
 }

@@ -609,7 +609,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         let c = &self.collect;
-        for (key, value, max) in [
+        at_most(&[
             ("collect.window", c.window, Duration::from_secs(86_400)),
             (
                 "collect.socket_poll",
@@ -621,14 +621,7 @@ impl Config {
                 c.inventory_interval,
                 Duration::from_secs(7 * 86_400),
             ),
-        ] {
-            if value > max {
-                return Err(format!(
-                    "key `{key}`: at most {}",
-                    humantime::format_duration(max)
-                ));
-            }
-        }
+        ])?;
         if c.socket_poll < Duration::from_millis(100) {
             return Err("key `collect.socket_poll`: must be at least 100ms".into());
         }
@@ -692,7 +685,7 @@ impl Config {
         // Upper bounds: a duration past them is a typo, and some (300000000000y) overflow the
         // clock arithmetic of the sender and the shutdown (issue 12: accepted, then panicked).
         let minute = Duration::from_secs(60);
-        for (key, value, max) in [
+        at_most(&[
             (
                 "sink.delivery.spool_max_age",
                 d.spool_max_age,
@@ -716,14 +709,7 @@ impl Config {
                 self.sink.azure_logs.timeout,
                 10 * minute,
             ),
-        ] {
-            if value > max {
-                return Err(format!(
-                    "key `{key}`: at most {}",
-                    humantime::format_duration(max)
-                ));
-            }
-        }
+        ])?;
         for (name, value) in &self.sink.http.headers {
             // RFC 9110: a name is a token; a value has no CR, LF or NUL (they would split or
             // end the request, and every send would fail).
@@ -830,6 +816,17 @@ impl Config {
     /// The effective configuration as TOML (for `check-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The first `(key, value, bound)` whose value is past its bound, as the error.
+fn at_most(bounds: &[(&str, Duration, Duration)]) -> Result<(), String> {
+    match bounds.iter().find(|(_, value, max)| value > max) {
+        Some((key, _, max)) => Err(format!(
+            "key `{key}`: at most {}",
+            humantime::format_duration(*max)
+        )),
+        None => Ok(()),
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Parser;
 
 use depmap::agent::{Agent, collect_once};
 use depmap::cli::{Cli, Command, Format};
-use depmap::config::Config;
+use depmap::config::{Config, Source};
 use depmap::daemon::{Control, run_loop};
 use depmap::metrics::Metrics;
 use depmap::records::{Record, TABLES};
@@ -43,21 +43,23 @@ fn main() -> ExitCode {
 
 /// Loads and validates the configuration, including that the sink can write its directory.
 fn load(path: Option<&std::path::Path>) -> Result<Config, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    load_from(path).map(|(config, _)| config)
+}
+
+/// As [`load`], with where the configuration came from.
+fn load_from(path: Option<&std::path::Path>) -> Result<(Config, Source), String> {
+    let (config, source) = Config::load_from(path).map_err(|e| e.to_string())?;
     sink::check_writable(&config).map_err(|e| e.to_string())?;
-    Ok(config)
+    Ok((config, source))
 }
 
 /// `depmap check-config`: where the configuration came from, then the values in use (empty
 /// defaults resolved), as TOML that loads back; `--quiet` prints only errors.
 fn check_config(path: Option<&std::path::Path>, quiet: bool) -> ExitCode {
-    let (config, source) = match Config::load_from(path) {
+    let (config, source) = match load_from(path) {
         Ok(loaded) => loaded,
-        Err(e) => return fail(2, &e.to_string()),
+        Err(e) => return fail(2, &e),
     };
-    if let Err(e) = sink::check_writable(&config) {
-        return fail(2, &e.to_string());
-    }
     if quiet {
         return ExitCode::SUCCESS;
     }
@@ -119,6 +121,10 @@ fn once(
         Ok(r) => r,
         Err(code) => return code,
     };
+    // The width people's tables and report must fit (none: --wide, or not for people).
+    let width = (format == Format::Table && !wide)
+        .then(report::terminal_width)
+        .flatten();
     let collected = runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
         // Handlers before anything that can wait: a Ctrl-C during start-up ends the window.
@@ -128,9 +134,7 @@ fn once(
         let mut window = tokio::task::spawn_blocking(move || {
             let mut agent = Agent::start(config)?;
             let mut caps = report::capabilities(&agent.capabilities);
-            if format == Format::Table
-                && let Some(width) = (!wide).then(report::terminal_width).flatten()
-            {
+            if let Some(width) = width {
                 caps = report::fit_lines(&caps, width);
             }
             // Writes ignore a closed pipe (`depmap once | head`): nothing is left to tell anyone.
@@ -174,7 +178,6 @@ fn once(
             }
         }
         Format::Table => {
-            let width = (!wide).then(report::terminal_width).flatten();
             for t in TABLES
                 .iter()
                 .filter(|t| tables.is_empty() || tables.iter().any(|w| w == *t))

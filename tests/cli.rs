@@ -206,14 +206,7 @@ fn paths_must_be_absolute_and_sink_directories_writable() {
     // refused at once by check-config, run and once, one line naming the key, the path and
     // the fix, exit 2 — not a healthy-looking daemon losing every record.
     let unwritable = "/proc/1/depmap-records";
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nstate_dir = \"{}\"\n[sink.file]\ndir = \"{unwritable}\"\n",
-            dir.0.display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_file(&dir, &format!("[sink.file]\ndir = \"{unwritable}\"\n"));
     for err in refused_by_every_command(&cfg) {
         assert!(
             err.contains("sink.file.dir")
@@ -224,15 +217,10 @@ fn paths_must_be_absolute_and_sink_directories_writable() {
     }
     // Outside the unit's state directory check-config notes the drop-in it needs.
     let elsewhere = dir.0.join("records");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nstate_dir = \"{}\"\n[sink.file]\ndir = \"{}\"\n",
-            dir.0.display(),
-            elsewhere.display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_file(
+        &dir,
+        &format!("[sink.file]\ndir = \"{}\"\n", elsewhere.display()),
+    );
     let out = with_config("check-config", &cfg);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -306,14 +294,11 @@ fn once_tables_fit_the_terminal_unless_wide_and_ctrl_c_prints_the_window_so_far(
     // `ip netns exec` execs depmap: the child's pid is depmap's. The capability report (on
     // stderr with ndjson) is written once the window has begun.
     let pid = once.child.id();
-    let began = std::time::Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("capability report")
-    {
-        assert!(began.elapsed() < Duration::from_secs(30), "no report");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(Duration::from_secs(30), || text_of(&log)
+            .contains("capability report")),
+        "no report"
+    );
     let t = std::time::Instant::now();
     assert!(
         Command::new("kill")

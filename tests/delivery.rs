@@ -660,11 +660,7 @@ fn stop_does_not_wait_for_a_hanging_collector() {
     let mut dm = bed.depmap();
     let (_srv, totals) = traffic(&bed, 9307, 4);
     // A send is in flight (the collector logs a request before it answers).
-    let began = Instant::now();
-    while !in_flight() {
-        assert!(began.elapsed() < Duration::from_secs(20), "no send");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(wait_until(Duration::from_secs(20), in_flight), "no send");
     let stopping = Instant::now();
     let status = dm.terminate(Duration::from_secs(50));
     let took = stopping.elapsed();

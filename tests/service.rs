@@ -279,17 +279,11 @@ fn records_lost_to_a_full_disk_are_counted_and_logged_at_once() {
     let mut dm = Proc::spawn_logging(cmd, Stdio::from(std::fs::File::create(&log).unwrap()));
     let fetch = || metrics_text(&ns, 9472);
     // The first loss is logged at once, with the records it lost.
-    let began = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("could not write")
-    {
-        assert!(
-            began.elapsed() < Duration::from_secs(20),
-            "no log of the loss"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(Duration::from_secs(20), || text_of(&log)
+            .contains("could not write")),
+        "no log of the loss"
+    );
     let text = fetch();
     let dropped = metric_value(&text, "depmap_records_dropped_total");
     assert!(dropped >= 1, "{text}");

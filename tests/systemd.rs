@@ -345,14 +345,8 @@ fn wait_records(
     timeout: Duration,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let began = Instant::now();
-    loop {
-        let r = records(c, dir, table);
-        if done(&r) || began.elapsed() > timeout {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(timeout, || done(&records(c, dir, table)));
+    records(c, dir, table)
 }
 
 fn sum(records: &[Value], filter: impl Fn(&Value) -> bool, column: &str) -> i64 {
@@ -551,14 +545,15 @@ fn the_package_under_a_real_systemd() {
     );
     assert!(c.journal().contains("windw"), "{}", c.journal());
     c.ok("systemctl kill -s HUP depmap");
-    let began = Instant::now();
-    while !c
-        .ok("journalctl -u depmap -p err --no-pager -o cat")
-        .contains("keeping the running one")
-    {
-        assert!(began.elapsed() < Duration::from_secs(20), "{}", c.journal());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let refused = || {
+        c.ok("journalctl -u depmap -p err --no-pager -o cat")
+            .contains("keeping the running one")
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), refused),
+        "{}",
+        c.journal()
+    );
     let errors = c.ok("journalctl -u depmap -p err --no-pager -o cat");
     assert!(
         errors
@@ -604,14 +599,15 @@ fn the_package_under_a_real_systemd() {
     c.ok("systemctl daemon-reload && systemctl restart depmap");
     let stopped = c.show("MainPID");
     c.ok(&format!("kill -STOP {stopped}"));
-    let began = Instant::now();
-    while !(c.show("MainPID") != stopped
-        && c.show("MainPID") != "0"
-        && c.show("ActiveState") == "active")
-    {
-        assert!(began.elapsed() < Duration::from_secs(60), "{}", c.journal());
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let restarted = || {
+        let pid = c.show("MainPID");
+        pid != stopped && pid != "0" && c.show("ActiveState") == "active"
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), restarted),
+        "{}",
+        c.journal()
+    );
     assert!(c.journal().contains("Watchdog timeout"), "{}", c.journal());
     c.ok("rm /etc/systemd/system/depmap.service.d/watchdog.conf && systemctl daemon-reload");
 

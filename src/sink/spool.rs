@@ -302,7 +302,9 @@ impl Spool {
         match reason {
             DropReason::Full => self.stats.dropped_full += 1,
             DropReason::TooOld => self.stats.dropped_old += 1,
-            DropReason::Corrupt | DropReason::Unwritable => self.stats.corrupt += 1,
+            DropReason::Corrupt => self.stats.corrupt += 1,
+            // Never a segment: what could not be written is counted by the writer.
+            DropReason::Unwritable => {}
         }
         self.stats.dropped_records += records as u64;
         records
