@@ -16,7 +16,10 @@ use crate::collect::host::HostFacts;
 use crate::collect::imds::{self, Compute};
 use crate::collect::ownership::SocketOwners;
 use crate::collect::packages::PackageDb;
-use crate::collect::proc_events::{ProcChange, ProcEvents};
+use crate::collect::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
+
+/// The capability line while the proc connector subscription is still on its way.
+const PROC_EVENTS_STARTING: &str = "proc connector: subscribing (no acknowledgement from the kernel yet); /proc is walked by fd count until then";
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
 use crate::config::{AzureMetadata, Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
@@ -133,14 +136,19 @@ impl Agent {
                 Err(format!("cannot join the TCP destroy groups: {e}")),
             ),
         };
+        // Subscribing goes on on its own thread (see collect::proc_events); `poll` takes its
+        // outcome into the capabilities.
         let (proc_events, proc_connector) = match ProcEvents::start() {
-            Ok(p) => (Some(p), Ok(())),
-            Err(e) => (
-                None,
-                Err(format!(
-                    "proc connector unavailable ({e}); /proc is walked by fd count instead"
-                )),
-            ),
+            Ok(p) => (Some(p), Err(PROC_EVENTS_STARTING.to_string())),
+            Err(e) => {
+                tracing::warn!(error = %e, "proc connector unavailable; /proc is walked by fd count instead");
+                (
+                    None,
+                    Err(format!(
+                        "proc connector unavailable ({e}); /proc is walked by fd count instead"
+                    )),
+                )
+            }
         };
         let facts = HostFacts::read();
         let agent_id = identity::agent_id(
@@ -242,10 +250,44 @@ impl Agent {
         self.config.sink = sink;
     }
 
+    /// Takes the process-event subscription's outcome, once it is known, into the
+    /// capabilities (and drops a subscription that delivers nothing).
+    fn proc_events_outcome(&mut self) {
+        let Some(events) = &self.proc_events else {
+            return;
+        };
+        match events.status() {
+            ProcStatus::Starting => {}
+            ProcStatus::Live => {
+                if self.capabilities.proc_connector.is_err() {
+                    tracing::debug!("process events from the proc connector arrive");
+                    self.capabilities.proc_connector = Ok(());
+                }
+            }
+            ProcStatus::Unavailable(why) => {
+                tracing::warn!(error = %why, "proc connector unavailable; /proc is walked by fd count instead");
+                self.capabilities.proc_connector = Err(format!(
+                    "proc connector unavailable ({why}); /proc is walked by fd count instead"
+                ));
+                self.proc_events = None;
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the process-event subscription's outcome (for `once`'s
+    /// capability report; the daemon never waits for it).
+    pub fn settle_proc_events(&mut self, limit: Duration) {
+        if let Some(events) = &self.proc_events {
+            events.settle(limit);
+        }
+        self.proc_events_outcome();
+    }
+
     /// One poll; see the module comment for the steps.
     pub fn poll(&mut self) {
         let started = Instant::now();
         let mut hints = Vec::new();
+        self.proc_events_outcome();
         if let Some(events) = &self.proc_events {
             while let Ok(change) = events.queue.try_recv() {
                 match change {
@@ -833,6 +875,7 @@ impl Agent {
     /// logged at shutdown.
     pub fn self_counters(&self) -> Vec<(&'static str, u64)> {
         let t = &self.tracker.stats;
+        let dns = self.enricher.dns_report();
         let (received, overruns) = self.destroys.as_ref().map_or((0, 0), |d| {
             (
                 d.counters.received.load(Ordering::Relaxed),
@@ -867,6 +910,16 @@ impl Agent {
                     .as_ref()
                     .map_or(0, |p| p.errors.load(Ordering::Relaxed)),
             ),
+            ("dns_answers_learned_total", dns.counters.answers),
+            ("dns_answers_unsolicited_total", dns.counters.unsolicited),
+            ("dns_addresses_not_kept_total", dns.counters.not_kept),
+            (
+                "dns_queries_not_tracked_total",
+                dns.counters.queries_not_tracked,
+            ),
+            ("dns_unparsable_packets_total", dns.unparsable),
+            ("dns_dropped_packets_total", dns.dropped),
+            ("dns_cache_bytes", dns.cache_bytes),
         ]
     }
 

@@ -27,6 +27,8 @@ pub struct EnrichConfig {
     /// Malicious-IP indicator files: CSV (`.csv`, header line) or JSON lines; reloaded when
     /// they change.
     pub indicator_files: Vec<PathBuf>,
+    /// Most indicators (networks) loaded from them; the rest are counted and logged.
+    pub max_indicators: usize,
     /// When to ask the Azure Instance Metadata Service.
     pub azure_metadata: AzureMetadata,
     /// Where it answers (tests point it at a local server).
@@ -38,6 +40,8 @@ pub struct EnrichConfig {
     pub dns_capture: bool,
     /// Most addresses the DNS cache holds.
     pub dns_cache_entries: usize,
+    /// Most bytes the DNS cache holds (names and per-address cost, estimated).
+    pub dns_cache_bytes: usize,
     /// Reverse (PTR) lookups of addresses no captured answer named (they send DNS queries).
     pub reverse_lookups: bool,
     pub reverse_lookups_per_second: u32,
@@ -51,7 +55,9 @@ impl Default for EnrichConfig {
             imds_endpoint: "http://169.254.169.254".into(),
             geoip_database: PathBuf::new(),
             dns_capture: false,
+            max_indicators: 1_000_000,
             dns_cache_entries: 65_536,
+            dns_cache_bytes: 16 << 20,
             reverse_lookups: false,
             reverse_lookups_per_second: 5,
         }
@@ -651,6 +657,9 @@ impl Config {
         }
         if c.inventory_interval < Duration::from_secs(1) {
             return Err("key `collect.inventory_interval`: must be at least 1s".into());
+        }
+        if self.enrich.dns_cache_bytes < 64 << 10 {
+            return Err("key `enrich.dns_cache_bytes`: must be at least 65536 (64 KiB)".into());
         }
         if self.agent.state_dir.as_os_str().is_empty() {
             return Err("key `agent.state_dir`: must not be empty".into());

@@ -133,6 +133,8 @@ fn once(
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let mut window = tokio::task::spawn_blocking(move || {
             let mut agent = Agent::start(config)?;
+            // The report says whether process events arrive: worth a bounded wait here.
+            agent.settle_proc_events(Duration::from_millis(1500));
             let mut caps = report::capabilities(&agent.capabilities);
             if let Some(width) = width {
                 caps = report::fit_lines(&caps, width);

@@ -45,7 +45,7 @@ pub fn capabilities(c: &Capabilities) -> String {
         "proc connector (process events)",
         &c.proc_connector,
         "nothing; new sockets are attributed by a wider /proc walk",
-        "optional: run in the initial network namespace (the kernel sends process events only there)",
+        "optional: run in the initial network, pid and user namespaces (the kernel sends process events only there)",
     );
     let (readable, total) = c.proc_fd_readable;
     if readable == total {

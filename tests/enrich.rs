@@ -342,6 +342,138 @@ fn dns_answers_name_the_remote_end_with_its_question_and_cname_chain() {
     }
 }
 
+const HOSTILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/dns_hostile.py");
+
+/// depmap with DNS capture and its metrics endpoint on 127.0.0.1:`port` in `ns`.
+fn capturing(ns: &Netns, port: u16) -> Depmap {
+    Depmap::start_with(
+        ns,
+        &format!("[enrich]\ndns_capture = true\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+}
+
+/// Waits until the metric `name` reaches `want`; its last value.
+fn metric_reaches(ns: &Netns, port: u16, name: &str, want: u64) -> u64 {
+    let mut seen = 0;
+    wait_until(Duration::from_secs(20), || {
+        seen = metric_value(&metrics_text(ns, port), name);
+        seen >= want
+    });
+    seen
+}
+
+#[test]
+fn dns_answers_nobody_asked_for_name_nothing() {
+    let _serial = serial();
+    let ns = Netns::new("dnsforge");
+    let mut dm = capturing(&ns, 9471);
+    let (_bank, _) = server(&ns, "127.0.0.77", 9903, 0);
+    let (_ok, _) = server(&ns, "127.0.0.78", 9903, 0);
+    let mut forger = Proc::spawn({
+        let mut c = ns.command("python3");
+        c.args([HOSTILE, "forge"]);
+        c
+    });
+    let sent = forger.json_line(Duration::from_secs(20));
+    assert_eq!(sent["unsolicited"], 4);
+    // The capture has read all six answers once the control's is learned.
+    assert_eq!(
+        metric_reaches(&ns, 9471, "depmap_dns_answers_learned_total", 1),
+        1
+    );
+    let text = metrics_text(&ns, 9471);
+    assert_eq!(
+        metric_value(&text, "depmap_dns_answers_unsolicited_total"),
+        4,
+        "{text}"
+    );
+    for host in ["127.0.0.77", "127.0.0.78"] {
+        let t = client(&ns, &["--host", host, "--port", "9903", "--conns", "1"]);
+        assert_eq!(t["conns"], 1);
+    }
+    assert!(dm.wait_for(Duration::from_secs(15), |r| {
+        conn_sums(r, |x| {
+            x["Direction"] == "outbound" && x["DestinationPort"] == 9903
+        })
+        .get("LinksTerminated")
+        .copied()
+            == Some(2)
+    }));
+    let records = dm.stop();
+    let names = |ip: &str| -> Vec<Value> {
+        of_type(&records, "VMConnection")
+            .into_iter()
+            .filter(|r| r["Direction"] == "outbound" && r["DestinationIp"] == ip)
+            .map(|r| r["RemoteDnsQuestions"].clone())
+            .collect()
+    };
+    let bank = names("127.0.0.77");
+    assert!(
+        !bank.is_empty() && bank.iter().all(Value::is_null),
+        "{bank:?}"
+    );
+    let ok = names("127.0.0.78");
+    assert!(
+        !ok.is_empty() && ok.iter().all(|q| q == "[\"ok.depmap.test\"]"),
+        "{ok:?}"
+    );
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = text_of(std::path::Path::new(&format!("/proc/{pid}/status")));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_amplifying_dns_answer_costs_kilobytes_not_gigabytes() {
+    let _serial = serial();
+    let ns = Netns::new("dnsamp");
+    let dm = capturing(&ns, 9472);
+    let before = peak_rss_kib(dm.proc.child.id());
+    // 8 answers of 64 KB, each 2,700 addresses under a 1,500-link chain to a long name: a
+    // copy of the chain per address was 1.1 GB per answer. One at a time, each learned
+    // before the next (a burst of them may overflow the capture's buffer: counted, not here).
+    for n in 0..8u64 {
+        let mut amp = Proc::spawn({
+            let mut c = ns.command("python3");
+            c.args([HOSTILE, "amplify", &n.to_string()]);
+            c
+        });
+        let sent = amp.json_line(Duration::from_secs(30));
+        assert!(sent["bytes"].as_u64().unwrap_or(0) > 60_000, "{sent}");
+        assert_eq!(
+            metric_reaches(&ns, 9472, "depmap_dns_answers_learned_total", n + 1),
+            n + 1
+        );
+    }
+    let text = metrics_text(&ns, 9472);
+    let cache = metric_value(&text, "depmap_dns_cache_bytes");
+    let peak = peak_rss_kib(dm.proc.child.id());
+    eprintln!(
+        "dns amplification: cache {cache} bytes; peak RSS {before} KiB before, {peak} KiB after 8 answers"
+    );
+    // 21,600 addresses: ~96 bytes each plus the names once per answer.
+    assert!(
+        cache > 21_600 * 96 && cache < 21_600 * 96 + 8 * 4096,
+        "{cache}"
+    );
+    assert_eq!(
+        metric_value(&text, "depmap_dns_addresses_not_kept_total"),
+        0
+    );
+    assert_eq!(metric_value(&text, "depmap_dns_dropped_packets_total"), 0);
+    assert!(
+        peak < before + 64 * 1024,
+        "peak RSS {peak} KiB (from {before} KiB)"
+    );
+    dm.stop();
+}
+
 #[test]
 fn reverse_lookups_name_addresses_no_answer_was_seen_for() {
     let _serial = serial();

@@ -388,3 +388,74 @@ input()
     assert!(metrics_text(&ns, 9473).contains("depmap_polls_total"));
     let _ = dm.stop();
 }
+
+/// Whether `pid` has handlers for SIGHUP and SIGTERM (`SigCgt` in /proc/PID/status).
+fn handles_hup_and_term(pid: u32) -> bool {
+    let status = text_of(std::path::Path::new(&format!("/proc/{pid}/status")));
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let bit = |sig: u32| 1u64 << (sig - 1);
+    caught & bit(1) != 0 && caught & bit(15) != 0
+}
+
+#[test]
+fn start_up_never_waits_for_process_events_and_takes_signals_at_once() {
+    let _serial = serial();
+    let ns = Netns::new("pidns");
+    let dir = TempDir::new("pidns");
+    let cfg = config_file(
+        &dir,
+        "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n[sink]\nkind = \"stdout\"\n",
+    );
+    // In a pid namespace of its own (a container) the kernel ignores the proc connector
+    // subscription: no acknowledgement, ever. The crate's subscribe waited for one, so depmap
+    // never got to its first poll; now it starts, and says why it has no process events.
+    let log = dir.0.join("pidns.log");
+    let mut cmd = ns.command("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child=SIGTERM",
+        DEPMAP,
+    ])
+    .args(["run", "--config"])
+    .arg(&cfg);
+    let mut boxed = Proc::spawn_logging(cmd, Stdio::from(std::fs::File::create(&log).unwrap()));
+    let first = boxed.line(Duration::from_secs(20));
+    assert!(first.contains("VMComputer"), "first record: {first}");
+    assert!(
+        wait_until(Duration::from_secs(10), || text_of(&log)
+            .contains("not in the initial pid and user namespaces")),
+        "{}",
+        text_of(&log)
+    );
+    // unshare waits for its child; killed, it passes SIGTERM on (--kill-child).
+    let _ = boxed.child.kill();
+    let _ = boxed.wait_exit(Duration::from_secs(10));
+
+    // Signals from the first moment the handlers exist: a reload storm then a stop, during
+    // start-up, end in a clean exit (a signal before the handlers killed depmap outright).
+    for round in 0..3 {
+        let mut cmd = ns.command(DEPMAP);
+        cmd.args(["run", "--config"]).arg(&cfg);
+        let mut dm = Proc::spawn_logging(cmd, Stdio::null());
+        let pid = dm.child.id();
+        assert!(
+            wait_until(Duration::from_secs(10), || handles_hup_and_term(pid)),
+            "round {round}: no handlers"
+        );
+        for _ in 0..20 {
+            signal(pid, "-HUP");
+        }
+        signal(pid, "-TERM");
+        let status = dm.wait_exit(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: {status:?}"
+        );
+    }
+}

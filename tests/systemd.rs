@@ -247,10 +247,14 @@ impl Container {
         (out.status.success(), text)
     }
 
-    /// As [`Container::run`], asserting success; its output.
+    /// As [`Container::run`], asserting success; its output. A failure shows the unit's
+    /// status and journal (CI keeps only the test's output).
     fn ok(&self, script: &str) -> String {
         let (ok, text) = self.run(script);
-        assert!(ok, "`{script}` failed:\n{text}");
+        if !ok {
+            let (_, status) = self.run("systemctl status depmap --no-pager; journalctl -u depmap --no-pager -n 60 -o short-monotonic");
+            panic!("`{script}` failed:\n{text}\n--- depmap's status and journal:\n{status}");
+        }
         text
     }
 

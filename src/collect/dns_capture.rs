@@ -1,28 +1,38 @@
-//! Passive capture of the DNS answers this host receives: an `AF_PACKET` socket (`SOCK_DGRAM`:
-//! packets start at the network header on every link type) with a classic BPF filter that
-//! passes only IPv4/IPv6 UDP or TCP segments from port 53, so the kernel drops everything
-//! else before it is copied. A reader thread parses each answer with hickory-proto into the
-//! shared [`DnsCache`]. Only received packets are read (`PACKET_HOST` and the like): on
-//! loopback every packet is seen twice, and a DNS server on this host answering others is
-//! not this host's resolution. DNS over TCP is read when one segment holds the whole message.
-//! Needs CAP_NET_RAW; without it `start` fails and depmap reports the columns as missing.
+//! Passive capture of this host's DNS traffic: an `AF_PACKET` socket (`SOCK_DGRAM`: packets
+//! start at the network header on every link type) with a classic BPF filter that passes
+//! only IPv4/IPv6 UDP or TCP segments from or to port 53, so the kernel drops everything
+//! else before it is copied. A reader thread parses each message with hickory-proto and
+//! hands the queries this host sends (`PACKET_OUTGOING`, to port 53) and the answers it
+//! receives (any other packet type, from port 53) to its caller (the enrichment's DNS
+//! cache, which believes an answer only when it matches a query). On loopback every packet is seen twice, once each way; a DNS
+//! server on this host answering others is not this host's resolution. DNS over TCP is read
+//! when one segment holds the whole message. Needs CAP_NET_RAW; without it `start` fails and
+//! depmap reports the columns as missing.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 
-use crate::enrich::dns::DnsCache;
+use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_OUTGOING: u8 = 4;
 
-/// IPv4 or IPv6, UDP or TCP, source port 53 (see the module comment); jumps counted from the
-/// next instruction. Accept returns up to 64 KiB; drop returns 0.
+/// The kernel's packet type, loaded as a classic-BPF ancillary word (`SKF_AD_PKTTYPE`).
+const PKTTYPE: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
+
+/// IPv4 or IPv6 (no extension headers), UDP or TCP, not a later fragment; then a query this
+/// host sends (`PACKET_OUTGOING`, to port 53) or an answer it receives (any other packet type,
+/// from port 53). The kernel drops everything else before it is copied, including the
+/// outgoing copy of a loopback answer. Jumps count from the next instruction. Accept returns
+/// up to 64 KiB; drop returns 0. Checked instruction by instruction in the unit test, which
+/// runs it.
 fn filter() -> Vec<libc::sock_filter> {
     let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     const LD_B_ABS: u16 = 0x30;
@@ -33,26 +43,37 @@ fn filter() -> Vec<libc::sock_filter> {
     const JEQ_K: u16 = 0x15;
     const JSET_K: u16 = 0x45;
     const RET_K: u16 = 0x06;
+    let outgoing = u32::from(PACKET_OUTGOING);
     vec![
-        op(LD_B_ABS, 0, 0, 0),     // 0: A = version nibble
-        op(AND_K, 0, 0, 0xf0),     // 1
-        op(JEQ_K, 0, 8, 0x40),     // 2: IPv4 → 3, else → 11
-        op(LD_B_ABS, 0, 0, 9),     // 3: protocol
-        op(JEQ_K, 1, 0, 17),       // 4: UDP → 6
-        op(JEQ_K, 0, 12, 6),       // 5: TCP → 6, else drop
-        op(LD_H_ABS, 0, 0, 6),     // 6: flags + fragment offset
-        op(JSET_K, 10, 0, 0x1fff), // 7: a later fragment: drop
-        op(LDX_B_MSH, 0, 0, 0),    // 8: X = header length
-        op(LD_H_IND, 0, 0, 0),     // 9: source port
-        op(JEQ_K, 6, 7, 53),       // 10: 53 → accept, else drop
-        op(JEQ_K, 0, 6, 0x60),     // 11: IPv6 → 12, else drop
-        op(LD_B_ABS, 0, 0, 6),     // 12: next header
-        op(JEQ_K, 1, 0, 17),       // 13: UDP → 15
-        op(JEQ_K, 0, 3, 6),        // 14: TCP → 15, else drop
-        op(LD_H_ABS, 0, 0, 40),    // 15: source port
-        op(JEQ_K, 0, 1, 53),       // 16: 53 → accept, else drop
-        op(RET_K, 0, 0, 0x10000),  // 17: accept
-        op(RET_K, 0, 0, 0),        // 18: drop
+        op(LD_B_ABS, 0, 0, 0),       // 0: A = version nibble
+        op(AND_K, 0, 0, 0xf0),       // 1
+        op(JEQ_K, 0, 12, 0x40),      // 2: IPv4 → 3, else → 15
+        op(LD_B_ABS, 0, 0, 9),       // 3: protocol
+        op(JEQ_K, 1, 0, 17),         // 4: UDP → 6
+        op(JEQ_K, 0, 22, 6),         // 5: TCP → 6, else drop
+        op(LD_H_ABS, 0, 0, 6),       // 6: flags + fragment offset
+        op(JSET_K, 20, 0, 0x1fff),   // 7: a later fragment: drop
+        op(LDX_B_MSH, 0, 0, 0),      // 8: X = header length
+        op(LD_H_IND, 0, 0, 0),       // 9: source port
+        op(JEQ_K, 0, 2, 53),         // 10: 53 → 11, else → 13
+        op(LD_B_ABS, 0, 0, PKTTYPE), // 11
+        op(JEQ_K, 0, 14, outgoing),  // 12: received: accept (an answer); sent → 13
+        op(LD_H_IND, 0, 0, 2),       // 13: destination port
+        op(JEQ_K, 10, 13, 53),       // 14: 53 → 25, else drop
+        op(JEQ_K, 0, 12, 0x60),      // 15: IPv6 → 16, else drop
+        op(LD_B_ABS, 0, 0, 6),       // 16: next header
+        op(JEQ_K, 1, 0, 17),         // 17: UDP → 19
+        op(JEQ_K, 0, 9, 6),          // 18: TCP → 19, else drop
+        op(LD_H_ABS, 0, 0, 40),      // 19: source port
+        op(JEQ_K, 0, 2, 53),         // 20: 53 → 21, else → 23
+        op(LD_B_ABS, 0, 0, PKTTYPE), // 21
+        op(JEQ_K, 0, 4, outgoing),   // 22: received: accept (an answer); sent → 23
+        op(LD_H_ABS, 0, 0, 42),      // 23: destination port
+        op(JEQ_K, 0, 3, 53),         // 24: 53 → 25, else drop
+        op(LD_B_ABS, 0, 0, PKTTYPE), // 25: to port 53:
+        op(JEQ_K, 0, 1, outgoing),   // 26: sent: accept (a query), else drop
+        op(RET_K, 0, 0, 0x10000),    // 27: accept
+        op(RET_K, 0, 0, 0),          // 28: drop
     ]
 }
 
@@ -61,18 +82,38 @@ fn filter() -> Vec<libc::sock_filter> {
 pub struct CaptureStats {
     pub packets: AtomicU64,
     pub unparsable: AtomicU64,
+    /// Packets the kernel dropped because the reader fell behind (`PACKET_STATISTICS`).
+    pub dropped: AtomicU64,
 }
 
+/// A DNS message the capture saw, by direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// This host asked `server`, from `client`.
+    Query {
+        client: SocketAddr,
+        server: SocketAddr,
+    },
+    /// `server` answered this host at `client`.
+    Answer {
+        client: SocketAddr,
+        server: SocketAddr,
+    },
+}
+
+/// What the reader thread does with each message.
+pub type OnMessage = Box<dyn FnMut(Seen, &Message) + Send>;
+
 pub struct DnsCapture {
-    pub cache: Arc<Mutex<DnsCache>>,
     pub stats: Arc<CaptureStats>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl DnsCapture {
-    /// Opens the capture socket (needs CAP_NET_RAW) and starts the reader thread.
-    pub fn start(max_entries: usize) -> io::Result<DnsCapture> {
+    /// Opens the capture socket (needs CAP_NET_RAW) and starts the reader thread, which
+    /// hands every query sent and answer received to `on_message`.
+    pub fn start(on_message: OnMessage) -> io::Result<DnsCapture> {
         // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe {
             libc::socket(
@@ -105,17 +146,28 @@ impl DnsCapture {
             return Err(io::Error::last_os_error());
         }
         super::set_recv_timeout(&sock, Duration::from_millis(200))?;
-        let cache = Arc::new(Mutex::new(DnsCache::new(max_entries)));
+        // Room for bursts of large answers (clamped by the kernel to net.core.rmem_max, which
+        // the package raises); what still overflows is counted from PACKET_STATISTICS.
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt with a valid fd and an int of the stated size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         let stats = Arc::new(CaptureStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (cache, stats, stop) = (cache.clone(), stats.clone(), stop.clone());
+            let (stats, stop) = (stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("dns-capture".into())
-                .spawn(move || read_loop(sock, &cache, &stats, &stop))?
+                .spawn(move || read_loop(sock, on_message, &stats, &stop))?
         };
         Ok(DnsCapture {
-            cache,
             stats,
             stop,
             thread: Some(thread),
@@ -132,8 +184,10 @@ impl Drop for DnsCapture {
     }
 }
 
-fn read_loop(sock: OwnedFd, cache: &Mutex<DnsCache>, stats: &CaptureStats, stop: &AtomicBool) {
+fn read_loop(sock: OwnedFd, mut on_message: OnMessage, stats: &CaptureStats, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_536];
+    let mut last_drops = Instant::now();
+    let mut drops_log = Throttle::new(PROBLEM_LOG_INTERVAL);
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: zeroed sockaddr_ll is a valid value to be overwritten by recvfrom.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -149,54 +203,121 @@ fn read_loop(sock: OwnedFd, cache: &Mutex<DnsCache>, stats: &CaptureStats, stop:
                 &mut len,
             )
         };
+        if last_drops.elapsed() >= Duration::from_secs(1) {
+            last_drops = Instant::now();
+            let dropped = drops(&sock);
+            if dropped > 0 {
+                stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+                if let Some(more) = drops_log.ready() {
+                    tracing::warn!(
+                        dropped,
+                        total = stats.dropped.load(Ordering::Relaxed),
+                        also_since_last_log = more,
+                        "the DNS capture fell behind; the kernel dropped packets (their names are lost)"
+                    );
+                }
+            }
+        }
         if n <= 0 {
             continue; // timeout (to check `stop`) or EINTR
         }
-        if from.sll_pkttype == PACKET_OUTGOING {
-            continue;
-        }
         stats.packets.fetch_add(1, Ordering::Relaxed);
-        let Some(payload) = dns_payload(&buf[..n as usize]) else {
+        let Some(seg) = dns_segment(&buf[..n as usize]) else {
             stats.unparsable.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        match Message::from_vec(payload) {
-            Ok(msg) => cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .learn(&msg, Instant::now()),
-            Err(_) => {
-                stats.unparsable.fetch_add(1, Ordering::Relaxed);
-            }
+        // A query this host sends, or an answer it receives; not the other copy of a
+        // loopback packet, nor a local server's traffic with others.
+        let outgoing = from.sll_pkttype == PACKET_OUTGOING;
+        let query = outgoing && seg.dst.port() == 53;
+        if !query && (outgoing || seg.src.port() != 53) {
+            continue;
         }
+        let Ok(msg) = Message::from_vec(seg.payload) else {
+            stats.unparsable.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let seen = if query {
+            Seen::Query {
+                client: seg.src,
+                server: seg.dst,
+            }
+        } else {
+            Seen::Answer {
+                client: seg.dst,
+                server: seg.src,
+            }
+        };
+        on_message(seen, &msg);
     }
 }
 
+/// The packets the kernel dropped since the last call (reading the statistics resets them).
+fn drops(sock: &OwnedFd) -> u64 {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: getsockopt into a tpacket_stats of the stated size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            &mut st as *mut libc::tpacket_stats as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc == 0 { u64::from(st.tp_drops) } else { 0 }
+}
+
+/// A DNS message with the addresses it travelled between.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DnsSegment<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub payload: &'a [u8],
+}
+
 /// The DNS message in an IPv4/IPv6 UDP datagram or TCP segment (network header first).
-pub fn dns_payload(pkt: &[u8]) -> Option<&[u8]> {
+pub fn dns_segment(pkt: &[u8]) -> Option<DnsSegment<'_>> {
     let first = *pkt.first()?;
-    let (proto, l4) = match first >> 4 {
+    let (proto, src, dst, l4) = match first >> 4 {
         4 => {
             let ihl = usize::from(first & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes([*pkt.get(2)?, *pkt.get(3)?]));
-            (*pkt.get(9)?, pkt.get(ihl..total.min(pkt.len()))?)
+            let src: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
+            let l4 = pkt.get(ihl..total.min(pkt.len()))?;
+            (*pkt.get(9)?, IpAddr::from(src), IpAddr::from(dst), l4)
         }
         6 => {
             let plen = usize::from(u16::from_be_bytes([*pkt.get(4)?, *pkt.get(5)?]));
-            (*pkt.get(6)?, pkt.get(40..(40 + plen).min(pkt.len()))?)
+            let src: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
+            let l4 = pkt.get(40..(40 + plen).min(pkt.len()))?;
+            (*pkt.get(6)?, IpAddr::from(src), IpAddr::from(dst), l4)
         }
         _ => return None,
     };
-    match proto {
-        17 => l4.get(8..),
+    let sport = u16::from_be_bytes([*l4.first()?, *l4.get(1)?]);
+    let dport = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
+    let payload = match proto {
+        17 => l4.get(8..)?,
         6 => {
             let off = usize::from(*l4.get(12)? >> 4) * 4;
             let seg = l4.get(off..)?;
             let len = usize::from(u16::from_be_bytes([*seg.first()?, *seg.get(1)?]));
-            seg.get(2..2 + len)
+            seg.get(2..2 + len)?
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(DnsSegment {
+        src: SocketAddr::new(src, sport),
+        dst: SocketAddr::new(dst, dport),
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -211,7 +332,10 @@ mod tests {
         ];
         v4.extend_from_slice(&[0, 53, 0x9c, 0x40, 0, 12, 0, 0]);
         v4.extend_from_slice(b"DNS!");
-        assert_eq!(dns_payload(&v4), Some(&b"DNS!"[..]));
+        let seg = dns_segment(&v4).unwrap();
+        assert_eq!(seg.payload, b"DNS!");
+        assert_eq!(seg.src, "127.0.0.1:53".parse().unwrap());
+        assert_eq!(seg.dst, "127.0.0.1:40000".parse().unwrap());
         // IPv6 TCP with the 2-byte length prefix.
         let mut v6 = vec![0x60, 0, 0, 0, 0, 26, 6, 64];
         v6.extend_from_slice(&[0u8; 32]);
@@ -221,14 +345,103 @@ mod tests {
         tcp.extend_from_slice(&[0, 4]);
         tcp.extend_from_slice(b"DNS?");
         v6.extend_from_slice(&tcp);
-        assert_eq!(dns_payload(&v6), Some(&b"DNS?"[..]));
+        let seg = dns_segment(&v6).unwrap();
+        assert_eq!(seg.payload, b"DNS?");
+        assert_eq!(seg.src, "[::]:53".parse().unwrap());
         // A TCP length beyond the segment: not whole, not parsed.
         let mut cut = v6.clone();
         let l = cut.len();
         cut[l - 5] = 9;
-        assert_eq!(dns_payload(&cut), None);
-        assert_eq!(dns_payload(&[0x45, 0]), None);
-        assert_eq!(dns_payload(&[]), None);
-        assert_eq!(filter().len(), 19);
+        assert_eq!(dns_segment(&cut), None);
+        assert_eq!(dns_segment(&[0x45, 0]), None);
+        assert_eq!(dns_segment(&[]), None);
+    }
+
+    /// Classic BPF, the instructions [`filter`] uses.
+    fn run(pkt: &[u8], pkttype: u8) -> u32 {
+        let prog = filter();
+        let (mut a, mut x, mut pc) = (0u32, 0usize, 0usize);
+        let byte = |i: usize| pkt.get(i).copied().map(u32::from);
+        let half = |i: usize| Some(byte(i)? << 8 | byte(i + 1)?);
+        loop {
+            let i = &prog[pc];
+            pc += 1;
+            let k = i.k as usize;
+            let jump = |cond: bool| usize::from(if cond { i.jt } else { i.jf });
+            match i.code {
+                0x30 if i.k == PKTTYPE => a = u32::from(pkttype),
+                0x30 => match byte(k) {
+                    Some(v) => a = v,
+                    None => return 0,
+                },
+                0x28 => match half(k) {
+                    Some(v) => a = v,
+                    None => return 0,
+                },
+                0x48 => match half(x + k) {
+                    Some(v) => a = v,
+                    None => return 0,
+                },
+                0xb1 => match byte(k) {
+                    Some(v) => x = (v as usize & 0xf) * 4,
+                    None => return 0,
+                },
+                0x54 => a &= i.k,
+                0x15 => pc += jump(a == i.k),
+                0x45 => pc += jump(a & i.k != 0),
+                0x06 => return i.k,
+                c => panic!("unexpected instruction {c:#x}"),
+            }
+        }
+    }
+
+    fn v4(proto: u8, sport: u16, dport: u16, frag: u16) -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&[0; 16]);
+        p
+    }
+
+    fn v6(proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, 8, proto, 64];
+        p.extend_from_slice(&[0; 32]);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&[0; 16]);
+        p
+    }
+
+    #[test]
+    fn the_filter_passes_sent_queries_and_received_answers_only() {
+        const HOST: u8 = 0;
+        const OUT: u8 = PACKET_OUTGOING;
+        let accept = |pkt: &[u8], t: u8| run(pkt, t) == 0x10000;
+        for (udp_or_tcp, name) in [(17, "udp"), (6, "tcp")] {
+            for pkt in [v4(udp_or_tcp, 53, 40000, 0), v6(udp_or_tcp, 53, 40000)] {
+                assert!(accept(&pkt, HOST), "{name}: a received answer");
+                assert!(!accept(&pkt, OUT), "{name}: an answer this host sends");
+            }
+            for pkt in [v4(udp_or_tcp, 40000, 53, 0), v6(udp_or_tcp, 40000, 53)] {
+                assert!(accept(&pkt, OUT), "{name}: a query this host sends");
+                assert!(!accept(&pkt, HOST), "{name}: a query to a server here");
+            }
+            for pkt in [v4(udp_or_tcp, 53, 53, 0), v6(udp_or_tcp, 53, 53)] {
+                assert!(accept(&pkt, OUT) && accept(&pkt, HOST), "{name}: 53 to 53");
+            }
+            for pkt in [v4(udp_or_tcp, 443, 40000, 0), v6(udp_or_tcp, 5353, 5353)] {
+                assert!(!accept(&pkt, OUT) && !accept(&pkt, HOST), "{name}: not DNS");
+            }
+        }
+        // A later fragment has no ports; the first fragment (offset 0, more-fragments) does.
+        assert!(!accept(&v4(17, 53, 40000, 0x00b9), HOST));
+        assert!(accept(&v4(17, 53, 40000, 0x2000), HOST));
+        // ICMP, other versions, short packets.
+        assert!(!accept(&v4(1, 53, 53, 0), HOST));
+        assert!(!accept(&[0x50; 40], HOST));
+        assert!(!accept(&[0x45, 0], HOST));
     }
 }

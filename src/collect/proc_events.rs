@@ -2,15 +2,22 @@
 //!
 //! Used only as hints: a pid that forked or exec'd may hold new sockets (read its fds first);
 //! a pid that exited can be dropped from the caches at once. Losing events costs a wider /proc
-//! walk, never a wrong attribution. Where the connector is unavailable (other pid namespace,
-//! old kernel without the unprivileged filter) depmap runs without it.
+//! walk, never a wrong attribution. Where the connector is unavailable depmap runs without it.
+//!
+//! Start-up never waits for it (issue 12). The kernel ignores subscriptions from outside the
+//! initial pid and user namespaces — no acknowledgement, no events: a container (systemd-nspawn,
+//! a pod without the host's pid namespace) — so those are recognised first, by the fixed inode
+//! numbers of the initial namespaces. Elsewhere the crate's constructor waits for the
+//! acknowledgement with a blocking receive that the kernel does not always answer promptly
+//! (measured: 10 of 10 starts on an idle machine waited for some other process's event, over a
+//! second), so subscribing, and the self-test that proves events arrive, run on the reader
+//! thread; until then, and if they fail, the hints are simply absent.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TrySendError, sync_channel};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use proc_connector::{EventMask, ProcConnector, ProcEvent};
 
@@ -18,8 +25,16 @@ use proc_connector::{EventMask, ProcConnector, ProcEvent};
 /// (a stalled loop must not grow the queue without bound: issue 12).
 const QUEUE_MAX: usize = 65_536;
 
-/// Longest wait for the subscription's acknowledgement.
+/// Longest wait for the filtered subscription's acknowledgement.
 const ACK_WAIT: Duration = Duration::from_millis(250);
+
+/// Longest wait for the self-test's own child to be reported.
+const SELF_TEST_WAIT: Duration = Duration::from_secs(1);
+
+/// `/proc/self/ns/pid` and `/proc/self/ns/user` of the initial namespaces: the kernel's fixed
+/// `PROC_PID_INIT_INO` and `PROC_USER_INIT_INO` (include/linux/proc_ns.h).
+const INIT_PID_NS: &str = "pid:[4026531836]";
+const INIT_USER_NS: &str = "user:[4026531837]";
 
 /// What happened to a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,89 +45,156 @@ pub enum ProcChange {
     Exited(u32),
 }
 
+/// Where the subscription stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Subscribing, or proving that events arrive.
+    Starting,
+    /// Events arrive.
+    Live,
+    /// No events here, and why.
+    Unavailable(String),
+}
+
 pub struct ProcEvents {
     pub queue: Receiver<ProcChange>,
     pub errors: Arc<AtomicU64>,
+    status: Arc<Mutex<Status>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl ProcEvents {
+    /// Starts the reader thread, which subscribes; returns at once. Fails only where the
+    /// kernel is known to ignore the subscription, or when no thread can be started.
     pub fn start() -> io::Result<ProcEvents> {
-        let conn = ProcConnector::new().map_err(to_io)?;
-        let mask = EventMask(EventMask::FORK.0 | EventMask::EXEC.0 | EventMask::EXIT.0);
-        // The crate waits for the kernel's acknowledgement with a blocking recv, and the
-        // kernel does not always send one (measured: 10 of 10 starts on an idle machine waited
-        // for some other process's event, over a second; issue 12). A receive timeout bounds
-        // that wait; without an acknowledgement the self-test below decides.
-        super::set_recv_timeout(&conn.as_raw_fd(), ACK_WAIT)?;
-        match conn.subscribe_filtered(mask) {
-            Ok(()) | Err(proc_connector::Error::WouldBlock) => {}
-            Err(e) => return Err(to_io(e)),
+        let ns = |link: &str| {
+            std::fs::read_link(link)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        if ns("/proc/self/ns/pid") != INIT_PID_NS || ns("/proc/self/ns/user") != INIT_USER_NS {
+            return Err(io::Error::other(
+                "not in the initial pid and user namespaces (a container?): the kernel ignores \
+                 proc connector subscriptions from there",
+            ));
         }
-        let _ = conn.set_recv_buf_size(4 << 20);
         let (tx, queue) = sync_channel(QUEUE_MAX);
+        let status = Arc::new(Mutex::new(Status::Starting));
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let stop = stop.clone();
-            let errors = errors.clone();
-            std::thread::Builder::new()
-                .name("proc-events".into())
-                .spawn(move || {
-                    let mut buf = vec![0u8; 8192];
-                    while !stop.load(Ordering::Relaxed) {
-                        match conn.recv_timeout(&mut buf, Duration::from_millis(200)) {
-                            Ok(Some(ev)) => {
-                                let change = match ev {
-                                    ProcEvent::Fork {
-                                        child_pid,
-                                        child_tgid,
-                                        ..
-                                    } if child_pid == child_tgid => {
-                                        Some(ProcChange::Started(child_tgid))
-                                    }
-                                    ProcEvent::Exec { tgid, .. } => Some(ProcChange::Started(tgid)),
-                                    ProcEvent::Exit { pid, tgid, .. } if pid == tgid => {
-                                        Some(ProcChange::Exited(tgid))
-                                    }
-                                    _ => None,
-                                };
-                                match change.map(|c| tx.try_send(c)) {
-                                    Some(Err(TrySendError::Disconnected(_))) => return,
-                                    // The poll loop is stalled: the hint is lost, the
-                                    // fd-count walk catches up (counted as an error).
-                                    Some(Err(TrySendError::Full(_))) => {
-                                        errors.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    _ => {}
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(_) => {
-                                // ENOBUFS and friends: events were lost; the fd-count walk
-                                // catches up. Back off so a broken socket cannot spin.
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                std::thread::sleep(Duration::from_millis(50));
-                            }
-                        }
-                    }
-                })?
+        let reader = Reader {
+            tx,
+            status: status.clone(),
+            stop: stop.clone(),
+            errors: errors.clone(),
         };
-        let events = ProcEvents {
+        // Not joined on drop: the thread may be parked in the crate's blocking subscribe; it
+        // holds nothing but its socket and the queue's sender, and ends with the process.
+        std::thread::Builder::new()
+            .name("proc-events".into())
+            .spawn(move || reader.run())?;
+        Ok(ProcEvents {
             queue,
             errors,
+            status,
             stop,
-            thread: Some(thread),
-        };
-        events.self_test()?;
-        Ok(events)
+        })
     }
 
-    /// The kernel delivers cn_proc events only to listeners in the initial network (and pid)
-    /// namespace; elsewhere the subscription succeeds and nothing ever arrives. Start a child
-    /// and wait (at most 1 s) for its exit event to know which case this is.
-    fn self_test(&self) -> io::Result<()> {
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits (at most `limit`) until the subscription is live or has failed; its status.
+    pub fn settle(&self, limit: Duration) -> Status {
+        let deadline = Instant::now() + limit;
+        loop {
+            let now = self.status();
+            if now != Status::Starting || Instant::now() >= deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ProcEvents {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Reader {
+    tx: SyncSender<ProcChange>,
+    status: Arc<Mutex<Status>>,
+    stop: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Reader {
+    fn set(&self, status: Status) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    fn run(self) {
+        let conn = match subscribe() {
+            Ok(c) => c,
+            Err(e) => return self.set(Status::Unavailable(e.to_string())),
+        };
+        if let Err(e) = self.self_test(&conn) {
+            return self.set(Status::Unavailable(e.to_string()));
+        }
+        self.set(Status::Live);
+        let mut buf = vec![0u8; 8192];
+        while !self.stop.load(Ordering::Relaxed) {
+            match conn.recv_timeout(&mut buf, Duration::from_millis(200)) {
+                Ok(Some(ev)) => {
+                    if !self.forward(&ev) {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    // ENOBUFS and friends: events were lost; the fd-count walk catches up.
+                    // Back off so a broken socket cannot spin.
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Queues the change an event means; false when the poll loop is gone.
+    fn forward(&self, ev: &ProcEvent) -> bool {
+        let change = match *ev {
+            ProcEvent::Fork {
+                child_pid,
+                child_tgid,
+                ..
+            } if child_pid == child_tgid => ProcChange::Started(child_tgid),
+            ProcEvent::Exec { tgid, .. } => ProcChange::Started(tgid),
+            ProcEvent::Exit { pid, tgid, .. } if pid == tgid => ProcChange::Exited(tgid),
+            _ => return true,
+        };
+        match self.tx.try_send(change) {
+            Err(TrySendError::Disconnected(_)) => false,
+            // The poll loop is stalled: the hint is lost, the fd-count walk catches up
+            // (counted as an error).
+            Err(TrySendError::Full(_)) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(()) => true,
+        }
+    }
+
+    /// Starts a child and waits (at most [`SELF_TEST_WAIT`]) for its exit event: where the
+    /// subscription is accepted but events never come, or come with pids of another
+    /// namespace, this fails.
+    fn self_test(&self, conn: &ProcConnector) -> io::Result<()> {
         let mut child = std::process::Command::new("/bin/true")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -120,12 +202,15 @@ impl ProcEvents {
             .spawn()?;
         let pid = child.id();
         let _ = child.wait();
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.queue.recv_timeout(left) {
-                Ok(ProcChange::Exited(p)) if p == pid => return Ok(()),
-                Ok(_) => {}
-                Err(_) => break,
+        let deadline = Instant::now() + SELF_TEST_WAIT;
+        let mut buf = vec![0u8; 8192];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Ok(Some(ev)) = conn.recv_timeout(&mut buf, left) {
+                let mine =
+                    matches!(ev, ProcEvent::Exit { pid: p, tgid, .. } if p == pid && tgid == pid);
+                if !self.forward(&ev) || mine {
+                    return Ok(());
+                }
             }
         }
         Err(io::Error::other(
@@ -134,13 +219,19 @@ impl ProcEvents {
     }
 }
 
-impl Drop for ProcEvents {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+/// Subscribes to fork, exec and exit events. The crate's constructor subscribes to all
+/// events and waits for the acknowledgement without a timeout (the reason this runs on the
+/// reader thread); the filtered subscription after it waits at most [`ACK_WAIT`].
+fn subscribe() -> io::Result<ProcConnector> {
+    let conn = ProcConnector::new().map_err(to_io)?;
+    super::set_recv_timeout(&conn.as_raw_fd(), ACK_WAIT)?;
+    let mask = EventMask(EventMask::FORK.0 | EventMask::EXEC.0 | EventMask::EXIT.0);
+    match conn.subscribe_filtered(mask) {
+        Ok(()) | Err(proc_connector::Error::WouldBlock) => {}
+        Err(e) => return Err(to_io(e)),
     }
+    let _ = conn.set_recv_buf_size(4 << 20);
+    Ok(conn)
 }
 
 fn to_io(e: proc_connector::Error) -> io::Error {
@@ -153,10 +244,9 @@ mod tests {
 
     #[test]
     fn sees_a_child_start_and_exit() {
-        let Ok(events) = ProcEvents::start() else {
-            return; // no proc connector here: nothing to test
-        };
-        std::thread::sleep(Duration::from_millis(100));
+        // The suite runs as root in the initial namespaces: the connector works there.
+        let events = ProcEvents::start().expect("proc connector");
+        assert_eq!(events.settle(Duration::from_secs(5)), Status::Live);
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         let _ = child.wait();

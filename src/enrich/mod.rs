@@ -8,20 +8,39 @@ pub mod threat;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
 
 use crate::collect::dns_capture::DnsCapture;
 use crate::config::EnrichConfig;
 use crate::records::VmConnection;
+use dns::{DnsCache, DnsCounters};
 use geo::GeoDb;
 use reverse::ReverseLookups;
-use threat::{Indicators, Rejected};
+use threat::{Indicators, Rejections};
+
+/// The DNS capture's counters, for the self-metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DnsReport {
+    pub counters: DnsCounters,
+    /// Packets that were not DNS messages.
+    pub unparsable: u64,
+    /// Packets the kernel dropped: the reader fell behind.
+    pub dropped: u64,
+    pub cache_bytes: u64,
+}
 
 pub struct Enricher {
     files: Vec<PathBuf>,
+    max_indicators: usize,
     indicators: Indicators,
+    /// A reload of the indicator files in progress, on a thread of its own (a 200 MB file
+    /// took 7 s: issue 12); its result replaces `indicators` when it lands.
+    loading: Option<Receiver<(Indicators, Rejections)>>,
     geo_path: Option<PathBuf>,
     geo: Option<GeoDb>,
-    dns: Option<DnsCapture>,
+    /// The capture (kept running while it lives) and the cache it fills.
+    dns: Option<(DnsCapture, Arc<Mutex<DnsCache>>)>,
     /// Whether DNS capture runs, or why not.
     pub dns_status: Result<(), String>,
     reverse: Option<ReverseLookups>,
@@ -31,7 +50,9 @@ impl Enricher {
     pub fn new(config: &EnrichConfig) -> Enricher {
         let mut e = Enricher {
             files: config.indicator_files.clone(),
+            max_indicators: config.max_indicators,
             indicators: Indicators::default(),
+            loading: None,
             geo_path: (!config.geoip_database.as_os_str().is_empty())
                 .then(|| config.geoip_database.clone()),
             geo: None,
@@ -42,9 +63,10 @@ impl Enricher {
         e.load();
         e.open_geo();
         if config.dns_capture {
-            match DnsCapture::start(config.dns_cache_entries) {
+            let (cache, on_message) = dns::shared(config.dns_cache_entries, config.dns_cache_bytes);
+            match DnsCapture::start(on_message) {
                 Ok(c) => {
-                    e.dns = Some(c);
+                    e.dns = Some((c, cache));
                     e.dns_status = Ok(());
                 }
                 Err(err) => {
@@ -83,27 +105,77 @@ impl Enricher {
         }
     }
 
+    /// The first load, before the first records: at start-up, on the caller's thread.
     fn load(&mut self) {
         if self.files.is_empty() {
             return;
         }
-        let (indicators, rejected) = Indicators::load(&self.files);
-        report_rejected(&rejected);
+        let (indicators, rejected) = Indicators::load(&self.files, self.max_indicators);
+        self.take(indicators, &rejected);
+    }
+
+    fn take(&mut self, indicators: Indicators, rejected: &Rejections) {
+        report_rejected(rejected, self.max_indicators);
         tracing::info!(
             indicators = indicators.len(),
-            skipped_lines = rejected.len(),
+            skipped_lines = rejected.skipped,
+            over_max_indicators = rejected.over_cap,
             "malicious-IP indicators loaded"
         );
         self.indicators = indicators;
     }
 
-    /// Reloads sources whose files changed (called once per window).
+    /// Reloads sources whose files changed (called once per window). Indicator files load
+    /// on a thread; the records use the previous ones until the new ones are ready.
     pub fn refresh(&mut self) {
-        if self.indicators.changed() {
-            self.load();
+        if let Some(rx) = &self.loading {
+            match rx.try_recv() {
+                Ok((indicators, rejected)) => {
+                    self.loading = None;
+                    self.take(indicators, &rejected);
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    self.loading = None;
+                    tracing::error!(
+                        "the indicator reload ended without a result; keeping the loaded ones"
+                    );
+                }
+            }
+        }
+        if self.loading.is_none() && self.indicators.changed() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let (files, max) = (self.files.clone(), self.max_indicators);
+            let spawned = std::thread::Builder::new()
+                .name("indicators".into())
+                .spawn(move || {
+                    let _ = tx.send(Indicators::load(&files, max));
+                });
+            match spawned {
+                Ok(_) => self.loading = Some(rx),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot start the indicator reload; trying again next window"
+                ),
+            }
         }
         if self.geo.as_ref().is_some_and(GeoDb::changed) {
             self.open_geo();
+        }
+    }
+
+    /// What the DNS capture counted (zeros when it is off).
+    pub fn dns_report(&self) -> DnsReport {
+        let Some((capture, cache)) = &self.dns else {
+            return DnsReport::default();
+        };
+        let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        DnsReport {
+            counters: cache.counters,
+            unparsable: load(&capture.stats.unparsable),
+            dropped: load(&capture.stats.dropped),
+            cache_bytes: cache.bytes() as u64,
         }
     }
 
@@ -112,8 +184,8 @@ impl Enricher {
         let Ok(ip) = rec.remote_ip.parse::<IpAddr>() else {
             return;
         };
-        if let Some(dns) = &self.dns {
-            let cache = dns.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, cache)) = &self.dns {
+            let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(names) = cache.get(ip, std::time::Instant::now()) {
                 rec.remote_dns_questions = serde_json::to_string(&names.questions).ok();
                 rec.remote_dns_canonical_names = (!names.canonical_names.is_empty())
@@ -135,21 +207,22 @@ impl Enricher {
         }
         if let Some(ind) = self.indicators.lookup(ip) {
             rec.malicious_ip = Some(rec.remote_ip.clone());
-            rec.indicator_threat_type = ind.threat_type.clone();
-            rec.description = ind.description.clone();
-            rec.tlp_level = ind.tlp_level.clone();
-            rec.confidence = ind.confidence.clone();
+            let text = |t: &Option<Arc<str>>| t.as_deref().map(str::to_owned);
+            rec.indicator_threat_type = text(&ind.threat_type);
+            rec.description = text(&ind.description);
+            rec.tlp_level = text(&ind.tlp_level);
+            rec.confidence = text(&ind.confidence);
             rec.severity = ind.severity;
-            rec.first_reported_date_time = ind.first_reported.clone();
-            rec.last_reported_date_time = ind.last_reported.clone();
-            rec.is_active = ind.is_active.clone();
+            rec.first_reported_date_time = text(&ind.first_reported);
+            rec.last_reported_date_time = text(&ind.last_reported);
+            rec.is_active = text(&ind.is_active);
         }
     }
 }
 
 /// Each skipped line is worth knowing once per load; the first ten are named.
-fn report_rejected(rejected: &[Rejected]) {
-    for r in rejected.iter().take(10) {
+fn report_rejected(rejected: &Rejections, max: usize) {
+    for r in &rejected.named {
         tracing::warn!(
             file = %r.file.display(),
             line = r.line,
@@ -157,7 +230,17 @@ fn report_rejected(rejected: &[Rejected]) {
             "indicator line skipped"
         );
     }
-    if rejected.len() > 10 {
-        tracing::warn!(more = rejected.len() - 10, "more indicator lines skipped");
+    if rejected.skipped > rejected.named.len() {
+        tracing::warn!(
+            more = rejected.skipped - rejected.named.len(),
+            "more indicator lines skipped"
+        );
+    }
+    if rejected.over_cap > 0 {
+        tracing::warn!(
+            not_loaded = rejected.over_cap,
+            max_indicators = max,
+            "indicators beyond enrich.max_indicators not loaded"
+        );
     }
 }

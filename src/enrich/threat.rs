@@ -13,27 +13,29 @@
 //! longest length down — at most 33 probes for IPv4 and 129 for IPv6 whatever the number of
 //! indicators (constant time per lookup).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-/// One indicator's columns, as the records carry them.
+/// One indicator's columns, as the records carry them. Text is shared: feeds repeat the same
+/// few threat types, levels and dates across millions of lines, and each distinct text is
+/// stored once per load.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Indicator {
-    pub net: Option<IpNet>,
-    pub threat_type: Option<String>,
-    pub description: Option<String>,
-    pub tlp_level: Option<String>,
-    pub confidence: Option<String>,
+    pub threat_type: Option<Arc<str>>,
+    pub description: Option<Arc<str>>,
+    pub tlp_level: Option<Arc<str>>,
+    pub confidence: Option<Arc<str>>,
     pub severity: Option<i32>,
-    pub first_reported: Option<String>,
-    pub last_reported: Option<String>,
-    pub is_active: Option<String>,
+    pub first_reported: Option<Arc<str>>,
+    pub last_reported: Option<Arc<str>>,
+    pub is_active: Option<Arc<str>>,
 }
 
 /// A line as read (CSV row or JSON object), before its address is parsed.
@@ -59,6 +61,28 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// The lines one load did not take: the first [`NAMED_REJECTIONS`] with their reasons, and
+/// how many in all (a file of garbage must not cost a record per line).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejections {
+    pub named: Vec<Rejected>,
+    /// Lines skipped as malformed.
+    pub skipped: usize,
+    /// Indicators beyond `max_indicators`: not loaded.
+    pub over_cap: usize,
+}
+
+pub const NAMED_REJECTIONS: usize = 10;
+
+impl Rejections {
+    fn push(&mut self, r: Rejected) {
+        self.skipped += 1;
+        if self.named.len() < NAMED_REJECTIONS {
+            self.named.push(r);
+        }
+    }
+}
+
 /// The loaded indicators, by prefix length, longest first.
 #[derive(Debug, Default)]
 pub struct Indicators {
@@ -69,49 +93,39 @@ pub struct Indicators {
 }
 
 impl Indicators {
-    /// Loads `files`; returns the indicators and the lines skipped.
-    pub fn load(files: &[PathBuf]) -> (Indicators, Vec<Rejected>) {
-        let mut all = Vec::new();
-        let mut rejected = Vec::new();
+    /// Loads `files`, at most `max` indicators (networks); returns them and the lines not
+    /// taken. Each line goes straight into its table: nothing else holds a whole file.
+    pub fn load(files: &[PathBuf], max: usize) -> (Indicators, Rejections) {
+        let mut load = Load {
+            by_len: HashMap::new(),
+            len: 0,
+            max,
+            texts: HashSet::new(),
+            rejections: Rejections::default(),
+        };
         let mut stamps = Vec::new();
         for file in files {
             stamps.push((file.clone(), mtime(file)));
-            // Streamed as bytes: a file need not fit in memory twice, and a line that is not
-            // UTF-8 is that line's problem only (read whole as text, one bad byte dropped every
-            // indicator of the file: issue 12).
+            // Streamed as bytes: a line that is not UTF-8 is that line's problem only (read
+            // whole as text, one bad byte dropped every indicator of the file: issue 12).
             match fs::File::open(file) {
-                Ok(f) => parse_file(file, std::io::BufReader::new(f), &mut all, &mut rejected),
-                Err(e) => rejected.push(Rejected {
+                Ok(f) => load.file(file, std::io::BufReader::new(f)),
+                Err(e) => load.rejections.push(Rejected {
                     file: file.clone(),
                     line: 0,
                     reason: format!("cannot read: {e}"),
                 }),
             }
         }
-        let mut by_len: HashMap<(u8, bool), HashMap<IpAddr, Indicator>> = HashMap::new();
-        let mut len = 0;
-        for ind in all {
-            let Some(net) = ind.net else { continue };
-            let key = (net.prefix_len(), net.addr().is_ipv6());
-            // A later line for the same network replaces an earlier one.
-            if by_len
-                .entry(key)
-                .or_default()
-                .insert(net.network(), ind)
-                .is_none()
-            {
-                len += 1;
-            }
-        }
-        let mut tables: Vec<_> = by_len.into_iter().collect();
+        let mut tables: Vec<_> = load.by_len.into_iter().collect();
         tables.sort_by_key(|t| std::cmp::Reverse(t.0.0));
         (
             Indicators {
                 tables,
-                len,
+                len: load.len,
                 files: stamps,
             },
-            rejected,
+            load.rejections,
         )
     }
 
@@ -160,59 +174,107 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{t}` is not an IP address or CIDR range"))
 }
 
-fn parse_file(
-    file: &Path,
-    text: impl std::io::BufRead,
-    out: &mut Vec<Indicator>,
-    rejected: &mut Vec<Rejected>,
-) {
-    let reject = |line: usize, reason: String| Rejected {
-        file: file.to_path_buf(),
-        line,
-        reason,
-    };
-    let mut accept =
-        |line: usize, l: Line, rejected: &mut Vec<Rejected>| match parse_net(&l.indicator) {
-            Ok(net) => out.push(Indicator {
-                net: Some(net),
-                threat_type: l.threat_type,
-                description: l.description,
-                tlp_level: l.tlp_level,
-                confidence: l.confidence,
-                severity: l.severity,
-                first_reported: l.first_reported,
-                last_reported: l.last_reported,
-                is_active: l.is_active,
-            }),
-            Err(e) => rejected.push(reject(line, e)),
-        };
-    if file
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-    {
-        let mut reader = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .flexible(true)
-            .from_reader(text);
-        for (i, row) in reader.deserialize::<Line>().enumerate() {
-            // Line numbers count the header as line 1.
-            let line = i + 2;
-            match row {
-                Ok(l) => accept(line, l, rejected),
-                Err(e) => rejected.push(reject(line, e.to_string())),
-            }
+/// One load in progress.
+struct Load {
+    by_len: HashMap<(u8, bool), HashMap<IpAddr, Indicator>>,
+    len: usize,
+    max: usize,
+    /// Each distinct text once (see [`Indicator`]).
+    texts: HashSet<Arc<str>>,
+    rejections: Rejections,
+}
+
+impl Load {
+    fn text(&mut self, t: Option<String>) -> Option<Arc<str>> {
+        let t = t?;
+        if let Some(shared) = self.texts.get(t.as_str()) {
+            return Some(shared.clone());
         }
-    } else {
+        let shared: Arc<str> = Arc::from(t);
+        self.texts.insert(shared.clone());
+        Some(shared)
+    }
+
+    fn accept(&mut self, file: &Path, line: usize, l: Line) {
+        let net = match parse_net(&l.indicator) {
+            Ok(net) => net,
+            Err(reason) => {
+                self.rejections.push(Rejected {
+                    file: file.to_path_buf(),
+                    line,
+                    reason,
+                });
+                return;
+            }
+        };
+        let key = (net.prefix_len(), net.addr().is_ipv6());
+        let known = self
+            .by_len
+            .get(&key)
+            .is_some_and(|t| t.contains_key(&net.network()));
+        if !known && self.len >= self.max {
+            self.rejections.over_cap += 1;
+            return;
+        }
+        let ind = Indicator {
+            threat_type: self.text(l.threat_type),
+            description: self.text(l.description),
+            tlp_level: self.text(l.tlp_level),
+            confidence: self.text(l.confidence),
+            severity: l.severity,
+            first_reported: self.text(l.first_reported),
+            last_reported: self.text(l.last_reported),
+            is_active: self.text(l.is_active),
+        };
+        // A later line for the same network replaces an earlier one.
+        if self
+            .by_len
+            .entry(key)
+            .or_default()
+            .insert(net.network(), ind)
+            .is_none()
+        {
+            self.len += 1;
+        }
+    }
+
+    fn reject(&mut self, file: &Path, line: usize, reason: String) {
+        self.rejections.push(Rejected {
+            file: file.to_path_buf(),
+            line,
+            reason,
+        });
+    }
+
+    fn file(&mut self, file: &Path, text: impl std::io::BufRead) {
+        if file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
+            let mut reader = csv::ReaderBuilder::new()
+                .trim(csv::Trim::All)
+                .flexible(true)
+                .from_reader(text);
+            for (i, row) in reader.deserialize::<Line>().enumerate() {
+                // Line numbers count the header as line 1.
+                let line = i + 2;
+                match row {
+                    Ok(l) => self.accept(file, line, l),
+                    Err(e) => self.reject(file, line, e.to_string()),
+                }
+            }
+            return;
+        }
         for (i, raw) in text.split(b'\n').enumerate() {
             let raw = match raw {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    rejected.push(reject(i + 1, format!("cannot read: {e}")));
+                    self.reject(file, i + 1, format!("cannot read: {e}"));
                     break;
                 }
             };
             let Ok(raw) = std::str::from_utf8(&raw) else {
-                rejected.push(reject(i + 1, "not UTF-8".into()));
+                self.reject(file, i + 1, "not UTF-8".into());
                 continue;
             };
             let raw = raw.trim();
@@ -220,8 +282,8 @@ fn parse_file(
                 continue;
             }
             match serde_json::from_str::<Line>(raw) {
-                Ok(l) => accept(i + 1, l, rejected),
-                Err(e) => rejected.push(reject(i + 1, e.to_string())),
+                Ok(l) => self.accept(file, i + 1, l),
+                Err(e) => self.reject(file, i + 1, e.to_string()),
             }
         }
     }
@@ -255,11 +317,41 @@ mod tests {
             b"{\"indicator\": \"10.1.0.1\"}\n{\"indicator\": \"10.1.0.2\xff\"}\n{\"indicator\": \"10.1.0.3\"}\n",
         )
         .unwrap();
-        let (ind, rejected) = Indicators::load(&[csv, jsonl]);
+        let (ind, rejected) = Indicators::load(&[csv, jsonl], 100);
         assert_eq!(ind.len(), 4, "{rejected:?}");
-        let lines: Vec<usize> = rejected.iter().map(|r| r.line).collect();
+        let lines: Vec<usize> = rejected.named.iter().map(|r| r.line).collect();
         assert_eq!(lines, vec![3, 2], "{rejected:?}");
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn at_most_max_indicators_load_and_the_rest_are_counted() {
+        let mut text = String::from("indicator,threat_type,tlp_level\n");
+        for i in 0..1_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            text.push_str(&format!("{ip},Botnet,Amber\n"));
+        }
+        // A known network again replaces its line even at the cap; garbage is counted.
+        text.push_str("10.0.0.1,C2,Red\n");
+        for _ in 0..50 {
+            text.push_str("garbage,,\n");
+        }
+        let f = file("cap.csv", &text);
+        let (ind, rejected) = Indicators::load(&[f], 600);
+        assert_eq!(ind.len(), 600);
+        assert_eq!((rejected.over_cap, rejected.skipped), (400, 50));
+        assert_eq!(rejected.named.len(), NAMED_REJECTIONS);
+        let first = ind.lookup("10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(first.threat_type.as_deref(), Some("C2"));
+        assert!(
+            ind.lookup("10.0.2.88".parse().unwrap()).is_none(),
+            "beyond the cap"
+        );
+        // One allocation for a text repeated on every line.
+        let a = ind.lookup("10.0.0.2".parse().unwrap()).unwrap();
+        let b = ind.lookup("10.0.0.3".parse().unwrap()).unwrap();
+        let (a, b) = (a.tlp_level.as_ref().unwrap(), b.tlp_level.as_ref().unwrap());
+        assert!(Arc::ptr_eq(a, b));
     }
 
     #[test]
@@ -279,14 +371,17 @@ mod tests {
              {\"indicator\": \"2001:db8::1\", \"threat_type\": \"DDoS\", \"tlp_level\": \"Amber\"}\n\
              {broken\n",
         );
-        let (ind, rejected) = Indicators::load(&[csv.clone(), jsonl.clone()]);
+        let (ind, rejected) = Indicators::load(&[csv.clone(), jsonl.clone()], 100);
         assert_eq!(ind.len(), 5);
-        let lines: Vec<(PathBuf, usize)> =
-            rejected.iter().map(|r| (r.file.clone(), r.line)).collect();
+        let lines: Vec<(PathBuf, usize)> = rejected
+            .named
+            .iter()
+            .map(|r| (r.file.clone(), r.line))
+            .collect();
         assert_eq!(lines, vec![(csv.clone(), 5), (csv, 6), (jsonl.clone(), 3)]);
         let t = |ip: &str| {
             ind.lookup(ip.parse().unwrap())
-                .and_then(|i| i.threat_type.clone())
+                .and_then(|i| i.threat_type.as_deref().map(str::to_owned))
         };
         assert_eq!(t("10.1.2.3").as_deref(), Some("Phishing"));
         assert_eq!(t("10.1.2.4").as_deref(), Some("C2"));
