@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -342,6 +345,9 @@ fn dns_answers_name_the_remote_end_with_its_question_and_cname_chain() {
     }
 }
 
+/// O_NONBLOCK (Linux): opening a FIFO for writing fails at once while nobody reads it.
+const O_NONBLOCK: i32 = 0o4000;
+
 const HOSTILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/dns_hostile.py");
 
 /// depmap with DNS capture and its metrics endpoint on 127.0.0.1:`port` in `ns`.
@@ -527,4 +533,114 @@ fn reverse_lookups_name_addresses_no_answer_was_seen_for() {
             assert!(r["RemoteDnsQuestions"].is_null(), "{r}");
         }
     }
+}
+
+/// The distinct windows (TimeGenerated) with a VMBoundPort record of `port`.
+fn windows_of(records: &[Value], port: i64) -> std::collections::BTreeSet<String> {
+    of_type(records, "VMBoundPort")
+        .into_iter()
+        .filter(|r| r["Port"] == port)
+        .map(|r| r["TimeGenerated"].to_string())
+        .collect()
+}
+
+#[test]
+fn a_huge_indicator_file_is_capped_and_its_reload_never_stops_the_poll_loop() {
+    let _serial = serial();
+    let ns = Netns::new("bigthreat");
+    let dir = TempDir::new("bigthreat");
+    // 400,000 distinct networks in 36 MB; the cap takes 150,000 of them.
+    let csv = dir.0.join("feed.csv");
+    let mut text = String::from(
+        "indicator,threat_type,description,tlp_level,confidence,severity,first_reported,last_reported,is_active\n",
+    );
+    for i in 0..400_000u32 {
+        let ip = std::net::Ipv4Addr::from(0x0b00_0000 + i);
+        text.push_str(&format!(
+            "{ip},Botnet,Seen in campaign {},Amber,80,3,2026-01-01T00:00:00Z,2026-11-01T00:00:00Z,true\n",
+            i % 100
+        ));
+    }
+    std::fs::write(&csv, &text).unwrap();
+    drop(text);
+    let log = dir.0.join("depmap.log");
+    let mut dm = Depmap::start_logging(
+        &ns,
+        &format!(
+            "[enrich]\nindicator_files = [\"{}\"]\nmax_indicators = 150000\n",
+            csv.display()
+        ),
+        &log,
+    );
+    let loaded = text_of(&log);
+    assert!(
+        loaded.contains("indicators=150000") && loaded.contains("over_max_indicators=250000"),
+        "{loaded}"
+    );
+    assert!(loaded.contains("indicators beyond enrich.max_indicators not loaded"));
+    let peak = peak_rss_kib(dm.proc.child.id());
+    eprintln!("indicators: 150,000 of 400,000 loaded (36 MB file); peak RSS {peak} KiB");
+    assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+
+    // The file becomes a FIFO nobody writes: a reload reading it on the poll loop stopped
+    // every poll (as a 7 s load did). The windows go on while the reload waits.
+    let (_srv, _) = server(&ns, "127.0.0.9", 9704, 0);
+    let fifo = dir.0.join("feed.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::rename(&fifo, &csv).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_dir(format!(
+            "/proc/{}/task",
+            dm.proc.child.id()
+        ))
+        .map(|tasks| tasks
+            .flatten()
+            .any(|t| { text_of(&t.path().join("comm")).trim() == "indicators" }))
+        .unwrap_or(false)),
+        "the reload runs on its own thread"
+    );
+    let before = windows_of(&parse(&dm.proc.seen), 9704).len();
+    assert!(
+        dm.wait_for(Duration::from_secs(20), |r| windows_of(r, 9704).len()
+            >= before + 3),
+        "windows stopped while the reload waited"
+    );
+    // The reload lands when the FIFO is written: the new single indicator replaces the cap.
+    let mut writer = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&csv)
+            .ok();
+        writer.is_some()
+    }));
+    let mut writer = writer.unwrap();
+    writer
+        .write_all(b"indicator,threat_type\n127.0.0.9,C2\n")
+        .unwrap();
+    drop(writer);
+    assert!(
+        wait_until(Duration::from_secs(20), || text_of(&log)
+            .contains("indicators=1 ")),
+        "{}",
+        text_of(&log)
+    );
+    let t = client(
+        &ns,
+        &["--host", "127.0.0.9", "--port", "9704", "--conns", "1"],
+    );
+    assert_eq!(t["conns"], 1);
+    assert!(dm.wait_for(Duration::from_secs(15), |r| {
+        of_type(r, "VMConnection")
+            .iter()
+            .any(|x| x["DestinationPort"] == 9704 && x["MaliciousIp"] == "127.0.0.9")
+    }));
+    dm.stop();
 }
