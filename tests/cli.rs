@@ -358,3 +358,216 @@ fn a_process_whose_name_is_not_utf8_keeps_its_connections_and_its_record() {
         "its VMProcess record"
     );
 }
+
+/// One configuration: `[section] key = value` over the test bed's, with the sink it needs.
+struct Extreme {
+    section: &'static str,
+    key: &'static str,
+    value: &'static str,
+    sink: &'static str,
+}
+
+const MAX: &str = "18446744073709551615";
+
+/// Every numeric and duration key at the edges of what it takes, and past them.
+fn extremes() -> Vec<Extreme> {
+    let mut all = Vec::new();
+    let mut add = |section, sink, key, values: &[&'static str]| {
+        for value in values {
+            all.push(Extreme {
+                section,
+                key,
+                value,
+                sink,
+            });
+        }
+    };
+    let (c, e) = ("collect", "enrich");
+    add(
+        c,
+        "stdout",
+        "window",
+        &["\"86400s\"", "\"1ns\"", "\"300000000000y\""],
+    );
+    add(
+        c,
+        "stdout",
+        "socket_poll",
+        &["\"2s\"", "\"1ns\"", "\"300000000000y\""],
+    );
+    add(
+        c,
+        "stdout",
+        "inventory_interval",
+        &["\"604800s\"", "\"1s\"", "\"300000000000y\""],
+    );
+    add(
+        c,
+        "stdout",
+        "hot_poll",
+        &["\"50ms\"", "\"300000000000y\"", "\"1ns\""],
+    );
+    add(c, "stdout", "hot_sockets", &["0", MAX, "-1"]);
+    add(c, "stdout", "max_connections", &["1", MAX, "0"]);
+    add(c, "stdout", "max_pools", &["1", MAX]);
+    add(
+        c,
+        "stdout",
+        "cpu_budget",
+        &[
+            "\"100%\"",
+            "\"1e308%\"",
+            "\"0.0000001%\"",
+            "\"-1%\"",
+            "\"NaN%\"",
+        ],
+    );
+    add(e, "stdout", "max_indicators", &["0", MAX]);
+    add(e, "stdout", "dns_cache_entries", &["0", MAX]);
+    add(e, "stdout", "dns_cache_bytes", &["65536", MAX, "0"]);
+    add(
+        e,
+        "stdout",
+        "reverse_lookups_per_second",
+        &["0", "4294967295", "4294967296"],
+    );
+    let (d, h) = ("sink.delivery", "http");
+    add(d, h, "spool_max_bytes", &["65536", MAX, "0"]);
+    add(
+        d,
+        h,
+        "spool_max_age",
+        &["\"366d\"", "\"1ns\"", "\"300000000000y\""],
+    );
+    add(d, h, "batch_max_records", &["0", "1", MAX]);
+    add(d, h, "batch_max_bytes", &["0", "1", MAX]);
+    add(
+        d,
+        h,
+        "batch_max_age",
+        &["\"60m\"", "\"0s\"", "\"300000000000y\""],
+    );
+    add(
+        d,
+        h,
+        "max_backoff",
+        &["\"24h\"", "\"0s\"", "\"100000000000y\""],
+    );
+    add(
+        d,
+        h,
+        "shutdown_grace",
+        &["\"10m\"", "\"0s\"", "\"300000000000y\""],
+    );
+    add(
+        "sink.http",
+        h,
+        "timeout",
+        &["\"10m\"", "\"1ns\"", "\"300000000000y\""],
+    );
+    add(
+        "sink.clickhouse",
+        "clickhouse",
+        "timeout",
+        &["\"10m\"", "\"1ns\"", "\"300000000000y\""],
+    );
+    add("sink.file", "file", "max_file_bytes", &["0", "1", MAX]);
+    add("sink.file", "file", "max_files", &["0", "1", MAX]);
+    all
+}
+
+/// The configuration text of `x` over the test bed's (2 s windows, 200 ms polls, no budget;
+/// remote sinks at a closed port of the namespace's loopback).
+fn extreme_config(x: &Extreme, state: &Path) -> String {
+    let mut sections: Vec<(&str, Vec<(String, String)>)> = vec![
+        (
+            "agent",
+            vec![("state_dir".into(), format!("\"{}\"", state.display()))],
+        ),
+        (
+            "collect",
+            vec![
+                ("window".into(), "\"2s\"".into()),
+                ("socket_poll".into(), "\"200ms\"".into()),
+                ("cpu_budget".into(), "\"0%\"".into()),
+            ],
+        ),
+        ("enrich", vec![]),
+        ("sink", vec![("kind".into(), format!("\"{}\"", x.sink))]),
+        ("sink.delivery", vec![]),
+        (
+            "sink.http",
+            vec![("url".into(), "\"http://127.0.0.1:9/ingest\"".into())],
+        ),
+        (
+            "sink.clickhouse",
+            vec![("url".into(), "\"http://127.0.0.1:9\"".into())],
+        ),
+        ("sink.file", vec![]),
+    ];
+    let mut text = String::new();
+    for (name, keys) in &mut sections {
+        if *name == x.section {
+            keys.retain(|(k, _)| k != x.key);
+            keys.push((x.key.into(), x.value.into()));
+        }
+        text.push_str(&format!("[{name}]\n"));
+        for (k, v) in keys {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    text
+}
+
+#[test]
+fn every_numeric_key_at_its_extremes_is_refused_in_one_line_or_runs_reloads_and_stops() {
+    let _serial = serial();
+    let ns = Netns::new("extreme");
+    let dir = TempDir::new("extreme");
+    let (mut refused, mut ran) = (0, 0);
+    for (i, x) in extremes().iter().enumerate() {
+        let name = format!("{}.{} = {}", x.section, x.key, x.value);
+        let cfg = dir.0.join(format!("extreme-{i}.toml"));
+        std::fs::write(&cfg, extreme_config(x, &dir.0.join(format!("state-{i}")))).unwrap();
+        let check = with_config("check-config", &cfg);
+        let err = String::from_utf8_lossy(&check.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        if check.status.code() == Some(2) {
+            assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+            assert!(err.contains(x.key), "{name}: the line names the key: {err}");
+            refused += 1;
+            continue;
+        }
+        assert!(check.status.success(), "{name}: {check:?}");
+        // Accepted: the daemon starts, takes a reload, stops cleanly, and never panics.
+        ran += 1;
+        let log = dir.0.join(format!("extreme-{i}.log"));
+        let mut cmd = ns.command(DEPMAP);
+        cmd.args(["run", "--config"]).arg(&cfg);
+        let mut dm = Proc::spawn_logging(
+            cmd,
+            std::process::Stdio::from(std::fs::File::create(&log).unwrap()),
+        );
+        let up = wait_until(Duration::from_secs(30), || {
+            text_of(&log).contains("depmap running")
+        });
+        assert!(up, "{name}: {}", text_of(&log));
+        let pid = dm.child.id().to_string();
+        let kill = |sig: &str| Command::new("kill").args([sig, &pid]).status().unwrap();
+        kill("-HUP");
+        let reloaded = wait_until(Duration::from_secs(30), || {
+            text_of(&log).contains("configuration reloaded")
+        });
+        assert!(reloaded, "{name}: {}", text_of(&log));
+        kill("-TERM");
+        let status = dm.wait_exit(Duration::from_secs(60));
+        let text = text_of(&log);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name}: {status:?}\n{text}"
+        );
+        assert!(!text.contains("panicked"), "{name}: {text}");
+    }
+    eprintln!("extreme values: {refused} refused with one line, {ran} ran, reloaded and stopped");
+    assert!(refused > 0 && ran > 0);
+}

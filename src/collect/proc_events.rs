@@ -223,7 +223,15 @@ impl Reader {
 /// events and waits for the acknowledgement without a timeout (the reason this runs on the
 /// reader thread); the filtered subscription after it waits at most [`ACK_WAIT`].
 fn subscribe() -> io::Result<ProcConnector> {
-    let conn = ProcConnector::new().map_err(to_io)?;
+    let conn = ProcConnector::new().map_err(|e| match e {
+        // The kernel's connector exists in the initial network namespace only.
+        proc_connector::Error::Os(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            io::Error::other(
+                "not the initial network namespace: the kernel's connector is not here",
+            )
+        }
+        e => to_io(e),
+    })?;
     super::set_recv_timeout(&conn.as_raw_fd(), ACK_WAIT)?;
     let mask = EventMask(EventMask::FORK.0 | EventMask::EXEC.0 | EventMask::EXIT.0);
     match conn.subscribe_filtered(mask) {

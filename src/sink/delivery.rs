@@ -14,7 +14,8 @@
 //!   `on_reject`, counted, and logged (once a minute at most).
 //! * Bounds: the spool's size and age limits drop the oldest batches, counted and logged.
 //! * Stopping: pending records are sealed and spooled; the sender keeps sending for
-//!   `shutdown_grace`, and whatever is left is sent after the next start.
+//!   `shutdown_grace` while the collector accepts, stops at the first failure (the batches
+//!   are safe in the spool), and whatever is left is sent after the next start.
 
 use std::collections::HashMap;
 use std::io;
@@ -458,6 +459,17 @@ fn send_loop(
             }
             Outcome::Retry { after, reason } => {
                 metrics.batches_retried.fetch_add(1, Ordering::Relaxed);
+                // Stopping: the batches are safe in the spool, and retrying for the rest of
+                // the grace only delays the stop (a 10-minute grace kept a stop waiting on a
+                // collector that refused every connection).
+                if lock(&shared.state).stop_by.is_some() {
+                    tracing::warn!(
+                        sink = transport.name(),
+                        %reason,
+                        "sending failed while stopping; the batches stay spooled for the next start"
+                    );
+                    return;
+                }
                 let wait = backoff.next(after);
                 if last_retry_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     tracing::warn!(
