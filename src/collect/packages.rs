@@ -7,8 +7,10 @@
 //!   as soon as every wanted path is found. The version is the `Version:` field (with epoch, e.g.
 //!   `1:2.3-4`) of the installed stanza in `var/lib/dpkg/status`. Multi-arch list names
 //!   (`libc6:amd64.list`) give the package name without the architecture. Diversions are ignored.
-//! * rpm, only if `usr/bin/rpm` or `bin/rpm` exists: `rpm -qf` per path (5 s timeout), version
-//!   `VERSION-RELEASE` (no epoch).
+//! * rpm, only if `usr/bin/rpm` or `bin/rpm` exists: one `rpm -qf` for every uncached path
+//!   of a batch (it was one per path, each up to 5 s, on the poll loop: issue 12), listing the
+//!   files of the owning packages, so each line names the file it answers for; at most
+//!   [`RPM_PATHS`] paths and [`RPM_WAIT`] per invocation. Version `VERSION-RELEASE` (no epoch).
 //!
 //! Each path is tried as given (a trailing ` (deleted)` from `/proc/PID/exe` removed), through
 //! its canonical form (symlinks resolved), and through the merged-/usr alias of both
@@ -20,9 +22,9 @@
 //! has no installed stanza gets an empty version. Unreadable databases give `None`, never a panic.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageInfo {
@@ -76,7 +78,7 @@ impl PackageDb {
             let found = if self.has_dpkg() {
                 self.dpkg_lookup(&missing)
             } else if let Some(rpm) = self.rpm_binary() {
-                missing.iter().map(|p| self.rpm_lookup(&rpm, p)).collect()
+                self.rpm_lookup_many(&rpm, &missing)
             } else {
                 vec![None; missing.len()]
             };
@@ -224,13 +226,33 @@ impl PackageDb {
             .find(|p| p.is_file())
     }
 
-    fn rpm_lookup(&self, rpm: &Path, path: &str) -> Option<PackageInfo> {
-        if !plausibly_packaged(path) {
-            return None;
-        }
-        self.candidates(path)
+    /// The owners of `paths` (each through its candidates), from one `rpm -qf` per
+    /// [`RPM_PATHS`] candidates.
+    fn rpm_lookup_many(&self, rpm: &Path, paths: &[&str]) -> Vec<Option<PackageInfo>> {
+        let wanted: Vec<Vec<String>> = paths
             .iter()
-            .find_map(|c| run_rpm_qf(rpm, &self.root, c))
+            .map(|p| {
+                if plausibly_packaged(p) {
+                    self.candidates(p)
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let mut all: Vec<&str> = Vec::new();
+        for c in wanted.iter().flatten() {
+            if !all.contains(&c.as_str()) {
+                all.push(c);
+            }
+        }
+        let mut owners = HashMap::new();
+        for chunk in all.chunks(RPM_PATHS) {
+            owners.extend(run_rpm_qf(rpm, &self.root, chunk));
+        }
+        wanted
+            .iter()
+            .map(|cands| cands.iter().find_map(|c| owners.get(c).cloned()))
+            .collect()
     }
 }
 
@@ -303,49 +325,76 @@ fn parse_dpkg_status(r: impl BufRead) -> HashMap<String, String> {
     out
 }
 
-/// `rpm -qf` for one path; `None` when not owned, on error, or after a 5 s timeout.
-fn run_rpm_qf(rpm: &Path, root: &Path, path: &str) -> Option<PackageInfo> {
+/// Most paths one `rpm -qf` is asked about.
+const RPM_PATHS: usize = 256;
+/// Longest wait for one `rpm -qf`; past it the paths count as not packaged.
+const RPM_WAIT: Duration = Duration::from_secs(5);
+
+/// One `rpm -qf` for `paths`: the owner of each that has one. The query format lists every
+/// file of each owning package with the package (`[%{FILENAMES}…]`), so the answer for a path
+/// is the line naming it, whatever the order, and a file of two packages is not ambiguous.
+/// Unowned paths print a sentence instead, and rpm then exits non-zero: the status is not
+/// used. The output is read as it comes (it can pass a pipe's buffer), bytes that are not
+/// UTF-8 skipped line by line, and the process killed after [`RPM_WAIT`].
+fn run_rpm_qf(rpm: &Path, root: &Path, paths: &[&str]) -> HashMap<String, PackageInfo> {
     let mut cmd = std::process::Command::new(rpm);
     if root != Path::new("/") {
         cmd.arg("--root").arg(root);
     }
-    let mut child = cmd
+    let spawned = cmd
         .args([
             "-qf",
             "--queryformat",
-            "%{NAME}\\t%{VERSION}-%{RELEASE}\\n",
+            "[%{FILENAMES}\\t%{NAME}\\t%{VERSION}-%{RELEASE}\\n]",
             "--",
-            path,
         ])
+        .args(paths)
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // The answer is a line or two, far below the pipe buffer, so waiting before reading is safe.
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
+        .spawn();
+    let Ok(mut child) = spawned else {
+        return HashMap::new();
     };
-    let mut out = String::new();
-    child.stdout.take()?.read_to_string(&mut out).ok()?;
-    if !status.success() {
-        return None;
-    }
-    let (name, version) = out.lines().next()?.split_once('\t')?;
-    (!name.is_empty()).then(|| PackageInfo {
-        name: name.to_string(),
-        version: version.to_string(),
-    })
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return HashMap::new();
+    };
+    let wanted: HashSet<String> = paths.iter().map(|p| (*p).to_string()).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::Builder::new()
+        .name("rpm-qf".into())
+        .spawn(move || {
+            let mut found = HashMap::new();
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                let Ok(line) = std::str::from_utf8(&line) else {
+                    continue;
+                };
+                let mut fields = line.splitn(3, '\t');
+                if let (Some(file), Some(name), Some(version)) =
+                    (fields.next(), fields.next(), fields.next())
+                    && !name.is_empty()
+                    && wanted.contains(file)
+                {
+                    found.entry(file.to_string()).or_insert(PackageInfo {
+                        name: name.to_string(),
+                        version: version.to_string(),
+                    });
+                }
+            }
+            let _ = tx.send(found);
+        });
+    let found = match reader {
+        Ok(_) => rx.recv_timeout(RPM_WAIT).unwrap_or_default(),
+        Err(_) => HashMap::new(),
+    };
+    // Done or out of time: either way the child goes (kill is harmless after its exit), and
+    // a killed child's closed pipe ends the reader.
+    let _ = child.kill();
+    let _ = child.wait();
+    found
 }
 
 #[cfg(test)]
@@ -418,6 +467,50 @@ mod tests {
             db.lookup("/usr/bin/foo-link").map(|p| p.name).as_deref(),
             Some("foo")
         );
+    }
+
+    #[test]
+    fn rpm_answers_every_path_of_a_batch_from_one_invocation() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("depmap-pkg-rpm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let _clean = TempRoot(root.clone());
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        // A stand-in rpm: logs each call; for each path after `--` prints the owning package's
+        // files (several lines, as the query format asks) or the sentence for unowned ones.
+        let rpm = root.join("usr/bin/rpm");
+        std::fs::write(
+            &rpm,
+            "#!/bin/sh\necho call >> \"$0.calls\"\nwhile [ \"$1\" != -- ]; do shift; done; shift\n\
+             for p in \"$@\"; do case \"$p\" in\n\
+             /usr/bin/foo) printf '/usr/share/doc/foo\\tfoo\\t1.0-1\\n/usr/bin/foo\\tfoo\\t1.0-1\\n' ;;\n\
+             /usr/sbin/bar) printf '/usr/sbin/bar\\tbar\\t2.0-3\\n/usr/bin/foo\\tother\\t9-9\\n' ;;\n\
+             *) echo \"file $p is not owned by any package\" ;;\n\
+             esac; done\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&rpm, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut db = PackageDb::with_root(root.clone());
+        let found = db.lookup_many(&["/usr/bin/foo", "/usr/sbin/bar", "/usr/bin/nobody", "/tmp/x"]);
+        let names: Vec<Option<(String, String)>> = found
+            .into_iter()
+            .map(|f| f.map(|i| (i.name, i.version)))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                Some(("foo".into(), "1.0-1".into())),
+                Some(("bar".into(), "2.0-3".into())),
+                None,
+                None
+            ]
+        );
+        let calls = std::fs::read_to_string(root.join("usr/bin/rpm.calls")).unwrap();
+        assert_eq!(calls.lines().count(), 1, "one rpm for the whole batch");
+        // Cached: asked again, rpm is not run again.
+        db.lookup("/usr/bin/foo");
+        let calls = std::fs::read_to_string(root.join("usr/bin/rpm.calls")).unwrap();
+        assert_eq!(calls.lines().count(), 1);
     }
 
     #[test]

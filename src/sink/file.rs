@@ -6,12 +6,14 @@
 //! happens between batches and every batch is written whole and flushed before `write`
 //! returns (`fdatasync`), so neither rotation nor shutdown loses or splits a record. A write
 //! that fails part-way (disk full) is cut back to the last whole line, so a file never holds a
-//! torn record. At most `max_files` files are kept per table; the oldest are deleted first.
+//! torn record. A process killed mid-write (SIGKILL, power loss) can leave one: at open, the
+//! newest file of each table is cut back to its last whole line, logged and counted. At most
+//! `max_files` files are kept per table; the oldest are deleted first.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::path::PathBuf;
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::{Sink, WriteFailure};
@@ -35,11 +37,17 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn open(dir: PathBuf, max_file_bytes: u64, max_files: usize) -> io::Result<FileSink> {
+    /// Opens the sink on `dir` (created if missing), cutting torn last lines (see the module
+    /// comment); the sink and how many torn lines were cut.
+    pub fn open(
+        dir: PathBuf,
+        max_file_bytes: u64,
+        max_files: usize,
+    ) -> io::Result<(FileSink, usize)> {
         fs::create_dir_all(&dir).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
         })?;
-        Ok(FileSink {
+        let sink = FileSink {
             dir,
             max_file_bytes: if max_file_bytes == 0 {
                 DEFAULT_MAX_FILE_BYTES
@@ -52,7 +60,31 @@ impl FileSink {
                 max_files
             },
             open: HashMap::new(),
-        })
+        };
+        let mut torn = 0;
+        for table in crate::records::TABLES {
+            let Some(newest) = sink.files_of(table).pop() else {
+                continue;
+            };
+            let path = sink.dir.join(&newest);
+            match cut_torn_tail(&path) {
+                Ok(0) => {}
+                Ok(cut) => {
+                    torn += 1;
+                    tracing::warn!(
+                        file = %path.display(),
+                        bytes = cut,
+                        "a torn last record (depmap was killed mid-write) was cut from the file; that record is lost"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    file = %path.display(),
+                    error = %e,
+                    "cannot check the last line of the newest file"
+                ),
+            }
+        }
+        Ok((sink, torn))
     }
 
     fn path(&self, table: &str, hour: &str, seq: u32) -> PathBuf {
@@ -179,6 +211,35 @@ impl Sink for FileSink {
 }
 
 /// `YYYYMMDDTHH` in UTC.
+/// Cuts `path` back to its last newline (to nothing when it has none); the bytes cut. Reads
+/// only the tail, backwards in 64 KiB steps.
+fn cut_torn_tail(path: &Path) -> io::Result<u64> {
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                f.set_len(keep)?;
+                f.sync_data()?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    if len > 0 {
+        f.set_len(0)?;
+        f.sync_data()?;
+    }
+    Ok(len)
+}
+
 fn hour_stamp(t: SystemTime) -> String {
     let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-25T13:02:04Z
     let digits: String = s
@@ -198,7 +259,7 @@ mod tests {
     fn rotates_by_size_without_splitting_or_losing_records() {
         let dir = std::env::temp_dir().join(format!("depmap-file-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let mut sink = FileSink::open(dir.clone(), 1000, 3).unwrap();
+        let mut sink = FileSink::open(dir.clone(), 1000, 3).unwrap().0;
         let rec = |i: i64| {
             Record::Connection(Box::new(VmConnection {
                 bytes_sent: i,
@@ -236,6 +297,53 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_last_record_is_cut_at_open() {
+        let dir = std::env::temp_dir().join(format!("depmap-file-torn-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let hour = hour_stamp(SystemTime::now());
+        let file = |table: &str, seq: u32| dir.join(format!("{table}-{hour}-{seq:04}.ndjson"));
+        // A whole older file, and the newest cut mid-record (a 200 KB record: the search
+        // crosses several 64 KiB steps).
+        fs::write(file("VMConnection", 0), "{\"a\":1}\n{\"a\":2").unwrap();
+        let big = format!("{{\"a\":3}}\n{{\"b\":\"{}", "x".repeat(200_000));
+        fs::write(file("VMConnection", 1), &big).unwrap();
+        fs::write(file("VMProcess", 0), "no newline at all").unwrap();
+        fs::write(file("VMBoundPort", 0), "{\"p\":1}\n").unwrap();
+        let (mut sink, torn) = FileSink::open(dir.clone(), 1 << 20, 10).unwrap();
+        assert_eq!(torn, 2);
+        assert_eq!(
+            fs::read_to_string(file("VMConnection", 1)).unwrap(),
+            "{\"a\":3}\n"
+        );
+        assert_eq!(fs::read_to_string(file("VMProcess", 0)).unwrap(), "");
+        assert_eq!(
+            fs::read_to_string(file("VMBoundPort", 0)).unwrap(),
+            "{\"p\":1}\n"
+        );
+        // Only the newest file of a table can be torn by a kill; older ones are not touched.
+        assert!(
+            fs::read_to_string(file("VMConnection", 0))
+                .unwrap()
+                .ends_with('2')
+        );
+        // The next record starts on a line of its own, in a new file.
+        let record = Record::Connection(Box::new(VmConnection {
+            kind: "VMConnection",
+            ..Default::default()
+        }));
+        sink.write(std::slice::from_ref(&record)).unwrap();
+        assert_eq!(
+            fs::read_to_string(file("VMConnection", 2))
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn sequence_10000_is_newer_than_9999_and_is_kept() {
         let dir = std::env::temp_dir().join(format!("depmap-file-seq-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -245,7 +353,7 @@ mod tests {
             fs::write(dir.join(format!("VMConnection-{hour}-{seq:04}.ndjson")), "").unwrap();
         }
         fs::write(dir.join("VMConnection-notes.ndjson"), "").unwrap();
-        let mut sink = FileSink::open(dir.clone(), 1000, 3).unwrap();
+        let mut sink = FileSink::open(dir.clone(), 1000, 3).unwrap().0;
         let record = Record::Connection(Box::new(VmConnection {
             kind: "VMConnection",
             ..Default::default()

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::config::{Config, SinkKind};
 use crate::metrics::Metrics;
 use crate::records::Record;
+use spool::DropReason;
 
 /// A write the sink could not make, and how many records it lost with it (a full disk, a
 /// read-only directory, a closed stdout): the loss is counted as records, not just failures.
@@ -111,13 +112,17 @@ pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Box<dyn Sink>, St
     let transport: Box<dyn delivery::Transport> = match kind {
         SinkKind::Stdout => return Ok(Box::new(stdout::StdoutSink::new())),
         SinkKind::File => {
-            return file::FileSink::open(
+            let (sink, torn) = file::FileSink::open(
                 config.sink.file.dir(&config.agent.state_dir),
                 config.sink.file.max_file_bytes,
                 config.sink.file.max_files,
             )
-            .map(|s| Box::new(s) as Box<dyn Sink>)
-            .map_err(|e| e.to_string());
+            .map_err(|e| e.to_string())?;
+            // A torn line is one record a killed process never finished writing.
+            for _ in 0..torn {
+                metrics.count_drop(DropReason::Corrupt, 1);
+            }
+            return Ok(Box::new(sink));
         }
         SinkKind::Http => Box::new(http::HttpTransport::new(&config.sink.http)?),
         SinkKind::Clickhouse => Box::new(clickhouse::ClickhouseTransport::new(
