@@ -17,9 +17,6 @@ use crate::collect::imds::{self, Compute};
 use crate::collect::ownership::SocketOwners;
 use crate::collect::packages::PackageDb;
 use crate::collect::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
-
-/// The capability line while the proc connector subscription is still on its way.
-const PROC_EVENTS_STARTING: &str = "proc connector: subscribing (no acknowledgement from the kernel yet); /proc is walked by fd count until then";
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
 use crate::config::{AzureMetadata, Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
@@ -33,6 +30,9 @@ use crate::track::ports::{Listener, Listeners, bound_ports};
 use crate::track::response::RtStats;
 use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
 use crate::track::window::next_tick;
+
+/// The capability line while the proc connector subscription is still on its way.
+const PROC_EVENTS_STARTING: &str = "proc connector: subscribing (no acknowledgement from the kernel yet); /proc is walked by fd count until then";
 
 /// What depmap can see on this host, and why not where it cannot.
 #[derive(Debug, Clone)]
