@@ -397,14 +397,7 @@ fn dns_answers_nobody_asked_for_name_nothing() {
         let t = client(&ns, &["--host", host, "--port", "9903", "--conns", "1"]);
         assert_eq!(t["conns"], 1);
     }
-    assert!(dm.wait_for(Duration::from_secs(15), |r| {
-        conn_sums(r, |x| {
-            x["Direction"] == "outbound" && x["DestinationPort"] == 9903
-        })
-        .get("LinksTerminated")
-        .copied()
-            == Some(2)
-    }));
+    assert!(dm.wait_terminated("outbound", 9903, 2));
     let records = dm.stop();
     let names = |ip: &str| -> Vec<Value> {
         of_type(&records, "VMConnection")

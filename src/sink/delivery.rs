@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::spool::{Batch, DropReason, Segment, Spool};
 use super::{Sink, WriteFailure};
 use crate::config::DeliveryConfig;
+use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 use crate::metrics::Metrics;
 use crate::records::Record;
 
@@ -380,8 +381,8 @@ fn send_loop(
     metrics: &Metrics,
 ) {
     let mut backoff = Backoff::new(config.max_backoff);
-    let mut last_retry_log: Option<Instant> = None;
-    let mut last_reject_log: Option<Instant> = None;
+    let mut retry_log = Throttle::new(PROBLEM_LOG_INTERVAL);
+    let mut reject_log = Throttle::new(PROBLEM_LOG_INTERVAL);
     loop {
         if stopping_now(shared) {
             return;
@@ -471,14 +472,14 @@ fn send_loop(
                     return;
                 }
                 let wait = backoff.next(after);
-                if last_retry_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                if let Some(more) = retry_log.ready() {
                     tracing::warn!(
                         sink = transport.name(),
                         %reason,
                         retry_in = ?wait,
+                        also_since_last_log = more,
                         "sending failed; batches stay spooled and are retried in order"
                     );
-                    last_retry_log = Some(Instant::now());
                 }
                 if pause(shared, wait) {
                     return;
@@ -496,16 +497,16 @@ fn send_loop(
                     }
                     metrics.set_spool(spool.len() as u64, spool.bytes());
                 }
-                if last_reject_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                if let Some(more) = reject_log.ready() {
                     tracing::error!(
                         sink = transport.name(),
                         %reason,
                         batch = %batch.id,
                         records = batch.records,
                         set_aside = aside,
+                        also_since_last_log = more,
                         "the collector rejected a batch; it is not retried (counted in depmap_batches_rejected_total)"
                     );
-                    last_reject_log = Some(Instant::now());
                 }
             }
         }

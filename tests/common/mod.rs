@@ -340,6 +340,19 @@ impl Depmap {
         self.proc.until(timeout, |lines| done(&parse(lines)))
     }
 
+    /// Waits (bounded) until the records so far count `n` terminated links of `direction`
+    /// ("inbound"/"outbound") to `port`.
+    pub fn wait_terminated(&mut self, direction: &str, port: i64, n: i64) -> bool {
+        self.wait_for(Duration::from_secs(15), |r| {
+            conn_sums(r, |x| {
+                x["Direction"] == direction && x["DestinationPort"] == port
+            })
+            .get("LinksTerminated")
+            .copied()
+                == Some(n)
+        })
+    }
+
     /// Stops depmap with SIGTERM and returns every record it wrote.
     pub fn stop(mut self) -> Vec<Value> {
         let status = self.proc.terminate(Duration::from_secs(20));
