@@ -107,7 +107,7 @@ pub struct Agent {
     overrun_log: Throttle,
     period_log: Throttle,
     reported_shed: (u64, u64),
-    shed_logged_at: Option<Instant>,
+    shed_log: Throttle,
 }
 
 impl Agent {
@@ -236,7 +236,7 @@ impl Agent {
             period_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             reported_overruns: 0,
             reported_shed: (0, 0),
-            shed_logged_at: None,
+            shed_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             config,
         })
     }
@@ -817,14 +817,14 @@ impl Agent {
     /// Logs (once a minute at most) that the caps on connections or pools shed data.
     fn report_shedding(&mut self) {
         let shed = (self.tracker.stats.shed, self.pools.shed);
-        if shed == self.reported_shed
-            || self
-                .shed_logged_at
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
-        {
+        if shed == self.reported_shed {
             return;
         }
+        let Some(more) = self.shed_log.ready() else {
+            return;
+        };
         tracing::warn!(
+            also_since_last_log = more,
             shed_socket_observations = shed.0,
             shed_processes = shed.1,
             max_connections = self.config.collect.max_connections,
@@ -832,7 +832,6 @@ impl Agent {
             "caps reached: new connections are not tracked / new process pools not attributed; raise collect.max_connections or collect.max_pools"
         );
         self.reported_shed = shed;
-        self.shed_logged_at = Some(Instant::now());
     }
 
     /// Self-metrics for logs and `once`.

@@ -121,7 +121,7 @@ pub struct Delivery {
     metrics: Arc<Metrics>,
     sender: Option<JoinHandle<()>>,
     /// Last time a spool drop was logged.
-    drop_logged: Option<Instant>,
+    drop_log: Throttle,
 }
 
 struct Pending {
@@ -171,7 +171,7 @@ impl Delivery {
             pending: HashMap::new(),
             metrics,
             sender: Some(sender),
-            drop_logged: None,
+            drop_log: Throttle::new(PROBLEM_LOG_INTERVAL),
         })
     }
 
@@ -212,16 +212,13 @@ impl Delivery {
         for (reason, records) in dropped {
             self.metrics.count_drop(*reason, *records);
         }
-        if self
-            .drop_logged
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-        {
+        if let Some(more) = self.drop_log.ready() {
             tracing::warn!(
                 batches = dropped.len(),
                 max_bytes = self.config.spool_max_bytes,
+                also_since_last_log = more,
                 "spool full: the oldest batches were dropped unsent (counted in depmap_batches_dropped_total)"
             );
-            self.drop_logged = Some(Instant::now());
         }
     }
 
