@@ -20,9 +20,9 @@ use crate::collect::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
 use crate::config::{AzureMetadata, Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
+use crate::identity::{self, Identity, connection_id, port_id};
 use crate::inventory::{self, Clock};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
-use crate::records::identity::{self, Identity, connection_id, port_id};
 use crate::records::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
 use crate::schedule::{PollSchedule, process_cpu, thread_cpu};
 use crate::track::pools::PoolRegistry;
@@ -967,7 +967,7 @@ fn proc_fd_readable(proc_root: &std::path::Path) -> (usize, usize) {
     (readable, total)
 }
 
-/// Collects for `duration` on the same ticks as [`crate::daemon::run_loop`] (`depmap once`), ending with a
+/// Collects for `duration` on the same ticks as the daemon loop (`daemon::run_loop`) (`depmap once`), ending with a
 /// full poll, and returns the inventory and the records of that one window.
 pub fn collect_once(
     agent: &mut Agent,

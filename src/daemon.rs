@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime};
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
+use crate::metrics::DropReason;
 use crate::metrics::Metrics;
 use crate::records::Record;
 use crate::service::ServiceManager;
-use crate::sink::spool::DropReason;
 use crate::sink::{self, Sink, WriteFailure};
 use crate::track::window::{next_tick, window_start};
 

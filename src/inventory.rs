@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::collect::host::HostFacts;
 use crate::collect::imds::{Compute, non_empty};
 use crate::collect::packages::PackageDb;
-use crate::records::identity::Identity;
+use crate::identity::Identity;
 use crate::records::{Record, SOURCE_SYSTEM, VmComputer, VmProcess, datetime};
 use crate::track::pools::Pool;
 

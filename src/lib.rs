@@ -11,6 +11,8 @@ pub mod collect;
 pub mod config;
 pub mod daemon;
 pub mod enrich;
+pub mod http_client;
+pub mod identity;
 pub mod inventory;
 pub mod logging;
 pub mod metrics;

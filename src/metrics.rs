@@ -14,10 +14,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::records::TABLES;
-use crate::sink::spool::DropReason;
 
 /// Upper bounds (seconds) of the send-latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 9] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+
+/// Why a batch was dropped unsent (the `reason` label of `depmap_batches_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The spool was full: the oldest batch made room for a new one.
+    Full,
+    /// Older than `max_age`.
+    TooOld,
+    /// Failed its checksum or header.
+    Corrupt,
+    /// Never written: the spool or the file sink's directory refused the write (disk full,
+    /// read-only). Counted by the caller that lost the records.
+    Unwritable,
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {

@@ -56,7 +56,7 @@ pub fn is_azure_vm(asset_tag: Option<&str>) -> bool {
 
 /// Queries the instance metadata at `endpoint` (e.g. `http://169.254.169.254`).
 pub fn query(endpoint: &str) -> Result<Compute, String> {
-    let agent = crate::sink::http::no_proxy_client(Duration::from_secs(2));
+    let agent = crate::http_client::no_proxy_client(Duration::from_secs(2));
     let url = format!(
         "{}/metadata/instance?api-version={API_VERSION}",
         endpoint.trim_end_matches('/')
@@ -68,7 +68,7 @@ pub fn query(endpoint: &str) -> Result<Compute, String> {
         None,
     ] {
         let sent = agent.get(&url).header("Metadata", "true").call();
-        match crate::sink::http::read_answer(sent, 1 << 20) {
+        match crate::http_client::read_answer(sent, 1 << 20) {
             Ok(a) if a.status == 200 => {
                 return serde_json::from_str::<Instance>(&a.body)
                     .map(|i| i.compute)

@@ -17,6 +17,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use proc_connector::{EventMask, ProcConnector, ProcEvent};
@@ -61,7 +62,14 @@ pub struct ProcEvents {
     pub errors: Arc<AtomicU64>,
     status: Arc<Mutex<Status>>,
     stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
+
+/// How long a drop waits for the reader to end (it checks `stop` every 200 ms), so that the
+/// socket is closed with an unsubscribe: the kernel counts listeners and, while any is
+/// counted, builds an event for every fork, exec and exit on the machine. A reader still
+/// parked in the crate's subscribe is left behind.
+const STOP_WAIT: Duration = Duration::from_millis(400);
 
 impl ProcEvents {
     /// Starts the reader thread, which subscribes; returns at once. Fails only where the
@@ -88,9 +96,9 @@ impl ProcEvents {
             stop: stop.clone(),
             errors: errors.clone(),
         };
-        // Not joined on drop: the thread may be parked in the crate's blocking subscribe; it
-        // holds nothing but its socket and the queue's sender, and ends with the process.
-        std::thread::Builder::new()
+        // Joined on drop only if it ends within STOP_WAIT: it may be parked in the crate's
+        // blocking subscribe, holding nothing but its socket and the queue's sender.
+        let thread = std::thread::Builder::new()
             .name("proc-events".into())
             .spawn(move || reader.run())?;
         Ok(ProcEvents {
@@ -98,6 +106,7 @@ impl ProcEvents {
             errors,
             status,
             stop,
+            thread: Some(thread),
         })
     }
 
@@ -124,6 +133,16 @@ impl ProcEvents {
 impl Drop for ProcEvents {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + STOP_WAIT;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
     }
 }
 

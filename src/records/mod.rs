@@ -2,7 +2,6 @@
 //! in the order of `research/azure-tables.md` §1 (service-side columns left out). Serialising a
 //! record gives one NDJSON line with its `Type`.
 
-pub mod identity;
 mod tables;
 
 pub use tables::{VmBoundPort, VmComputer, VmConnection, VmProcess};

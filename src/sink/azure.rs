@@ -26,11 +26,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::delivery::{Outcome, Transport};
-use super::http::{
-    client, gzip, no_proxy_client, outcome_of, percent_encode, read_answer, transport_failure,
-};
+use super::http::{outcome_of, percent_encode, transport_failure};
 use super::spool::Batch;
 use crate::config::{AzureAuth, AzureLogsSinkConfig};
+use crate::http_client::{client, gzip, no_proxy_client, read_answer};
 
 const API_VERSION: &str = "2023-01-01";
 
@@ -52,7 +51,7 @@ pub struct AzureLogsTransport {
 
 impl AzureLogsTransport {
     pub fn new(config: &AzureLogsSinkConfig) -> Result<AzureLogsTransport, String> {
-        let agent = client(config.timeout, &config.ca_file, None)?;
+        let agent = client(config.timeout, &config.ca_file, None).map_err(|e| e.to_string())?;
         let imds = no_proxy_client(Duration::from_secs(10));
         let secret = match config.auth {
             AzureAuth::ClientSecret => {

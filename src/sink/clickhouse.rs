@@ -18,9 +18,10 @@ use std::fs;
 use std::time::Duration;
 
 use super::delivery::{Outcome, Transport};
-use super::http::{client, gzip, percent_encode, read_answer, transport_failure};
+use super::http::{percent_encode, transport_failure};
 use super::spool::Batch;
 use crate::config::ClickhouseSinkConfig;
+use crate::http_client::{client, gzip, read_answer};
 
 /// Exception codes of transient server states (names from ClickHouse's ErrorCodes.cpp).
 const TRANSIENT_CODES: [u32; 9] = [
@@ -43,7 +44,7 @@ pub struct ClickhouseTransport {
 
 impl ClickhouseTransport {
     pub fn new(config: &ClickhouseSinkConfig) -> Result<ClickhouseTransport, String> {
-        let agent = client(config.timeout, &config.ca_file, None)?;
+        let agent = client(config.timeout, &config.ca_file, None).map_err(|e| e.to_string())?;
         let password = if config.password_file.as_os_str().is_empty() {
             None
         } else {

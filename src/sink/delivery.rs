@@ -24,10 +24,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::spool::{Batch, DropReason, Segment, Spool};
+use super::spool::{Batch, Segment, Spool};
 use super::{Sink, WriteFailure};
 use crate::config::DeliveryConfig;
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
+use crate::metrics::DropReason;
 use crate::metrics::Metrics;
 use crate::records::Record;
 
@@ -510,16 +511,6 @@ fn send_loop(
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP-date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,17 +530,5 @@ mod tests {
         );
         b.reset();
         assert!(b.next(None) <= Duration::from_secs(1));
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_and_dates() {
-        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        let later = SystemTime::now() + Duration::from_secs(30);
-        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(
-            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
-            "{d:?}"
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -12,153 +12,13 @@
 //! `Retry-After`); other 4xx rejected for good.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use std::io::Write as _;
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
-
-use super::delivery::{Outcome, Transport, parse_retry_after};
+use super::delivery::{Outcome, Transport};
 use super::spool::Batch;
 use crate::config::{BodyFormat, HttpSinkConfig, Split};
-
-/// An HTTP client with depmap's TLS choices: rustls, the system's roots unless a CA file is
-/// given, an optional client certificate, a whole-request timeout, and HTTP errors returned as
-/// answers (not errors) so that their status and `Retry-After` can be read.
-pub fn client(
-    timeout: Duration,
-    ca_file: &Path,
-    client_cert: Option<(&Path, &Path)>,
-) -> Result<ureq::Agent, String> {
-    let roots = if ca_file.as_os_str().is_empty() {
-        RootCerts::PlatformVerifier
-    } else {
-        RootCerts::new_with_certs(&pem_certificates(ca_file)?)
-    };
-    let mut tls = TlsConfig::builder().root_certs(roots);
-    if let Some((cert_file, key_file)) = client_cert {
-        let chain = pem_certificates(cert_file)?;
-        let key_pem = fs::read(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
-        let key =
-            PrivateKey::from_pem(&key_pem).map_err(|e| format!("{}: {e}", key_file.display()))?;
-        // ureq builds its TLS configuration at the first connection and panics on a client
-        // certificate rustls refuses: check it here, where it is one clear line at start.
-        check_client_cert(&chain, &key_pem).map_err(|e| {
-            format!(
-                "{} / {}: not a usable client certificate and key: {e}",
-                cert_file.display(),
-                key_file.display()
-            )
-        })?;
-        tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-    }
-    let config = ureq::Agent::config_builder()
-        .tls_config(tls.build())
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent(concat!("depmap/", env!("CARGO_PKG_VERSION")))
-        .build();
-    Ok(ureq::Agent::new_with_config(config))
-}
-
-/// The certificates of a PEM file (at least one).
-fn pem_certificates(path: &Path) -> Result<Vec<Certificate<'static>>, String> {
-    let pem = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
-    }
-    Ok(certs)
-}
-
-/// An HTTP client for link-local metadata services (IMDS): never through a proxy, a short
-/// timeout, HTTP errors returned as answers.
-pub fn no_proxy_client(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .proxy(None)
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build(),
-    )
-}
-
-/// Whether rustls accepts this certificate chain and key (PEM) for client authentication.
-fn check_client_cert(chain: &[Certificate<'static>], key_pem: &[u8]) -> Result<(), String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(rustls::RootCertStore::empty());
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
-    let certs = chain
-        .iter()
-        .map(|c| CertificateDer::from(c.der()).into_owned())
-        .collect();
-    builder
-        .with_client_auth_cert(certs, key)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// An HTTP answer as the sinks and metadata clients need it.
-pub struct Answer {
-    pub status: u16,
-    /// `Retry-After`, when the server sent one that parses.
-    pub retry_after: Option<Duration>,
-    /// The body text, at most the limit read.
-    pub body: String,
-}
-
-/// Reads an answer (status, `Retry-After`, at most `limit` bytes of body), or the transport
-/// error as text. A redirect is an error too: the clients never follow one (ureq turned the
-/// POST into a GET that another host answered 200 — the batch counted delivered and lost —
-/// and sent the configured headers and credentials there: issue 12), so it is retried (the
-/// batch stays spooled) and logged with where it pointed.
-pub fn read_answer(
-    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    limit: u64,
-) -> Result<Answer, String> {
-    let mut resp = sent.map_err(|e| e.to_string())?;
-    if resp.status().is_redirection() {
-        let to = resp
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("(no Location)");
-        return Err(format!(
-            "HTTP {} redirect to {to}, not followed (records and credentials go only to the configured URL): point the URL there",
-            resp.status().as_u16()
-        ));
-    }
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(limit)
-        .read_to_string()
-        .unwrap_or_default();
-    Ok(Answer {
-        status: resp.status().as_u16(),
-        retry_after,
-        body,
-    })
-}
+use crate::http_client::{client, gzip, read_answer};
 
 /// A send that never got an answer: retried.
 pub fn transport_failure(reason: String) -> Outcome {
@@ -184,14 +44,6 @@ pub fn outcome_of(status: u16, retry_after: Option<Duration>, body: &str) -> Out
     }
 }
 
-/// Gzip at the default level.
-pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 4), Compression::default());
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(data);
-    enc.finish().unwrap_or_default()
-}
-
 /// Where the bearer token comes from.
 enum Token {
     None,
@@ -212,7 +64,7 @@ impl HttpTransport {
             config.client_cert_file.as_path(),
             config.client_key_file.as_path(),
         ));
-        let agent = client(config.timeout, &config.ca_file, cert)?;
+        let agent = client(config.timeout, &config.ca_file, cert).map_err(|e| e.to_string())?;
         let token = if !config.bearer_token_env.is_empty() {
             Token::Env(config.bearer_token_env.clone())
         } else if !config.bearer_token_file.as_os_str().is_empty() {
@@ -339,6 +191,7 @@ pub fn json_array(ndjson: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_client::parse_retry_after;
 
     #[test]
     fn a_token_is_the_first_line_of_its_file() {

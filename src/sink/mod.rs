@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, SinkKind};
+use crate::metrics::DropReason;
 use crate::metrics::Metrics;
 use crate::records::Record;
-use spool::DropReason;
 
 /// A write the sink could not make, and how many records it lost with it (a full disk, a
 /// read-only directory, a closed stdout): the loss is counted as records, not just failures.

@@ -25,6 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::DropReason;
+
 const FORMAT_VERSION: u32 = 1;
 /// Rejected batches kept for a person to look at; the oldest go first.
 const REJECTED_KEPT: usize = 100;
@@ -57,20 +59,6 @@ pub struct Segment {
     pub seq: u64,
     pub created: SystemTime,
     pub bytes: u64,
-}
-
-/// Why a batch left the spool unsent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// The spool was full: the oldest batch made room for a new one.
-    Full,
-    /// Older than `max_age`.
-    TooOld,
-    /// Failed its checksum or header.
-    Corrupt,
-    /// Never written: the spool or the file sink's directory refused the write (disk full,
-    /// read-only). Counted by the caller that lost the records.
-    Unwritable,
 }
 
 /// Counters of the spool's work.

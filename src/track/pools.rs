@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::collect::procinfo::{ProcessInfo, parse_stat, stat_state, user_name};
-use crate::records::identity::process_id;
+use crate::identity::process_id;
 
 use super::sockets::PoolId;
 
