@@ -34,6 +34,15 @@ use crate::track::window::next_tick;
 /// The capability line while the proc connector subscription is still on its way.
 const PROC_EVENTS_STARTING: &str = "proc connector: subscribing (no acknowledgement from the kernel yet); /proc is walked by fd count until then";
 
+/// Why depmap cannot run here at all: without the kernel's TCP sockets there is nothing to map.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open NETLINK_SOCK_DIAG: {0}")]
+    Open(std::io::Error),
+    #[error("cannot read the kernel's TCP sockets: IPv4 dump failed: {0}")]
+    Dump(std::io::Error),
+}
+
 /// What depmap can see on this host, and why not where it cannot.
 #[derive(Debug, Clone)]
 pub struct Capabilities {
@@ -113,16 +122,10 @@ pub struct Agent {
 impl Agent {
     /// Opens the kernel interfaces. Fails only when sock_diag itself is unusable; everything
     /// else degrades and is reported in [`Capabilities`].
-    pub fn start(config: Config) -> Result<Agent, String> {
-        let mut diag =
-            SockDiag::open().map_err(|e| format!("cannot open NETLINK_SOCK_DIAG: {e}"))?;
-        let sock_diag = diag
-            .dump(Family::V4, |_| {})
-            .map(|_| ())
-            .map_err(|e| format!("IPv4 dump failed: {e}"));
-        if let Err(e) = &sock_diag {
-            return Err(format!("cannot read the kernel's TCP sockets: {e}"));
-        }
+    pub fn start(config: Config) -> Result<Agent, StartError> {
+        let mut diag = SockDiag::open().map_err(StartError::Open)?;
+        diag.dump(Family::V4, |_| {}).map_err(StartError::Dump)?;
+        let sock_diag = Ok(());
         // IPv6 sockets are dumped even with `ipv6 = false`: a dual-stack (`::`) socket carries
         // IPv4 traffic too. The setting only drops connections with real IPv6 addresses.
         let sock_diag_v6 = diag

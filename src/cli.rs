@@ -33,7 +33,7 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// How long to collect, e.g. 500ms, 5s, 1m.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
         duration: Duration,
         /// `table` for people, `ndjson` for one JSON record a line with `Type`.
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -64,10 +64,6 @@ pub enum Command {
 pub enum Format {
     Table,
     Ndjson,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s)
 }
 
 fn parse_table(s: &str) -> Result<String, String> {

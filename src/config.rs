@@ -519,17 +519,64 @@ impl FileSinkConfig {
     }
 }
 
-/// A configuration error, displayed as one line.
-#[derive(Debug)]
-pub struct ConfigError(pub String);
+/// What is wrong with a configuration's text, as one line: where (the line, when the parser
+/// knows it), which keys, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}{reason}", line.map(|l| format!("line {l}: ")).unwrap_or_default(), keys_prefix(keys))]
+pub struct Invalid {
+    pub line: Option<usize>,
+    pub keys: Vec<String>,
+    pub reason: String,
+}
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// `key `a`: `, `keys `a` and `b`: `, `keys `a`, `b` and `c`: `, or nothing.
+fn keys_prefix(keys: &[String]) -> String {
+    let quoted: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+    match quoted.as_slice() {
+        [] => String::new(),
+        [one] => format!("key {one}: "),
+        [init @ .., last] => format!("keys {} and {last}: ", init.join(", ")),
     }
 }
 
-impl std::error::Error for ConfigError {}
+/// An [`Invalid`] naming one key.
+fn invalid(key: &str, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        line: None,
+        keys: vec![key.to_string()],
+        reason: reason.into(),
+    }
+}
+
+/// An [`Invalid`] naming several keys together.
+fn invalid_keys(keys: &[&str], reason: impl Into<String>) -> Invalid {
+    Invalid {
+        line: None,
+        keys: keys.iter().map(|k| (*k).to_string()).collect(),
+        reason: reason.into(),
+    }
+}
+
+/// A configuration that cannot be used, as one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {invalid}", path.display())]
+    Invalid { path: PathBuf, invalid: Invalid },
+}
+
+/// A duration that does not parse or is zero.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("invalid duration `{text}` ({reason}); write e.g. 500ms, 10s, 5m, 1h")]
+    Syntax { text: String, reason: String },
+    #[error("duration `{0}` must be greater than zero")]
+    Zero(String),
+}
 
 /// Where a loaded configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,11 +613,15 @@ impl Config {
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok((Config::default(), Source::Defaults(file)));
             }
-            Err(e) => return Err(ConfigError(format!("{}: cannot read: {e}", file.display()))),
+            Err(source) => return Err(ConfigError::Read { path: file, source }),
         };
-        Config::parse(&text)
-            .map(|c| (c, Source::File(file.clone())))
-            .map_err(|e| ConfigError(format!("{}: {e}", file.display())))
+        match Config::parse(&text) {
+            Ok(c) => Ok((c, Source::File(file))),
+            Err(invalid) => Err(ConfigError::Invalid {
+                path: file,
+                invalid,
+            }),
+        }
     }
 
     /// The directory the configured sink writes to: the file sink's records, or a remote
@@ -588,32 +639,36 @@ impl Config {
     }
 
     /// Parses and validates TOML text; the error names the key.
-    pub fn parse(text: &str) -> Result<Config, String> {
+    pub fn parse(text: &str) -> Result<Config, Invalid> {
         let line_of = |span: Option<std::ops::Range<usize>>| {
             span.map(|s| {
                 let upto = text.get(..s.start.min(text.len())).unwrap_or(text);
-                format!("line {}: ", upto.matches('\n').count() + 1)
+                upto.matches('\n').count() + 1
             })
-            .unwrap_or_default()
         };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| format!("{}{}", line_of(e.span()), one_line(e.message())))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| Invalid {
+            line: line_of(e.span()),
+            keys: Vec::new(),
+            reason: one_line(e.message()),
+        })?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let msg = one_line(inner.message());
-            let line = line_of(inner.span());
-            if key == "." || key.is_empty() {
-                format!("{line}{msg}")
-            } else {
-                format!("{line}key `{key}`: {msg}")
+            Invalid {
+                line: line_of(inner.span()),
+                keys: if key == "." || key.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![key]
+                },
+                reason: one_line(inner.message()),
             }
         })?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         let c = &self.collect;
         at_most(&[
             ("collect.window", c.window, Duration::from_secs(86_400)),
@@ -629,13 +684,16 @@ impl Config {
             ),
         ])?;
         if c.socket_poll < Duration::from_millis(100) {
-            return Err("key `collect.socket_poll`: must be at least 100ms".into());
+            return Err(invalid("collect.socket_poll", "must be at least 100ms"));
         }
         if c.window < c.socket_poll || !c.window.as_nanos().is_multiple_of(c.socket_poll.as_nanos())
         {
-            return Err(format!(
-                "key `collect.window`: must be a multiple of collect.socket_poll ({})",
-                humantime::format_duration(c.socket_poll)
+            return Err(invalid(
+                "collect.window",
+                format!(
+                    "must be a multiple of collect.socket_poll ({})",
+                    humantime::format_duration(c.socket_poll)
+                ),
             ));
         }
         if c.hot_poll < Duration::from_millis(50)
@@ -645,24 +703,31 @@ impl Config {
                     .as_nanos()
                     .is_multiple_of(c.hot_poll.as_nanos()))
         {
-            return Err(format!(
-                "key `collect.hot_poll`: must be at least 50ms and divide collect.socket_poll ({})",
-                humantime::format_duration(c.socket_poll)
+            return Err(invalid(
+                "collect.hot_poll",
+                format!(
+                    "must be at least 50ms and divide collect.socket_poll ({})",
+                    humantime::format_duration(c.socket_poll)
+                ),
             ));
         }
         if c.max_connections == 0 || c.max_pools == 0 {
-            return Err(
-                "keys `collect.max_connections` and `collect.max_pools`: must be at least 1".into(),
-            );
+            return Err(invalid_keys(
+                &["collect.max_connections", "collect.max_pools"],
+                "must be at least 1",
+            ));
         }
         if c.inventory_interval < Duration::from_secs(1) {
-            return Err("key `collect.inventory_interval`: must be at least 1s".into());
+            return Err(invalid("collect.inventory_interval", "must be at least 1s"));
         }
         if self.enrich.dns_cache_bytes < 64 << 10 {
-            return Err("key `enrich.dns_cache_bytes`: must be at least 65536 (64 KiB)".into());
+            return Err(invalid(
+                "enrich.dns_cache_bytes",
+                "must be at least 65536 (64 KiB)",
+            ));
         }
         if self.agent.state_dir.as_os_str().is_empty() {
-            return Err("key `agent.state_dir`: must not be empty".into());
+            return Err(invalid("agent.state_dir", "must not be empty"));
         }
         // Relative paths would depend on the directory depmap was started from.
         for (key, path) in [
@@ -671,9 +736,12 @@ impl Config {
             ("sink.delivery.spool_dir", &self.sink.delivery.spool_dir),
         ] {
             if !path.as_os_str().is_empty() && !path.is_absolute() {
-                return Err(format!(
-                    "key `{key}`: `{}` is a relative path; write an absolute one",
-                    path.display()
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{}` is a relative path; write an absolute one",
+                        path.display()
+                    ),
                 ));
             }
         }
@@ -681,15 +749,18 @@ impl Config {
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(format!(
-                "key `metrics.listen`: `{}` is not an address:port (e.g. 127.0.0.1:9464)",
-                self.metrics.listen
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "`{}` is not an address:port (e.g. 127.0.0.1:9464)",
+                    self.metrics.listen
+                ),
             ));
         }
         Ok(())
     }
 
-    fn validate_sink(&self) -> Result<(), String> {
+    fn validate_sink(&self) -> Result<(), Invalid> {
         let d = &self.sink.delivery;
         // Upper bounds: a duration past them is a typo, and some (300000000000y) overflow the
         // clock arithmetic of the sender and the shutdown (issue 12: accepted, then panicked).
@@ -724,54 +795,71 @@ impl Config {
             // end the request, and every send would fail).
             let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
             if name.is_empty() || !name.chars().all(token) {
-                return Err(format!(
-                    "key `sink.http.headers`: `{name}` is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+                return Err(invalid(
+                    "sink.http.headers",
+                    format!("`{name}` is not a header name (letters, digits and !#$%&'*+-.^_`|~)"),
                 ));
             }
             if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
-                return Err(format!(
-                    "key `sink.http.headers.{name}`: the value holds a line break or NUL"
+                return Err(invalid(
+                    &format!("sink.http.headers.{name}"),
+                    "the value holds a line break or NUL",
                 ));
             }
         }
         if d.batch_max_records == 0 || d.batch_max_bytes == 0 {
-            return Err(
-                "keys `sink.delivery.batch_max_records` and `sink.delivery.batch_max_bytes`: must be at least 1"
-                    .into(),
-            );
+            return Err(invalid_keys(
+                &[
+                    "sink.delivery.batch_max_records",
+                    "sink.delivery.batch_max_bytes",
+                ],
+                "must be at least 1",
+            ));
         }
         if d.spool_max_bytes < 64 << 10 {
-            return Err(
-                "key `sink.delivery.spool_max_bytes`: must be at least 65536 (64 KiB)".into(),
-            );
+            return Err(invalid(
+                "sink.delivery.spool_max_bytes",
+                "must be at least 65536 (64 KiB)",
+            ));
         }
         let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         match self.sink.kind {
             SinkKind::Http => {
                 let h = &self.sink.http;
                 if !url_ok(&h.url) {
-                    return Err("key `sink.http.url`: an http:// or https:// URL is required with sink.kind = \"http\"".into());
+                    return Err(invalid(
+                        "sink.http.url",
+                        "an http:// or https:// URL is required with sink.kind = \"http\"",
+                    ));
                 }
                 if h.split == Split::Mixed && h.url.contains("{table}") {
-                    return Err(
-                        "key `sink.http.url`: `{table}` needs sink.http.split = \"table\"".into(),
-                    );
+                    return Err(invalid(
+                        "sink.http.url",
+                        "`{table}` needs sink.http.split = \"table\"",
+                    ));
                 }
                 if !h.bearer_token_file.as_os_str().is_empty() && !h.bearer_token_env.is_empty() {
-                    return Err("keys `sink.http.bearer_token_file` and `sink.http.bearer_token_env`: set one, not both".into());
+                    return Err(invalid_keys(
+                        &["sink.http.bearer_token_file", "sink.http.bearer_token_env"],
+                        "set one, not both",
+                    ));
                 }
                 if h.client_cert_file.as_os_str().is_empty()
                     != h.client_key_file.as_os_str().is_empty()
                 {
-                    return Err("keys `sink.http.client_cert_file` and `sink.http.client_key_file`: set both or neither".into());
+                    return Err(invalid_keys(
+                        &["sink.http.client_cert_file", "sink.http.client_key_file"],
+                        "set both or neither",
+                    ));
                 }
             }
             SinkKind::Clickhouse => {
                 let c = &self.sink.clickhouse;
                 if !url_ok(&c.url) {
-                    return Err(
-                        "key `sink.clickhouse.url`: an http:// or https:// URL is required".into(),
-                    );
+                    return Err(invalid(
+                        "sink.clickhouse.url",
+                        "an http:// or https:// URL is required",
+                    ));
                 }
                 if c.database.is_empty()
                     || !c
@@ -779,21 +867,28 @@ impl Config {
                         .chars()
                         .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
                 {
-                    return Err("key `sink.clickhouse.database`: letters, digits and _ only".into());
+                    return Err(invalid(
+                        "sink.clickhouse.database",
+                        "letters, digits and _ only",
+                    ));
                 }
             }
             SinkKind::AzureLogs => {
                 let a = &self.sink.azure_logs;
                 if !secure_or_loopback(&a.endpoint) {
-                    return Err(
-                        "key `sink.azure_logs.endpoint`: an https:// URL is required".into(),
-                    );
+                    return Err(invalid(
+                        "sink.azure_logs.endpoint",
+                        "an https:// URL is required",
+                    ));
                 }
                 if a.dcr_immutable_id.is_empty() {
-                    return Err("key `sink.azure_logs.dcr_immutable_id`: required".into());
+                    return Err(invalid("sink.azure_logs.dcr_immutable_id", "required"));
                 }
                 if a.max_request_bytes < 4096 || a.max_request_bytes > 1 << 20 {
-                    return Err("key `sink.azure_logs.max_request_bytes`: between 4096 and 1048576 (the service's limit)".into());
+                    return Err(invalid(
+                        "sink.azure_logs.max_request_bytes",
+                        "between 4096 and 1048576 (the service's limit)",
+                    ));
                 }
                 match a.auth {
                     AzureAuth::ClientSecret => {
@@ -801,18 +896,28 @@ impl Config {
                             || a.client_id.is_empty()
                             || a.client_secret_file.as_os_str().is_empty()
                         {
-                            return Err("keys `sink.azure_logs.tenant_id`, `client_id` and `client_secret_file`: required with auth = \"client_secret\"".into());
+                            return Err(invalid_keys(
+                                &[
+                                    "sink.azure_logs.tenant_id",
+                                    "client_id",
+                                    "client_secret_file",
+                                ],
+                                "required with auth = \"client_secret\"",
+                            ));
                         }
                         if !secure_or_loopback(&a.authority) {
-                            return Err(
-                                "key `sink.azure_logs.authority`: an https:// URL is required"
-                                    .into(),
-                            );
+                            return Err(invalid(
+                                "sink.azure_logs.authority",
+                                "an https:// URL is required",
+                            ));
                         }
                     }
                     AzureAuth::ManagedIdentity => {
                         if !a.imds_endpoint.starts_with("http://") {
-                            return Err("key `sink.azure_logs.imds_endpoint`: an http:// URL (IMDS does not speak TLS)".into());
+                            return Err(invalid(
+                                "sink.azure_logs.imds_endpoint",
+                                "an http:// URL (IMDS does not speak TLS)",
+                            ));
                         }
                     }
                 }
@@ -829,11 +934,11 @@ impl Config {
 }
 
 /// The first `(key, value, bound)` whose value is past its bound, as the error.
-fn at_most(bounds: &[(&str, Duration, Duration)]) -> Result<(), String> {
+fn at_most(bounds: &[(&str, Duration, Duration)]) -> Result<(), Invalid> {
     match bounds.iter().find(|(_, value, max)| value > max) {
-        Some((key, _, max)) => Err(format!(
-            "key `{key}`: at most {}",
-            humantime::format_duration(*max)
+        Some((key, _, max)) => Err(invalid(
+            key,
+            format!("at most {}", humantime::format_duration(*max)),
         )),
         None => Ok(()),
     }
@@ -844,11 +949,13 @@ fn one_line(s: &str) -> String {
 }
 
 /// Parses a duration like `500ms`, `10s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration `{s}` ({e}); write e.g. 500ms, 10s, 5m, 1h"))?;
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| DurationError::Syntax {
+        text: s.to_string(),
+        reason: e.to_string(),
+    })?;
     if d.is_zero() {
-        return Err(format!("duration `{s}` must be greater than zero"));
+        return Err(DurationError::Zero(s.to_string()));
     }
     Ok(d)
 }
@@ -887,26 +994,50 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = Config::parse("[collect]\nwindw = \"10s\"\n").unwrap_err();
+        let e = Config::parse("[collect]\nwindw = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("windw"), "{e}");
-        let e = Config::parse("[collect]\nwindow = \"ten seconds\"\n").unwrap_err();
+        let e = Config::parse("[collect]\nwindow = \"ten seconds\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("collect.window") && e.contains("line 2"), "{e}");
+        // Typed: where, which key, why (the callers render it; nothing parses the text back).
+        let typed = Config::parse("[collect]\nwindow = \"ten seconds\"\n").unwrap_err();
+        assert_eq!(
+            (typed.line, typed.keys.clone()),
+            (Some(2), vec!["collect.window".to_string()])
+        );
+        assert!(typed.reason.contains("invalid duration"), "{typed:?}");
+        let both = Config::parse("[collect]\nmax_pools = 0\n").unwrap_err();
+        assert_eq!(
+            both.to_string(),
+            "keys `collect.max_connections` and `collect.max_pools`: must be at least 1"
+        );
         for bad in ["\"1\"", "\"150%\"", "\"-1%\"", "\"NaN%\"", "1"] {
-            let e = Config::parse(&format!("[collect]\ncpu_budget = {bad}\n")).unwrap_err();
+            let e = Config::parse(&format!("[collect]\ncpu_budget = {bad}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("collect.cpu_budget") && !e.contains('\n'), "{e}");
         }
         let c = Config::parse("[collect]\ncpu_budget = \"0.5%\"\n").unwrap();
         assert_eq!(c.collect.cpu_budget.fraction(), 0.005);
-        let e = Config::parse("[sink]\nkind = \"kafka\"\n").unwrap_err();
+        let e = Config::parse("[sink]\nkind = \"kafka\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sink.kind"), "{e}");
-        let e = Config::parse("[collect]\nwindow = \"1500ms\"\n").unwrap_err();
+        let e = Config::parse("[collect]\nwindow = \"1500ms\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("collect.window") && e.contains("multiple"),
             "{e}"
         );
-        let e = Config::parse("\n[collect\n").unwrap_err();
+        let e = Config::parse("\n[collect\n").unwrap_err().to_string();
         assert!(!e.contains('\n') && e.contains("line 2"), "{e}");
-        let e = Config::parse("[collect]\nhot_poll = \"300ms\"\n").unwrap_err();
+        let e = Config::parse("[collect]\nhot_poll = \"300ms\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("collect.hot_poll") && e.contains("divide"),
             "{e}"
@@ -920,7 +1051,9 @@ mod tests {
             "[sink.file]\ndir",
             "[sink.delivery]\nspool_dir",
         ] {
-            let e = Config::parse(&format!("{key} = \"var/lib/depmap\"\n")).unwrap_err();
+            let e = Config::parse(&format!("{key} = \"var/lib/depmap\"\n"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("relative path"), "{e}");
         }
         for (section, key) in [
@@ -932,20 +1065,28 @@ mod tests {
             ("sink.clickhouse", "timeout"),
             ("sink.azure_logs", "timeout"),
         ] {
-            let e =
-                Config::parse(&format!("[{section}]\n{key} = \"300000000000y\"\n")).unwrap_err();
+            let e = Config::parse(&format!("[{section}]\n{key} = \"300000000000y\"\n"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&format!("{section}.{key}")), "{e}");
         }
-        let e = Config::parse("[sink.http.headers]\n\"X Bad\" = \"v\"\n").unwrap_err();
+        let e = Config::parse("[sink.http.headers]\n\"X Bad\" = \"v\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("header name"), "{e}");
-        let e = Config::parse("[sink.http.headers]\nX-Ok = \"a\\r\\nInjected: 1\"\n").unwrap_err();
+        let e = Config::parse("[sink.http.headers]\nX-Ok = \"a\\r\\nInjected: 1\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line break"), "{e}");
         assert!(Config::parse("[sink.http.headers]\nX-Tenant = \"blue\"\n").is_ok());
-        let e = Config::parse("[collect]\ninventory_interval = \"300000000000y\"\n").unwrap_err();
+        let e = Config::parse("[collect]\ninventory_interval = \"300000000000y\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("collect.inventory_interval"), "{e}");
         assert!(
             !Config::parse("[agent]\ncomputer = 3\n")
                 .unwrap_err()
+                .to_string()
                 .is_empty()
         );
     }

@@ -126,6 +126,18 @@ fn check_client_cert(chain: &[Certificate<'static>], key_pem: &[u8]) -> Result<(
         .map_err(|e| e.to_string())
 }
 
+/// A request that got no answer to use.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// Connection refused or reset, timeout, TLS, DNS: no answer at all.
+    #[error(transparent)]
+    Transport(#[from] ureq::Error),
+    #[error(
+        "HTTP {status} redirect to {to}, not followed (records and credentials go only to the configured URL): point the URL there"
+    )]
+    Redirect { status: u16, to: String },
+}
+
 /// An HTTP answer as the sinks and metadata clients need it.
 pub struct Answer {
     pub status: u16,
@@ -143,18 +155,18 @@ pub struct Answer {
 pub fn read_answer(
     sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     limit: u64,
-) -> Result<Answer, String> {
-    let mut resp = sent.map_err(|e| e.to_string())?;
+) -> Result<Answer, AnswerError> {
+    let mut resp = sent?;
     if resp.status().is_redirection() {
         let to = resp
             .headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("(no Location)");
-        return Err(format!(
-            "HTTP {} redirect to {to}, not followed (records and credentials go only to the configured URL): point the URL there",
-            resp.status().as_u16()
-        ));
+        return Err(AnswerError::Redirect {
+            status: resp.status().as_u16(),
+            to: to.to_string(),
+        });
     }
     let retry_after = resp
         .headers()

@@ -132,7 +132,7 @@ fn once(
         let mut term = signal(SignalKind::terminate())?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let mut window = tokio::task::spawn_blocking(move || {
-            let mut agent = Agent::start(config)?;
+            let mut agent = Agent::start(config).map_err(|e| e.to_string())?;
             // The report says whether process events arrive: worth a bounded wait here.
             agent.settle_proc_events(Duration::from_millis(1500));
             let mut caps = report::capabilities(&agent.capabilities);
@@ -226,7 +226,7 @@ fn run(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
         let mut poller = tokio::task::spawn_blocking(move || {
             let sink = sink::build(&config, metrics.clone())
                 .map_err(|e| format!("cannot open the {:?} sink: {e}", config.sink.kind))?;
-            let mut agent = Agent::start(config)?;
+            let mut agent = Agent::start(config).map_err(|e| e.to_string())?;
             run_loop(&mut agent, sink, &controls, metrics);
             Ok::<(), String>(())
         });

@@ -54,14 +54,25 @@ pub fn is_azure_vm(asset_tag: Option<&str>) -> bool {
     asset_tag.is_some_and(|t| t.trim() == AZURE_ASSET_TAG)
 }
 
+/// Why the instance metadata gave nothing (after its retries).
+#[derive(Debug, thiserror::Error)]
+pub enum ImdsError {
+    #[error("{0}")]
+    NoAnswer(crate::http_client::AnswerError),
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("unreadable answer: {0}")]
+    Unreadable(serde_json::Error),
+}
+
 /// Queries the instance metadata at `endpoint` (e.g. `http://169.254.169.254`).
-pub fn query(endpoint: &str) -> Result<Compute, String> {
+pub fn query(endpoint: &str) -> Result<Compute, ImdsError> {
     let agent = crate::http_client::no_proxy_client(Duration::from_secs(2));
     let url = format!(
         "{}/metadata/instance?api-version={API_VERSION}",
         endpoint.trim_end_matches('/')
     );
-    let mut last = String::new();
+    let mut last = ImdsError::Status(0);
     for wait in [
         Some(Duration::from_secs(1)),
         Some(Duration::from_secs(2)),
@@ -72,15 +83,15 @@ pub fn query(endpoint: &str) -> Result<Compute, String> {
             Ok(a) if a.status == 200 => {
                 return serde_json::from_str::<Instance>(&a.body)
                     .map(|i| i.compute)
-                    .map_err(|e| format!("unreadable answer: {e}"));
+                    .map_err(ImdsError::Unreadable);
             }
             Ok(a) => {
-                last = format!("HTTP {}", a.status);
+                last = ImdsError::Status(a.status);
                 if !matches!(a.status, 410 | 429 | 500..=599) {
                     return Err(last);
                 }
             }
-            Err(e) => last = e,
+            Err(e) => last = ImdsError::NoAnswer(e),
         }
         if let Some(w) = wait {
             std::thread::sleep(w);

@@ -40,6 +40,14 @@ pub struct Place {
     pub longitude: Option<f64>,
 }
 
+/// A geolocation database that does not open.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct GeoError {
+    pub path: PathBuf,
+    pub source: maxminddb::MaxMindDbError,
+}
+
 pub struct GeoDb {
     path: PathBuf,
     opened: Option<SystemTime>,
@@ -47,9 +55,11 @@ pub struct GeoDb {
 }
 
 impl GeoDb {
-    pub fn open(path: &Path) -> Result<GeoDb, String> {
-        let reader = maxminddb::Reader::open_readfile(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn open(path: &Path) -> Result<GeoDb, GeoError> {
+        let reader = maxminddb::Reader::open_readfile(path).map_err(|source| GeoError {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(GeoDb {
             path: path.to_path_buf(),
             opened: std::fs::metadata(path).and_then(|m| m.modified()).ok(),

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use super::BuildError;
 use super::delivery::{Outcome, Transport};
 use super::http::{outcome_of, percent_encode, transport_failure};
 use super::spool::Batch;
@@ -50,16 +51,17 @@ pub struct AzureLogsTransport {
 }
 
 impl AzureLogsTransport {
-    pub fn new(config: &AzureLogsSinkConfig) -> Result<AzureLogsTransport, String> {
-        let agent = client(config.timeout, &config.ca_file, None).map_err(|e| e.to_string())?;
+    pub fn new(config: &AzureLogsSinkConfig) -> Result<AzureLogsTransport, BuildError> {
+        let agent = client(config.timeout, &config.ca_file, None)?;
         let imds = no_proxy_client(Duration::from_secs(10));
         let secret = match config.auth {
             AzureAuth::ClientSecret => {
-                let text = fs::read_to_string(&config.client_secret_file).map_err(|e| {
-                    format!(
-                        "sink.azure_logs.client_secret_file {}: {e}",
-                        config.client_secret_file.display()
-                    )
+                let text = fs::read_to_string(&config.client_secret_file).map_err(|source| {
+                    BuildError::Credential {
+                        key: "sink.azure_logs.client_secret_file",
+                        path: config.client_secret_file.clone(),
+                        source,
+                    }
                 })?;
                 Some(text.lines().next().unwrap_or("").trim().to_string())
             }
@@ -187,7 +189,7 @@ impl AzureLogsTransport {
             }
             let answer = match read_answer(req.send(&body[..]), 64 * 1024) {
                 Ok(a) => a,
-                Err(e) => return transport_failure(e),
+                Err(e) => return transport_failure(e.to_string()),
             };
             return match answer.status {
                 401 if !renewed => {

@@ -17,6 +17,7 @@
 use std::fs;
 use std::time::Duration;
 
+use super::BuildError;
 use super::delivery::{Outcome, Transport};
 use super::http::{percent_encode, transport_failure};
 use super::spool::Batch;
@@ -43,16 +44,17 @@ pub struct ClickhouseTransport {
 }
 
 impl ClickhouseTransport {
-    pub fn new(config: &ClickhouseSinkConfig) -> Result<ClickhouseTransport, String> {
-        let agent = client(config.timeout, &config.ca_file, None).map_err(|e| e.to_string())?;
+    pub fn new(config: &ClickhouseSinkConfig) -> Result<ClickhouseTransport, BuildError> {
+        let agent = client(config.timeout, &config.ca_file, None)?;
         let password = if config.password_file.as_os_str().is_empty() {
             None
         } else {
-            let text = fs::read_to_string(&config.password_file).map_err(|e| {
-                format!(
-                    "sink.clickhouse.password_file {}: {e}",
-                    config.password_file.display()
-                )
+            let text = fs::read_to_string(&config.password_file).map_err(|source| {
+                BuildError::Credential {
+                    key: "sink.clickhouse.password_file",
+                    path: config.password_file.clone(),
+                    source,
+                }
             })?;
             Some(text.lines().next().unwrap_or("").to_string())
         };
@@ -99,7 +101,7 @@ impl Transport for ClickhouseTransport {
         match read_answer(req.send(&body[..]), 4096) {
             Ok(a) if a.status == 200 => Outcome::Delivered,
             Ok(a) => classify(a.status, &a.body, a.retry_after),
-            Err(e) => transport_failure(e),
+            Err(e) => transport_failure(e.to_string()),
         }
     }
 

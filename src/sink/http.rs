@@ -15,6 +15,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use super::BuildError;
 use super::delivery::{Outcome, Transport};
 use super::spool::Batch;
 use crate::config::{BodyFormat, HttpSinkConfig, Split};
@@ -59,18 +60,21 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(config: &HttpSinkConfig) -> Result<HttpTransport, String> {
+    pub fn new(config: &HttpSinkConfig) -> Result<HttpTransport, BuildError> {
         let cert = (!config.client_cert_file.as_os_str().is_empty()).then_some((
             config.client_cert_file.as_path(),
             config.client_key_file.as_path(),
         ));
-        let agent = client(config.timeout, &config.ca_file, cert).map_err(|e| e.to_string())?;
+        let agent = client(config.timeout, &config.ca_file, cert)?;
         let token = if !config.bearer_token_env.is_empty() {
             Token::Env(config.bearer_token_env.clone())
         } else if !config.bearer_token_file.as_os_str().is_empty() {
             let path = config.bearer_token_file.clone();
-            fs::read_to_string(&path)
-                .map_err(|e| format!("sink.http.bearer_token_file {}: {e}", path.display()))?;
+            fs::read_to_string(&path).map_err(|source| BuildError::Credential {
+                key: "sink.http.bearer_token_file",
+                path: path.clone(),
+                source,
+            })?;
             Token::File(path, None, String::new())
         } else {
             Token::None
@@ -144,7 +148,7 @@ impl Transport for HttpTransport {
         }
         match read_answer(req.send(&body[..]), 4096) {
             Ok(a) => outcome_of(a.status, a.retry_after, &a.body),
-            Err(e) => transport_failure(e),
+            Err(e) => transport_failure(e.to_string()),
         }
     }
 

@@ -106,8 +106,30 @@ pub fn check_writable(config: &Config) -> Result<(), UnwritableDir> {
     }
 }
 
-/// Builds the configured sink. An error is one line naming what is wrong.
-pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Box<dyn Sink>, String> {
+/// Why the configured sink could not be built, as one line naming what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The HTTP client: a CA file, a client certificate or key.
+    #[error(transparent)]
+    Client(#[from] crate::http_client::ClientError),
+    /// A credential file named by `key` (token, password, client secret) cannot be read.
+    #[error("{key} {}: {source}", path.display())]
+    Credential {
+        key: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The file sink's directory.
+    #[error("{0}")]
+    Files(io::Error),
+    #[error("spool: {0}")]
+    Spool(io::Error),
+    #[error("cannot start the sender: {0}")]
+    Sender(io::Error),
+}
+
+/// Builds the configured sink.
+pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Box<dyn Sink>, BuildError> {
     let kind = config.sink.kind;
     let transport: Box<dyn delivery::Transport> = match kind {
         SinkKind::Stdout => return Ok(Box::new(stdout::StdoutSink::new())),
@@ -117,7 +139,7 @@ pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Box<dyn Sink>, St
                 config.sink.file.max_file_bytes,
                 config.sink.file.max_files,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(BuildError::Files)?;
             // A torn line is one record a killed process never finished writing.
             for _ in 0..torn {
                 metrics.count_drop(DropReason::Corrupt, 1);
@@ -132,9 +154,9 @@ pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Box<dyn Sink>, St
     };
     let d = &config.sink.delivery;
     let dir = d.spool_dir(&config.agent.state_dir, kind);
-    let spool = spool::Spool::open(dir, d.spool_max_bytes, d.spool_max_age)
-        .map_err(|e| format!("spool: {e}"))?;
+    let spool =
+        spool::Spool::open(dir, d.spool_max_bytes, d.spool_max_age).map_err(BuildError::Spool)?;
     let sink = delivery::Delivery::start(spool, transport, d.clone(), metrics)
-        .map_err(|e| format!("cannot start the sender: {e}"))?;
+        .map_err(BuildError::Sender)?;
     Ok(Box::new(sink))
 }
