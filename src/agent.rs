@@ -6,7 +6,6 @@
 //! are produced at start, every `inventory_interval`, and when a new process pool appears.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,9 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::collect::destroy::{DestroyListener, Final, fin_received};
 use crate::collect::host::HostFacts;
 use crate::collect::imds::{self, Compute};
-use crate::collect::ownership::SocketOwners;
 use crate::collect::packages::PackageDb;
-use crate::collect::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
+use crate::collect::proc_events::{ProcEvents, Status as ProcStatus};
 use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
 use crate::config::{AzureMetadata, Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
@@ -25,8 +23,8 @@ use crate::inventory::{self, Clock};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 use crate::records::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
 use crate::schedule::{PollSchedule, process_cpu, thread_cpu};
-use crate::track::pools::PoolRegistry;
-use crate::track::ports::{Listener, Listeners, bound_ports};
+use crate::track::attribution::Attribution;
+use crate::track::ports::bound_ports;
 use crate::track::response::RtStats;
 use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
 use crate::track::window::next_tick;
@@ -79,14 +77,9 @@ pub struct Agent {
     diag: SockDiag,
     destroys: Option<DestroyListener>,
     proc_events: Option<ProcEvents>,
-    owners: SocketOwners,
-    pools: PoolRegistry,
+    /// Whose socket: inode → processes → pools, listeners, acceptors.
+    attribution: Attribution,
     tracker: SocketTracker,
-    /// Listeners of the latest dump, and of every dump of the current window.
-    listeners: Listeners,
-    window_listeners: Listeners,
-    /// Per listening address, the pool last seen holding a socket accepted on it.
-    acceptors: HashMap<SocketAddr, PoolId>,
     packages: PackageDb,
     clock: Clock,
     samples: Vec<TcpSample>,
@@ -212,18 +205,17 @@ impl Agent {
             azure,
             ask_imds,
             imds_asked: Instant::now(),
-            pools: PoolRegistry::new(identity.machine.clone(), proc_root.clone())
-                .with_cap(config.collect.max_pools),
-            owners: SocketOwners::new(proc_root),
+            attribution: Attribution::new(
+                identity.machine.clone(),
+                proc_root,
+                config.collect.max_pools,
+            ),
             clock: Clock::read(&facts),
             identity,
             diag,
             destroys,
             proc_events,
             tracker: SocketTracker::with_cap(config.collect.max_connections),
-            listeners: Listeners::default(),
-            window_listeners: Listeners::default(),
-            acceptors: HashMap::new(),
             packages: PackageDb::new(),
             samples: Vec::new(),
             known: Vec::new(),
@@ -292,18 +284,8 @@ impl Agent {
         let mut hints = Vec::new();
         self.proc_events_outcome();
         if let Some(events) = &self.proc_events {
-            while let Ok(change) = events.queue.try_recv() {
-                match change {
-                    ProcChange::Started(pid) => {
-                        self.pools.changed(pid);
-                        hints.push(pid);
-                    }
-                    ProcChange::Exited(pid) => {
-                        tracing::trace!(pid, "process exited");
-                        self.owners.forget(pid);
-                        self.pools.exited(pid);
-                    }
-                }
+            for change in events.queue.try_iter() {
+                self.attribution.process_changed(change, &mut hints);
             }
         }
         let baseline_poll = !self.tracker.baseline_done();
@@ -324,23 +306,10 @@ impl Agent {
         if wanted.is_empty() {
             hints.clear();
         }
-        self.owners.resolve(&wanted, &hints, Instant::now());
-        for pid in self.owners.take_exited() {
-            self.pools.exited(pid);
-        }
-        for (pid, ticks) in self.owners.take_rescanned() {
-            self.pools.verify(pid, ticks);
-        }
-
-        self.listeners = Listeners::default();
+        self.attribution.resolve(&wanted, &hints, Instant::now());
         let samples = std::mem::take(&mut self.samples);
-        for s in samples.iter().filter(|s| s.is_listener()) {
-            let owners = self.pools_holding(s.inode);
-            self.listeners.insert(Listener {
-                addr: s.local,
-                owners,
-            });
-        }
+        self.attribution
+            .set_listeners(samples.iter().filter(|s| s.is_listener()));
         for (s, known) in samples.iter().zip(&known).filter(|(s, _)| !s.is_listener()) {
             // The state read with the counters: whether they include the peer's FIN.
             let fin = match fin_received_in(s) {
@@ -348,15 +317,13 @@ impl Agent {
                 None => fin_received(&mut self.diag, s),
             };
             if *known == Known::New {
-                let key = self.key_for(s);
+                let key = self.attribution.key_for(s);
                 self.tracker.observe(s, fin, self.dump_at_ms, || key);
                 continue;
             }
             if *known == Known::Unattributed
-                && s.inode != 0
-                && let Some(pool) = self.pools_holding(s.inode).into_iter().next()
+                && let Some(pool) = self.attribution.holder(s)
             {
-                self.remember_acceptor(s, &pool);
                 self.tracker.attribute(s.cookie, pool);
             }
             self.tracker
@@ -372,7 +339,7 @@ impl Agent {
         let cpu = thread_cpu();
         self.apply_destroys(baseline_poll);
         self.destroys_cpu += thread_cpu().saturating_sub(cpu);
-        self.window_listeners.merge(&self.listeners);
+        self.attribution.end_poll();
         self.report_shedding();
         self.counters.polls += 1;
         self.counters.last_poll_micros = started.elapsed().as_micros() as u64;
@@ -529,113 +496,30 @@ impl Agent {
                 if let Some(k) = self.tracker.key_of(s.cookie)
                     && k.process.is_none()
                     && k.direction == Direction::Inbound
-                    && let Some(pool) = self
-                        .listeners
-                        .accepting(s.local)
-                        .or_else(|| self.window_listeners.accepting(s.local))
-                        .and_then(|l| self.acceptor_of(l))
+                    && let Some(pool) = self.attribution.closed_inbound(s.local)
                 {
                     self.tracker.attribute(s.cookie, pool);
                 }
                 self.tracker
                     .closed(s, f.fin_received, at, || unreachable_key(s));
             } else if !baseline_poll {
-                let key = self.key_for(s);
+                let key = self.attribution.key_for(s);
                 self.tracker.closed(s, f.fin_received, at, || key);
             }
         }
-    }
-
-    /// The grouping key of a socket seen for the first time.
-    fn key_for(&mut self, s: &TcpSample) -> ConnKey {
-        let listener = self
-            .listeners
-            .accepting(s.local)
-            .or_else(|| self.window_listeners.accepting(s.local))
-            .cloned();
-        let direction = if listener.is_some() {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        };
-        let held_by = if s.inode != 0 {
-            self.pools_holding(s.inode).into_iter().next()
-        } else {
-            None
-        };
-        if let Some(pool) = &held_by {
-            self.remember_acceptor(s, pool);
-        }
-        // A socket that had left its file before we saw it (inode 0: closed between two polls,
-        // or orphaned) cannot be looked up. An accepted one is credited to the pool that
-        // accepted on its listener before, else to the listener's holder when only one pool
-        // holds it: accept() hands sockets only to holders of the listening socket. Otherwise
-        // (and always for outbound sockets) it stays unattributed. A socket whose holder is
-        // merely not known yet stays unattributed until it is found (`attribute`).
-        let process = held_by.or_else(|| {
-            let l = listener.filter(|_| s.inode == 0)?;
-            self.acceptor_of(&l)
-        });
-        let (source_ip, destination) = match direction {
-            Direction::Inbound => (s.remote.ip(), s.local),
-            Direction::Outbound => (s.local.ip(), s.remote),
-        };
-        ConnKey {
-            direction,
-            process,
-            source_ip,
-            destination_ip: destination.ip(),
-            destination_port: destination.port(),
-        }
-    }
-
-    /// The pool credited with a socket accepted on `l` that left its file before a holder was
-    /// found: the pool last seen holding sockets accepted on it, else its only holder.
-    fn acceptor_of(&self, l: &Listener) -> Option<PoolId> {
-        self.acceptors
-            .get(&l.addr)
-            .filter(|p| l.owners.contains(p))
-            .cloned()
-            .or_else(|| (l.owners.len() == 1).then(|| l.owners[0].clone()))
-    }
-
-    /// Remembers which pool holds sockets accepted on the listener of `s` (if it is inbound).
-    fn remember_acceptor(&mut self, s: &TcpSample, pool: &PoolId) {
-        if let Some(l) = self.listeners.accepting(s.local)
-            && l.owners.contains(pool)
-        {
-            self.acceptors.insert(l.addr, pool.clone());
-        }
-    }
-
-    /// Pools of the processes holding a socket inode, lowest pid first, deduplicated.
-    fn pools_holding(&mut self, inode: u32) -> Vec<PoolId> {
-        let pids: Vec<u32> = self.owners.owners(inode).to_vec();
-        let mut out: Vec<PoolId> = Vec::new();
-        for pid in pids {
-            if let Some(id) = self.pools.pool_of(pid) {
-                if let Some(p) = self.pools.get_mut(&id) {
-                    p.has_tcp = true;
-                }
-                if !out.contains(&id) {
-                    out.push(id);
-                }
-            }
-        }
-        out
     }
 
     /// Closes the window that started at `start`: VMConnection and VMBoundPort records.
     pub fn close_window(&mut self, start: SystemTime) -> Vec<Record> {
         self.enricher.refresh();
         let conns = self.tracker.close_window();
-        let ports = bound_ports(&self.window_listeners, &conns);
-        self.window_listeners = self.listeners.clone();
+        let window_listeners = self.attribution.take_window_listeners();
+        let ports = bound_ports(&window_listeners, &conns);
         let id = &self.identity;
         let time = datetime(start);
         let name_of = |p: &Option<PoolId>| {
             p.as_ref()
-                .and_then(|p| self.pools.get(p))
+                .and_then(|p| self.attribution.pools().get(p))
                 .map(|pool| pool.executable_name.clone())
         };
         let mut out = Vec::with_capacity(conns.len() + ports.len());
@@ -721,7 +605,9 @@ impl Agent {
             })));
         }
         let in_use = self.tracker.processes();
-        self.pools.prune(|pool| in_use.contains(pool));
+        self.attribution
+            .pools_mut()
+            .prune(|pool| in_use.contains(pool));
         out
     }
 
@@ -730,7 +616,7 @@ impl Agent {
         if self.config.collect.processes == ProcessScope::All {
             self.admit_all_processes();
         }
-        self.pools.refresh_members();
+        self.attribution.pools_mut().refresh_members();
         let facts = HostFacts::read();
         if self.azure.is_none()
             && self.ask_imds
@@ -773,13 +659,14 @@ impl Agent {
     fn process_records(&mut self, now: SystemTime, only_new: bool) -> Vec<Record> {
         let all = self.config.collect.processes == ProcessScope::All;
         let mut ports: HashMap<PoolId, Vec<u16>> = HashMap::new();
-        for l in self.listeners.iter() {
+        for l in self.attribution.listeners().iter() {
             for o in &l.owners {
                 ports.entry(o.clone()).or_default().push(l.addr.port());
             }
         }
         let mut ids: Vec<PoolId> = self
-            .pools
+            .attribution
+            .pools()
             .pools()
             .filter(|p| (all || p.has_tcp) && !p.members.is_empty() && !(only_new && p.reported))
             .map(|p| p.id.clone())
@@ -787,7 +674,7 @@ impl Agent {
         ids.sort();
         let mut out = Vec::new();
         for id in ids {
-            let Some(pool) = self.pools.get(&id).cloned() else {
+            let Some(pool) = self.attribution.pools().get(&id).cloned() else {
                 continue;
             };
             let listening = ports.get(&id).map(Vec::as_slice).unwrap_or(&[]);
@@ -799,7 +686,7 @@ impl Agent {
                 listening,
                 now,
             ));
-            if let Some(p) = self.pools.get_mut(&id) {
+            if let Some(p) = self.attribution.pools_mut().get_mut(&id) {
                 p.reported = true;
             }
         }
@@ -812,14 +699,14 @@ impl Agent {
         };
         for e in dir.flatten() {
             if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
-                let _ = self.pools.pool_of(pid);
+                let _ = self.attribution.pools_mut().pool_of(pid);
             }
         }
     }
 
     /// Logs (once a minute at most) that the caps on connections or pools shed data.
     fn report_shedding(&mut self) {
-        let shed = (self.tracker.stats.shed, self.pools.shed);
+        let shed = (self.tracker.stats.shed, self.attribution.pools().shed);
         if shed == self.reported_shed {
             return;
         }
@@ -897,15 +784,18 @@ impl Agent {
             ("closed_without_final_total", t.closed_without_final),
             ("late_finals_total", t.late_finals),
             ("shed_sockets_total", t.shed),
-            ("shed_pools_total", self.pools.shed),
+            ("shed_pools_total", self.attribution.pools().shed),
             ("hot_lookups_total", self.counters.hot_lookups),
             ("dump_errors_total", self.counters.dump_errors),
             (
                 "unparsable_messages_total",
                 self.counters.unparsable_messages,
             ),
-            ("pids_rescanned_total", self.owners.stats.pids_rescanned),
-            ("proc_walks_total", self.owners.stats.walks),
+            (
+                "pids_rescanned_total",
+                self.attribution.owners().stats.pids_rescanned,
+            ),
+            ("proc_walks_total", self.attribution.owners().stats.walks),
             (
                 "proc_event_errors_total",
                 self.proc_events

@@ -1,0 +1,366 @@
+//! Whose socket is this: socket inode → processes (`SocketOwners`, from /proc/PID/fd) →
+//! process pools (`PoolRegistry`), the listeners of the latest dump and of the window, and the
+//! pool last seen accepting on each listener. It answers the attribution rules of README
+//! "Attribution rules" for the tracker:
+//!
+//! * a socket is inbound when a listener accepts on its local address, else outbound;
+//! * a socket held by a process belongs to that process's pool (lowest pid first);
+//! * an accepted socket that left its file before a holder was found (inode 0: it closed
+//!   between two polls) is credited to the pool last seen holding sockets accepted on its
+//!   listener, else to the listener's holder when only one pool holds it — accept() hands
+//!   sockets only to holders of the listening socket; otherwise, and always for outbound
+//!   sockets, it stays unattributed.
+//!
+//! Everything is read through a proc root, so the rules are unit-tested on a fake /proc.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::pools::PoolRegistry;
+use super::ports::{Listener, Listeners};
+use super::sockets::{ConnKey, Direction, PoolId};
+use crate::collect::ownership::SocketOwners;
+use crate::collect::proc_events::ProcChange;
+use crate::collect::sockdiag::TcpSample;
+
+pub struct Attribution {
+    owners: SocketOwners,
+    pools: PoolRegistry,
+    /// Listeners of the latest dump, and of every dump of the current window.
+    listeners: Listeners,
+    window_listeners: Listeners,
+    /// Per listening address, the pool last seen holding a socket accepted on it.
+    acceptors: HashMap<SocketAddr, PoolId>,
+}
+
+impl Attribution {
+    pub fn new(machine: String, proc_root: PathBuf, max_pools: usize) -> Attribution {
+        Attribution {
+            owners: SocketOwners::new(proc_root.clone()),
+            pools: PoolRegistry::new(machine, proc_root).with_cap(max_pools),
+            listeners: Listeners::default(),
+            window_listeners: Listeners::default(),
+            acceptors: HashMap::new(),
+        }
+    }
+
+    /// A process event: a started process is a pid to read first (pushed to `hints`), an
+    /// exited one is forgotten at once.
+    pub fn process_changed(&mut self, change: ProcChange, hints: &mut Vec<u32>) {
+        match change {
+            ProcChange::Started(pid) => {
+                self.pools.changed(pid);
+                hints.push(pid);
+            }
+            ProcChange::Exited(pid) => {
+                tracing::trace!(pid, "process exited");
+                self.owners.forget(pid);
+                self.pools.exited(pid);
+            }
+        }
+    }
+
+    /// Finds the holders of `wanted` (inode → the socket's uid), reading `hints` first, and
+    /// keeps the pools in step with what the walk saw exit or start again.
+    pub fn resolve(&mut self, wanted: &HashMap<u32, u32>, hints: &[u32], now: Instant) {
+        self.owners.resolve(wanted, hints, now);
+        for pid in self.owners.take_exited() {
+            self.pools.exited(pid);
+        }
+        for (pid, ticks) in self.owners.take_rescanned() {
+            self.pools.verify(pid, ticks);
+        }
+    }
+
+    /// The listeners of this dump (its listening sockets, with their holders' pools).
+    pub fn set_listeners<'a>(&mut self, listening: impl Iterator<Item = &'a TcpSample>) {
+        self.listeners = Listeners::default();
+        for s in listening {
+            let owners = self.pools_holding(s.inode);
+            self.listeners.insert(Listener {
+                addr: s.local,
+                owners,
+            });
+        }
+    }
+
+    /// The end of a poll: this dump's listeners join the window's.
+    pub fn end_poll(&mut self) {
+        self.window_listeners.merge(&self.listeners);
+    }
+
+    /// The window's listeners (for VMBoundPort); the next window starts with the latest.
+    pub fn take_window_listeners(&mut self) -> Listeners {
+        std::mem::replace(&mut self.window_listeners, self.listeners.clone())
+    }
+
+    /// The listener accepting on `local`, in this dump or earlier in the window.
+    fn accepting(&self, local: SocketAddr) -> Option<&Listener> {
+        self.listeners
+            .accepting(local)
+            .or_else(|| self.window_listeners.accepting(local))
+    }
+
+    /// The grouping key of a socket seen for the first time (see the module comment).
+    pub fn key_for(&mut self, s: &TcpSample) -> ConnKey {
+        let listener = self.accepting(s.local).cloned();
+        let direction = if listener.is_some() {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        let held_by = self.holder(s);
+        let process = held_by.or_else(|| {
+            let l = listener.filter(|_| s.inode == 0)?;
+            self.acceptor_of(&l)
+        });
+        let (source_ip, destination) = match direction {
+            Direction::Inbound => (s.remote.ip(), s.local),
+            Direction::Outbound => (s.local.ip(), s.remote),
+        };
+        ConnKey {
+            direction,
+            process,
+            source_ip,
+            destination_ip: destination.ip(),
+            destination_port: destination.port(),
+        }
+    }
+
+    /// The pool holding a socket (lowest pid first), remembered as its listener's acceptor;
+    /// `None` when it left its file or no readable process holds it.
+    pub fn holder(&mut self, s: &TcpSample) -> Option<PoolId> {
+        if s.inode == 0 {
+            return None;
+        }
+        let pool = self.pools_holding(s.inode).into_iter().next()?;
+        if let Some(l) = self.listeners.accepting(s.local)
+            && l.owners.contains(&pool)
+        {
+            self.acceptors.insert(l.addr, pool.clone());
+        }
+        Some(pool)
+    }
+
+    /// For an inbound socket closing unattributed (it left its file before its holder was
+    /// found): the pool its listener's rule credits.
+    pub fn closed_inbound(&self, local: SocketAddr) -> Option<PoolId> {
+        self.accepting(local).and_then(|l| self.acceptor_of(l))
+    }
+
+    /// The pool credited with a socket accepted on `l` that left its file before a holder was
+    /// found: the pool last seen holding sockets accepted on it, else its only holder.
+    fn acceptor_of(&self, l: &Listener) -> Option<PoolId> {
+        self.acceptors
+            .get(&l.addr)
+            .filter(|p| l.owners.contains(p))
+            .cloned()
+            .or_else(|| (l.owners.len() == 1).then(|| l.owners[0].clone()))
+    }
+
+    /// Pools of the processes holding a socket inode, lowest pid first, deduplicated.
+    fn pools_holding(&mut self, inode: u32) -> Vec<PoolId> {
+        let pids: Vec<u32> = self.owners.owners(inode).to_vec();
+        let mut out: Vec<PoolId> = Vec::new();
+        for pid in pids {
+            if let Some(id) = self.pools.pool_of(pid) {
+                if let Some(p) = self.pools.get_mut(&id) {
+                    p.has_tcp = true;
+                }
+                if !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    pub fn pools(&self) -> &PoolRegistry {
+        &self.pools
+    }
+
+    pub fn pools_mut(&mut self) -> &mut PoolRegistry {
+        &mut self.pools
+    }
+
+    pub fn owners(&self) -> &SocketOwners {
+        &self.owners
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::sockdiag::{Family, state};
+    use std::path::Path;
+
+    /// A fake /proc: processes with a name, a start time and socket fds.
+    struct FakeProc(PathBuf);
+
+    impl FakeProc {
+        fn new(tag: &str) -> FakeProc {
+            let root = std::env::temp_dir()
+                .join(format!("depmap-attribution-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            FakeProc(root)
+        }
+
+        /// Process `pid` running `exe` holding the socket `inodes`.
+        fn process(&self, pid: u32, exe: &str, inodes: &[u32]) {
+            let dir = self.0.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("fd")).unwrap();
+            let fields = vec!["0"; 18].join(" ");
+            std::fs::write(dir.join("stat"), format!("{pid} ({exe}) S {fields} 90 0 0")).unwrap();
+            std::fs::write(dir.join("cmdline"), format!("/usr/bin/{exe}\0")).unwrap();
+            std::fs::write(dir.join("status"), "Uid:\t0\t0\t0\t0\n").unwrap();
+            std::fs::write(dir.join("cgroup"), "0::/test\n").unwrap();
+            let _ = std::os::unix::fs::symlink(format!("/usr/bin/{exe}"), dir.join("exe"));
+            for (fd, ino) in inodes.iter().enumerate() {
+                let link = dir.join("fd").join((fd + 3).to_string());
+                let _ = std::os::unix::fs::symlink(format!("socket:[{ino}]"), link);
+            }
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn sample(local: &str, remote: &str, inode: u32) -> TcpSample {
+        let remote: SocketAddr = remote.parse().unwrap();
+        TcpSample {
+            cookie: u64::from(inode) + 1,
+            family: Family::V4,
+            state: if remote.port() == 0 {
+                state::LISTEN
+            } else {
+                state::ESTABLISHED
+            },
+            local: local.parse().unwrap(),
+            remote,
+            uid: 0,
+            inode,
+            counters: None,
+        }
+    }
+
+    const LISTENER: u32 = 1000;
+
+    /// Attribution over `proc`, after one dump holding the listener `listening` and `more`.
+    fn after_dump(proc: &FakeProc, listening: &[TcpSample], more: &[&TcpSample]) -> Attribution {
+        let mut a = Attribution::new("m".into(), proc.path().to_path_buf(), 100);
+        let wanted: HashMap<u32, u32> = listening
+            .iter()
+            .chain(more.iter().copied())
+            .filter(|s| s.inode != 0)
+            .map(|s| (s.inode, 0))
+            .collect();
+        a.resolve(&wanted, &[], Instant::now());
+        a.set_listeners(listening.iter());
+        a
+    }
+
+    #[test]
+    fn a_held_socket_is_its_holders_and_inbound_on_a_listener() {
+        let proc = FakeProc::new("held");
+        proc.process(100, "server", &[LISTENER, 1001]);
+        proc.process(200, "client", &[2001]);
+        let listen = [sample("10.0.0.1:80", "0.0.0.0:0", LISTENER)];
+        let accepted = sample("10.0.0.1:80", "10.0.0.9:5000", 1001);
+        let outgoing = sample("10.0.0.1:6000", "10.0.0.7:443", 2001);
+        let mut a = after_dump(&proc, &listen, &[&accepted, &outgoing]);
+        let k = a.key_for(&accepted);
+        assert_eq!(k.direction, Direction::Inbound);
+        let server = k.process.clone().expect("the holder's pool");
+        assert_eq!(a.pools().get(&server).unwrap().executable_name, "server");
+        assert_eq!(
+            (k.source_ip.to_string(), k.destination_port),
+            ("10.0.0.9".into(), 80)
+        );
+        let k = a.key_for(&outgoing);
+        assert_eq!(k.direction, Direction::Outbound);
+        let client = k.process.expect("the holder's pool");
+        assert_eq!(a.pools().get(&client).unwrap().executable_name, "client");
+        assert_eq!(k.destination_port, 443);
+    }
+
+    #[test]
+    fn a_socket_that_left_its_file_goes_to_the_listeners_only_holder() {
+        let proc = FakeProc::new("only");
+        proc.process(100, "server", &[LISTENER]);
+        let listen = [sample("10.0.0.1:80", "0.0.0.0:0", LISTENER)];
+        let mut a = after_dump(&proc, &listen, &[]);
+        let gone = sample("10.0.0.1:80", "10.0.0.9:5000", 0);
+        let k = a.key_for(&gone);
+        assert_eq!(k.direction, Direction::Inbound);
+        assert!(k.process.is_some(), "credited to the only holder");
+        assert_eq!(a.closed_inbound(gone.local), k.process);
+        // Outbound sockets that left their file are never guessed.
+        let out = sample("10.0.0.1:6000", "10.0.0.7:443", 0);
+        assert_eq!(a.key_for(&out).process, None);
+    }
+
+    #[test]
+    fn with_two_holders_the_last_seen_acceptor_is_credited_or_nobody() {
+        let proc = FakeProc::new("two");
+        // A supervisor and a worker of another pool both hold the listener.
+        proc.process(100, "supervisor", &[LISTENER]);
+        proc.process(101, "worker", &[LISTENER, 1101]);
+        let listen = [sample("10.0.0.1:80", "0.0.0.0:0", LISTENER)];
+        let gone = sample("10.0.0.1:80", "10.0.0.9:5001", 0);
+        let accepted = sample("10.0.0.1:80", "10.0.0.9:5000", 1101);
+        let mut a = after_dump(&proc, &listen, &[&accepted]);
+        assert_eq!(a.listeners().iter().next().unwrap().owners.len(), 2);
+        // No acceptor seen yet: two candidates, no guess.
+        assert_eq!(a.key_for(&gone).process, None);
+        // The worker is seen holding an accepted socket: it is the acceptor from now on.
+        let worker = a.key_for(&accepted).process.expect("held");
+        assert_eq!(a.pools().get(&worker).unwrap().executable_name, "worker");
+        assert_eq!(a.key_for(&gone).process, Some(worker.clone()));
+        assert_eq!(a.closed_inbound(gone.local), Some(worker));
+    }
+
+    #[test]
+    fn listeners_of_the_window_outlive_the_dump_and_reset_at_its_close() {
+        let proc = FakeProc::new("window");
+        proc.process(100, "server", &[LISTENER]);
+        let listen = [sample("10.0.0.1:80", "0.0.0.0:0", LISTENER)];
+        let mut a = after_dump(&proc, &listen, &[]);
+        a.end_poll();
+        // The listener closed: the next dump has none, the window still knows it.
+        a.set_listeners(std::iter::empty());
+        a.end_poll();
+        let gone = sample("10.0.0.1:80", "10.0.0.9:5000", 0);
+        assert_eq!(a.key_for(&gone).direction, Direction::Inbound);
+        assert_eq!(a.take_window_listeners().iter().count(), 1);
+        assert_eq!(a.take_window_listeners().iter().count(), 0);
+        assert_eq!(a.key_for(&gone).direction, Direction::Outbound);
+    }
+
+    #[test]
+    fn an_exited_process_is_forgotten() {
+        let proc = FakeProc::new("exit");
+        proc.process(100, "server", &[LISTENER]);
+        let listen = [sample("10.0.0.1:80", "0.0.0.0:0", LISTENER)];
+        let mut a = after_dump(&proc, &listen, &[]);
+        assert_eq!(a.owners().owners(LISTENER), &[100]);
+        let mut hints = Vec::new();
+        a.process_changed(ProcChange::Exited(100), &mut hints);
+        assert!(a.owners().owners(LISTENER).is_empty());
+        a.process_changed(ProcChange::Started(300), &mut hints);
+        assert_eq!(hints, vec![300]);
+    }
+}
