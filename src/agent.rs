@@ -7,15 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::collect::destroy::{DestroyListener, Final, fin_received};
 use crate::collect::host::HostFacts;
 use crate::collect::imds::{self, Compute};
 use crate::collect::packages::PackageDb;
-use crate::collect::proc_events::{ProcEvents, Status as ProcStatus};
-use crate::collect::sockdiag::{Family, SockDiag, TcpSample};
+use crate::collect::sockdiag::TcpSample;
+use crate::collect::sources::Sources;
 use crate::config::{AzureMetadata, Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
 use crate::identity::{self, Identity, connection_id, port_id};
@@ -29,17 +27,7 @@ use crate::track::response::RtStats;
 use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
 use crate::track::window::next_tick;
 
-/// The capability line while the proc connector subscription is still on its way.
-const PROC_EVENTS_STARTING: &str = "proc connector: subscribing (no acknowledgement from the kernel yet); /proc is walked by fd count until then";
-
-/// Why depmap cannot run here at all: without the kernel's TCP sockets there is nothing to map.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot open NETLINK_SOCK_DIAG: {0}")]
-    Open(std::io::Error),
-    #[error("cannot read the kernel's TCP sockets: IPv4 dump failed: {0}")]
-    Dump(std::io::Error),
-}
+pub use crate::collect::sources::StartError;
 
 /// What depmap can see on this host, and why not where it cannot.
 #[derive(Debug, Clone)]
@@ -62,8 +50,6 @@ pub struct Capabilities {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AgentCounters {
     pub polls: u64,
-    pub dump_errors: u64,
-    pub unparsable_messages: u64,
     pub sockets_last_poll: u64,
     pub last_poll_micros: u64,
     pub hot_lookups: u64,
@@ -74,21 +60,17 @@ pub struct AgentCounters {
 pub struct Agent {
     config: Config,
     pub identity: Identity,
-    diag: SockDiag,
-    destroys: Option<DestroyListener>,
-    proc_events: Option<ProcEvents>,
+    /// The kernel readers: dumps, lookups, closes, process changes.
+    sources: Sources,
     /// Whose socket: inode → processes → pools, listeners, acceptors.
     attribution: Attribution,
     tracker: SocketTracker,
     packages: PackageDb,
     clock: Clock,
+    /// The latest dump's sockets (a buffer reused from poll to poll).
     samples: Vec<TcpSample>,
     /// What the tracker knew of each of `samples` before this poll (reused buffer).
     known: Vec<Known>,
-    /// The agent's monotonic clock origin; snapshot times are milliseconds since it.
-    epoch: Instant,
-    /// When the latest dump's sockets were read (middle of the dump), on that clock.
-    dump_at_ms: u64,
     /// Sockets re-read between full dumps for response times (active in the last dump).
     hot: Vec<TcpSample>,
     /// When full and hot polls happen, within the CPU budget.
@@ -101,12 +83,12 @@ pub struct Agent {
     enricher: Enricher,
     /// CPU time spent applying destroy notifications since the last full poll was scheduled.
     destroys_cpu: Duration,
-    pub capabilities: Capabilities,
+    /// Processes whose fd table could be read at start, of all processes.
+    proc_fd_readable: (usize, usize),
+    /// Azure Instance Metadata: what was found, or why it was not asked or did not answer.
+    azure_metadata: Result<String, String>,
     pub counters: AgentCounters,
-    reported_overruns: u64,
     /// Recurring problems, logged once per interval.
-    dump_failures: Throttle,
-    overrun_log: Throttle,
     period_log: Throttle,
     reported_shed: (u64, u64),
     shed_log: Throttle,
@@ -116,36 +98,7 @@ impl Agent {
     /// Opens the kernel interfaces. Fails only when sock_diag itself is unusable; everything
     /// else degrades and is reported in [`Capabilities`].
     pub fn start(config: Config) -> Result<Agent, StartError> {
-        let mut diag = SockDiag::open().map_err(StartError::Open)?;
-        diag.dump(Family::V4, |_| {}).map_err(StartError::Dump)?;
-        let sock_diag = Ok(());
-        // IPv6 sockets are dumped even with `ipv6 = false`: a dual-stack (`::`) socket carries
-        // IPv4 traffic too. The setting only drops connections with real IPv6 addresses.
-        let sock_diag_v6 = diag
-            .dump(Family::V6, |_| {})
-            .map(|_| ())
-            .map_err(|e| format!("IPv6 dump failed: {e}"));
-        let (destroys, destroy_events) = match DestroyListener::start(sock_diag_v6.is_ok()) {
-            Ok(d) => (Some(d), Ok(())),
-            Err(e) => (
-                None,
-                Err(format!("cannot join the TCP destroy groups: {e}")),
-            ),
-        };
-        // Subscribing goes on on its own thread (see collect::proc_events); `poll` takes its
-        // outcome into the capabilities.
-        let (proc_events, proc_connector) = match ProcEvents::start() {
-            Ok(p) => (Some(p), Err(PROC_EVENTS_STARTING.to_string())),
-            Err(e) => {
-                tracing::warn!(error = %e, "proc connector unavailable; /proc is walked by fd count instead");
-                (
-                    None,
-                    Err(format!(
-                        "proc connector unavailable ({e}); /proc is walked by fd count instead"
-                    )),
-                )
-            }
-        };
+        let sources = Sources::open(config.collect.ipv6)?;
         let facts = HostFacts::read();
         let agent_id = identity::agent_id(
             &config.agent.agent_id,
@@ -190,18 +143,10 @@ impl Agent {
         }
         let proc_root = PathBuf::from("/proc");
         let enricher = Enricher::new(&config.enrich);
-        let dns_capture = enricher.dns_status.clone();
         Ok(Agent {
-            capabilities: Capabilities {
-                sock_diag,
-                sock_diag_v6,
-                destroy_events,
-                proc_connector,
-                proc_fd_readable: proc_fd_readable(&proc_root),
-                destroy_rcvbuf: destroys.as_ref().map_or(0, |d| d.rcvbuf),
-                azure_metadata,
-                dns_capture,
-            },
+            proc_fd_readable: proc_fd_readable(&proc_root),
+            azure_metadata,
+            sources,
             azure,
             ask_imds,
             imds_asked: Instant::now(),
@@ -212,24 +157,16 @@ impl Agent {
             ),
             clock: Clock::read(&facts),
             identity,
-            diag,
-            destroys,
-            proc_events,
             tracker: SocketTracker::with_cap(config.collect.max_connections),
             packages: PackageDb::new(),
             samples: Vec::new(),
             known: Vec::new(),
-            epoch: Instant::now(),
-            dump_at_ms: 0,
             hot: Vec::new(),
             counters: AgentCounters::default(),
             schedule: PollSchedule::new(&config.collect),
             enricher,
             destroys_cpu: Duration::ZERO,
-            dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
-            overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             period_log: Throttle::new(PROBLEM_LOG_INTERVAL),
-            reported_overruns: 0,
             reported_shed: (0, 0),
             shed_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             config,
@@ -245,59 +182,44 @@ impl Agent {
         self.config.sink = sink;
     }
 
-    /// Takes the process-event subscription's outcome, once it is known, into the
-    /// capabilities (and drops a subscription that delivers nothing).
-    fn proc_events_outcome(&mut self) {
-        let Some(events) = &self.proc_events else {
-            return;
-        };
-        match events.status() {
-            ProcStatus::Starting => {}
-            ProcStatus::Live => {
-                if self.capabilities.proc_connector.is_err() {
-                    tracing::debug!("process events from the proc connector arrive");
-                    self.capabilities.proc_connector = Ok(());
-                }
-            }
-            ProcStatus::Unavailable(why) => {
-                tracing::warn!(error = %why, "proc connector unavailable; /proc is walked by fd count instead");
-                self.capabilities.proc_connector = Err(format!(
-                    "proc connector unavailable ({why}); /proc is walked by fd count instead"
-                ));
-                self.proc_events = None;
-            }
+    /// What depmap can see on this host, and why not where it cannot.
+    pub fn capabilities(&self) -> Capabilities {
+        let s = &self.sources.status;
+        Capabilities {
+            sock_diag: s.sock_diag.clone(),
+            sock_diag_v6: s.sock_diag_v6.clone(),
+            destroy_events: s.destroy_events.clone(),
+            proc_connector: s.proc_connector.clone(),
+            proc_fd_readable: self.proc_fd_readable,
+            destroy_rcvbuf: s.destroy_rcvbuf,
+            azure_metadata: self.azure_metadata.clone(),
+            dns_capture: self.enricher.dns_status.clone(),
         }
     }
 
     /// Waits (at most `limit`) for the process-event subscription's outcome (for `once`'s
     /// capability report; the daemon never waits for it).
     pub fn settle_proc_events(&mut self, limit: Duration) {
-        if let Some(events) = &self.proc_events {
-            events.settle(limit);
-        }
-        self.proc_events_outcome();
+        self.sources.settle_proc_events(limit);
     }
 
     /// One poll; see the module comment for the steps.
     pub fn poll(&mut self) {
         let started = Instant::now();
         let mut hints = Vec::new();
-        self.proc_events_outcome();
-        if let Some(events) = &self.proc_events {
-            for change in events.queue.try_iter() {
-                self.attribution.process_changed(change, &mut hints);
-            }
+        for change in self.sources.proc_changes() {
+            self.attribution.process_changed(change, &mut hints);
         }
         let baseline_poll = !self.tracker.baseline_done();
-        let complete = self.dump();
+        let mut samples = std::mem::take(&mut self.samples);
+        let dump = self.sources.dump(&mut samples);
         // Inodes whose holders matter (with the socket's uid, to narrow the search):
         // listeners, new sockets, and tracked sockets no process was found for yet.
         // What the tracker knows of each sample: one lookup per socket per poll.
         let mut known = std::mem::take(&mut self.known);
         known.clear();
-        known.extend(self.samples.iter().map(|s| self.tracker.known(s.cookie)));
-        let wanted: HashMap<u32, u32> = self
-            .samples
+        known.extend(samples.iter().map(|s| self.tracker.known(s.cookie)));
+        let wanted: HashMap<u32, u32> = samples
             .iter()
             .zip(&known)
             .filter(|(s, k)| s.inode != 0 && (s.is_listener() || **k != Known::Attributed))
@@ -307,18 +229,17 @@ impl Agent {
             hints.clear();
         }
         self.attribution.resolve(&wanted, &hints, Instant::now());
-        let samples = std::mem::take(&mut self.samples);
         self.attribution
             .set_listeners(samples.iter().filter(|s| s.is_listener()));
         for (s, known) in samples.iter().zip(&known).filter(|(s, _)| !s.is_listener()) {
             // The state read with the counters: whether they include the peer's FIN.
             let fin = match fin_received_in(s) {
                 Some(f) => f,
-                None => fin_received(&mut self.diag, s),
+                None => self.sources.fin_received(s),
             };
             if *known == Known::New {
                 let key = self.attribution.key_for(s);
-                self.tracker.observe(s, fin, self.dump_at_ms, || key);
+                self.tracker.observe(s, fin, dump.at_ms, || key);
                 continue;
             }
             if *known == Known::Unattributed
@@ -327,13 +248,13 @@ impl Agent {
                 self.tracker.attribute(s.cookie, pool);
             }
             self.tracker
-                .observe(s, fin, self.dump_at_ms, || unreachable_key(s));
+                .observe(s, fin, dump.at_ms, || unreachable_key(s));
         }
         self.known = known;
         self.counters.sockets_last_poll = samples.len() as u64;
         self.choose_hot_set(&samples);
         self.samples = samples;
-        self.tracker.end_dump(complete);
+        self.tracker.end_dump(dump.complete);
         // Applying queued closes costs what the churn costs, whatever the dump period: it is
         // not counted as the dump's cost (the schedule sees it as the rest of the process).
         let cpu = thread_cpu();
@@ -343,44 +264,6 @@ impl Agent {
         self.report_shedding();
         self.counters.polls += 1;
         self.counters.last_poll_micros = started.elapsed().as_micros() as u64;
-    }
-
-    /// Dumps both families into `self.samples`; false when part of the dump failed.
-    fn dump(&mut self) -> bool {
-        let begin = self.clock_ms();
-        let mut complete = true;
-        let mut samples = std::mem::take(&mut self.samples);
-        samples.clear();
-        let mut families = vec![Family::V4];
-        if self.capabilities.sock_diag_v6.is_ok() {
-            families.push(Family::V6);
-        }
-        let ipv6 = self.config.collect.ipv6;
-        for family in families {
-            let keep = |s: &TcpSample| ipv6 || s.is_listener() || !s.remote.is_ipv6();
-            match self.diag.dump(family, |s| {
-                if keep(&s) {
-                    samples.push(s)
-                }
-            }) {
-                Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
-                Err(e) => {
-                    complete = false;
-                    self.counters.dump_errors += 1;
-                    if let Some(more) = self.dump_failures.ready() {
-                        tracing::warn!(error = %e, ?family, also_since_last_log = more, "sock_diag dump failed; this poll is partial");
-                    }
-                }
-            }
-        }
-        self.samples = samples;
-        self.dump_at_ms = (begin + self.clock_ms()) / 2;
-        complete
-    }
-
-    /// Milliseconds on the agent's monotonic clock.
-    fn clock_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
     }
 
     /// The hot set: established sockets that moved data during the last poll interval, most
@@ -451,18 +334,15 @@ impl Agent {
     pub fn poll_hot(&mut self) {
         let hot = std::mem::take(&mut self.hot);
         for s in &hot {
-            match self.diag.lookup(s) {
+            match self.sources.lookup(s) {
                 Ok(Some(now)) => {
                     if let Some(c) = &now.counters {
-                        let at = self.clock_ms();
+                        let at = self.sources.clock_ms();
                         self.tracker.observe_response(s.cookie, at, c);
                     }
                 }
                 Ok(None) => {} // closed since: its destroy notification has the final values
-                Err(e) => {
-                    self.counters.dump_errors += 1;
-                    tracing::debug!(error = %e, "hot lookup failed");
-                }
+                Err(e) => tracing::debug!(error = %e, "hot lookup failed"),
             }
         }
         self.hot = hot;
@@ -473,23 +353,8 @@ impl Agent {
     /// sockets the baseline dump did not hold are of sockets older than depmap that closed
     /// while it started: their bytes and their establishment are not in any window.
     fn apply_destroys(&mut self, baseline_poll: bool) {
-        let Some(d) = &self.destroys else { return };
-        let finals: Vec<Final> = d.queue.try_iter().collect();
-        let overruns = d.counters.overruns.load(Ordering::Relaxed);
-        if overruns > self.reported_overruns && self.overrun_log.ready().is_some() {
-            tracing::warn!(
-                overruns,
-                "destroy notifications were dropped by the kernel (ENOBUFS); bytes of sockets that closed then are counted up to their last poll (raise net.core.rmem_max)"
-            );
-            self.reported_overruns = overruns;
-        }
-        let ipv6 = self.config.collect.ipv6;
-        for f in finals
-            .iter()
-            .filter(|f| !f.sample.is_listener() && (ipv6 || !f.sample.remote.is_ipv6()))
-        {
+        for (f, at) in self.sources.finals() {
             let s = &f.sample;
-            let at = f.at.saturating_duration_since(self.epoch).as_millis() as u64;
             if self.tracker.knows(s.cookie) {
                 // An accepted socket that closes before its holder was found has left its file
                 // now: the listener rule applies to it too.
@@ -765,12 +630,7 @@ impl Agent {
     pub fn self_counters(&self) -> Vec<(&'static str, u64)> {
         let t = &self.tracker.stats;
         let dns = self.enricher.dns_report();
-        let (received, overruns) = self.destroys.as_ref().map_or((0, 0), |d| {
-            (
-                d.counters.received.load(Ordering::Relaxed),
-                d.counters.overruns.load(Ordering::Relaxed),
-            )
-        });
+        let k = self.sources.counters();
         vec![
             ("polls_total", self.counters.polls),
             ("sockets", self.counters.sockets_last_poll),
@@ -779,29 +639,21 @@ impl Agent {
                 "full_poll_period_milliseconds",
                 self.counters.full_poll_period_ms,
             ),
-            ("destroy_received_total", received),
-            ("destroy_overruns_total", overruns),
+            ("destroy_received_total", k.destroy_received),
+            ("destroy_overruns_total", k.destroy_overruns),
             ("closed_without_final_total", t.closed_without_final),
             ("late_finals_total", t.late_finals),
             ("shed_sockets_total", t.shed),
             ("shed_pools_total", self.attribution.pools().shed),
             ("hot_lookups_total", self.counters.hot_lookups),
-            ("dump_errors_total", self.counters.dump_errors),
-            (
-                "unparsable_messages_total",
-                self.counters.unparsable_messages,
-            ),
+            ("dump_errors_total", k.dump_errors),
+            ("unparsable_messages_total", k.unparsable_messages),
             (
                 "pids_rescanned_total",
                 self.attribution.owners().stats.pids_rescanned,
             ),
             ("proc_walks_total", self.attribution.owners().stats.walks),
-            (
-                "proc_event_errors_total",
-                self.proc_events
-                    .as_ref()
-                    .map_or(0, |p| p.errors.load(Ordering::Relaxed)),
-            ),
+            ("proc_event_errors_total", k.proc_event_errors),
             ("dns_answers_learned_total", dns.counters.answers),
             ("dns_answers_unsolicited_total", dns.counters.unsolicited),
             ("dns_addresses_not_kept_total", dns.counters.not_kept),

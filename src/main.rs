@@ -135,7 +135,7 @@ fn once(
             let mut agent = Agent::start(config).map_err(|e| e.to_string())?;
             // The report says whether process events arrive: worth a bounded wait here.
             agent.settle_proc_events(Duration::from_millis(1500));
-            let mut caps = report::capabilities(&agent.capabilities);
+            let mut caps = report::capabilities(&agent.capabilities());
             if let Some(width) = width {
                 caps = report::fit_lines(&caps, width);
             }

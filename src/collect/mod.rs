@@ -9,6 +9,7 @@ pub mod packages;
 pub mod proc_events;
 pub mod procinfo;
 pub mod sockdiag;
+pub mod sources;
 
 use std::io;
 use std::os::fd::AsRawFd;

@@ -1,0 +1,268 @@
+//! The kernel readers behind one seam: what the agent needs from the kernel each poll — the
+//! process changes since the last one, a dump of every TCP socket (with when it was read),
+//! the final state of sockets that closed, and exact re-reads of single sockets — whichever
+//! reader provides it. Today that is sock_diag (dumps and lookups), the TCP destroy
+//! notifications and the proc connector; an event source (eBPF) is meant to plug in here and
+//! provide the same things.
+//!
+//! What each reader can do on this host is kept as [`SourceStatus`] (the capability report).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::destroy::{DestroyListener, Final, fin_received};
+use super::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
+use super::sockdiag::{Family, SockDiag, TcpSample};
+use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
+
+/// The capability line while the proc connector subscription is still on its way.
+const PROC_EVENTS_STARTING: &str = "proc connector: subscribing (no acknowledgement from the kernel yet); /proc is walked by fd count until then";
+
+/// Why depmap cannot run here at all: without the kernel's TCP sockets there is nothing to map.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open NETLINK_SOCK_DIAG: {0}")]
+    Open(std::io::Error),
+    #[error("cannot read the kernel's TCP sockets: IPv4 dump failed: {0}")]
+    Dump(std::io::Error),
+}
+
+/// What each reader can do here, and why not where it cannot.
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    pub sock_diag: Result<(), String>,
+    pub sock_diag_v6: Result<(), String>,
+    pub destroy_events: Result<(), String>,
+    pub proc_connector: Result<(), String>,
+    /// Receive buffer of the destroy-notification socket (0: no subscription).
+    pub destroy_rcvbuf: usize,
+}
+
+/// Counters of the readers' work and losses.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SourceCounters {
+    pub dump_errors: u64,
+    pub unparsable_messages: u64,
+    pub destroy_received: u64,
+    pub destroy_overruns: u64,
+    pub proc_event_errors: u64,
+}
+
+/// One dump (its sockets went to the caller's buffer).
+#[derive(Debug, Clone, Copy)]
+pub struct Dump {
+    /// False when part of it failed (a family's dump errored).
+    pub complete: bool,
+    /// When its sockets were read (the middle of the dump), in [`Sources::clock_ms`].
+    pub at_ms: u64,
+}
+
+pub struct Sources {
+    diag: SockDiag,
+    destroys: Option<DestroyListener>,
+    proc_events: Option<ProcEvents>,
+    /// Keep connections with IPv6 remote addresses (`collect.ipv6`).
+    ipv6: bool,
+    /// The monotonic clock origin; sample times are milliseconds since it.
+    epoch: Instant,
+    pub status: SourceStatus,
+    counters: SourceCounters,
+    reported_overruns: u64,
+    dump_failures: Throttle,
+    overrun_log: Throttle,
+}
+
+impl Sources {
+    /// Opens the readers. Fails only when sock_diag itself is unusable; everything else
+    /// degrades and is reported in [`SourceStatus`].
+    pub fn open(ipv6: bool) -> Result<Sources, StartError> {
+        let mut diag = SockDiag::open().map_err(StartError::Open)?;
+        diag.dump(Family::V4, |_| {}).map_err(StartError::Dump)?;
+        // IPv6 sockets are dumped even with `ipv6 = false`: a dual-stack (`::`) socket carries
+        // IPv4 traffic too. The setting only drops connections with real IPv6 addresses.
+        let sock_diag_v6 = diag
+            .dump(Family::V6, |_| {})
+            .map(|_| ())
+            .map_err(|e| format!("IPv6 dump failed: {e}"));
+        let (destroys, destroy_events) = match DestroyListener::start(sock_diag_v6.is_ok()) {
+            Ok(d) => (Some(d), Ok(())),
+            Err(e) => (
+                None,
+                Err(format!("cannot join the TCP destroy groups: {e}")),
+            ),
+        };
+        // Subscribing goes on on its own thread (see proc_events); `proc_changes` takes its
+        // outcome into the status.
+        let (proc_events, proc_connector) = match ProcEvents::start() {
+            Ok(p) => (Some(p), Err(PROC_EVENTS_STARTING.to_string())),
+            Err(e) => {
+                tracing::warn!(error = %e, "proc connector unavailable; /proc is walked by fd count instead");
+                (
+                    None,
+                    Err(format!(
+                        "proc connector unavailable ({e}); /proc is walked by fd count instead"
+                    )),
+                )
+            }
+        };
+        Ok(Sources {
+            status: SourceStatus {
+                sock_diag: Ok(()),
+                sock_diag_v6,
+                destroy_events,
+                proc_connector,
+                destroy_rcvbuf: destroys.as_ref().map_or(0, |d| d.rcvbuf),
+            },
+            diag,
+            destroys,
+            proc_events,
+            ipv6,
+            epoch: Instant::now(),
+            counters: SourceCounters::default(),
+            reported_overruns: 0,
+            dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
+            overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
+        })
+    }
+
+    /// Milliseconds on the sources' monotonic clock.
+    pub fn clock_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The process changes since the last call (none while the subscription is not live).
+    pub fn proc_changes(&mut self) -> Vec<ProcChange> {
+        self.proc_events_outcome();
+        self.proc_events
+            .as_ref()
+            .map(|e| e.queue.try_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (at most `limit`) for the process-event subscription's outcome (for `once`'s
+    /// capability report; the daemon never waits for it).
+    pub fn settle_proc_events(&mut self, limit: std::time::Duration) {
+        if let Some(events) = &self.proc_events {
+            events.settle(limit);
+        }
+        self.proc_events_outcome();
+    }
+
+    /// Takes the subscription's outcome, once known, into the status (and drops a
+    /// subscription that delivers nothing).
+    fn proc_events_outcome(&mut self) {
+        let Some(events) = &self.proc_events else {
+            return;
+        };
+        match events.status() {
+            ProcStatus::Starting => {}
+            ProcStatus::Live => {
+                if self.status.proc_connector.is_err() {
+                    tracing::debug!("process events from the proc connector arrive");
+                    self.status.proc_connector = Ok(());
+                }
+            }
+            ProcStatus::Unavailable(why) => {
+                tracing::warn!(error = %why, "proc connector unavailable; /proc is walked by fd count instead");
+                self.status.proc_connector = Err(format!(
+                    "proc connector unavailable ({why}); /proc is walked by fd count instead"
+                ));
+                self.proc_events = None;
+            }
+        }
+    }
+
+    /// Dumps every TCP socket of both families into `samples` (cleared first: the caller's
+    /// buffer is reused from poll to poll).
+    pub fn dump(&mut self, samples: &mut Vec<TcpSample>) -> Dump {
+        let begin = self.clock_ms();
+        let mut complete = true;
+        samples.clear();
+        let mut families = vec![Family::V4];
+        if self.status.sock_diag_v6.is_ok() {
+            families.push(Family::V6);
+        }
+        let ipv6 = self.ipv6;
+        for family in families {
+            let keep = |s: &TcpSample| ipv6 || s.is_listener() || !s.remote.is_ipv6();
+            match self.diag.dump(family, |s| {
+                if keep(&s) {
+                    samples.push(s)
+                }
+            }) {
+                Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
+                Err(e) => {
+                    complete = false;
+                    self.counters.dump_errors += 1;
+                    if let Some(more) = self.dump_failures.ready() {
+                        tracing::warn!(error = %e, ?family, also_since_last_log = more, "sock_diag dump failed; this poll is partial");
+                    }
+                }
+            }
+        }
+        Dump {
+            complete,
+            at_ms: (begin + self.clock_ms()) / 2,
+        }
+    }
+
+    /// Whether the peer's FIN is in a socket's counters, when its state does not say (an
+    /// exact re-read).
+    pub fn fin_received(&mut self, s: &TcpSample) -> bool {
+        fin_received(&mut self.diag, s)
+    }
+
+    /// An exact re-read of one socket; `None` once it closed.
+    pub fn lookup(&mut self, s: &TcpSample) -> std::io::Result<Option<TcpSample>> {
+        let found = self.diag.lookup(s);
+        if found.is_err() {
+            self.counters.dump_errors += 1;
+        }
+        found
+    }
+
+    /// The final states of the sockets that closed since the last call (listeners and, with
+    /// `ipv6 = false`, IPv6 connections left out), with their close time on the sources'
+    /// clock.
+    pub fn finals(&mut self) -> Vec<(Final, u64)> {
+        let Some(d) = &self.destroys else {
+            return Vec::new();
+        };
+        let finals: Vec<Final> = d.queue.try_iter().collect();
+        let overruns = d.counters.overruns.load(Ordering::Relaxed);
+        if overruns > self.reported_overruns && self.overrun_log.ready().is_some() {
+            tracing::warn!(
+                overruns,
+                "destroy notifications were dropped by the kernel (ENOBUFS); bytes of sockets that closed then are counted up to their last poll (raise net.core.rmem_max)"
+            );
+            self.reported_overruns = overruns;
+        }
+        let ipv6 = self.ipv6;
+        finals
+            .into_iter()
+            .filter(|f| !f.sample.is_listener() && (ipv6 || !f.sample.remote.is_ipv6()))
+            .map(|f| {
+                let at = f.at.saturating_duration_since(self.epoch).as_millis() as u64;
+                (f, at)
+            })
+            .collect()
+    }
+
+    pub fn counters(&self) -> SourceCounters {
+        let (destroy_received, destroy_overruns) = self.destroys.as_ref().map_or((0, 0), |d| {
+            (
+                d.counters.received.load(Ordering::Relaxed),
+                d.counters.overruns.load(Ordering::Relaxed),
+            )
+        });
+        SourceCounters {
+            destroy_received,
+            destroy_overruns,
+            proc_event_errors: self
+                .proc_events
+                .as_ref()
+                .map_or(0, |p| p.errors.load(Ordering::Relaxed)),
+            ..self.counters
+        }
+    }
+}
