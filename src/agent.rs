@@ -10,14 +10,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::collect::host::HostFacts;
-use crate::collect::imds::{self, Compute};
-use crate::collect::packages::PackageDb;
 use crate::collect::sockdiag::TcpSample;
 use crate::collect::sources::Sources;
-use crate::config::{AzureMetadata, Config, ProcessScope, SinkKind};
+use crate::config::{Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
 use crate::identity::{self, Identity, connection_id, port_id};
-use crate::inventory::{self, Clock};
+use crate::inventory::{self, Inventory};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 use crate::records::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
 use crate::schedule::{PollSchedule, process_cpu, thread_cpu};
@@ -65,8 +63,8 @@ pub struct Agent {
     /// Whose socket: inode → processes → pools, listeners, acceptors.
     attribution: Attribution,
     tracker: SocketTracker,
-    packages: PackageDb,
-    clock: Clock,
+    /// Package database, boot clock, Azure metadata: what inventory records are made of.
+    inventory: Inventory,
     /// The latest dump's sockets (a buffer reused from poll to poll).
     samples: Vec<TcpSample>,
     /// What the tracker knew of each of `samples` before this poll (reused buffer).
@@ -75,18 +73,12 @@ pub struct Agent {
     hot: Vec<TcpSample>,
     /// When full and hot polls happen, within the CPU budget.
     schedule: PollSchedule,
-    /// Azure instance metadata, once it answered; whether to ask it (again) at inventory.
-    azure: Option<Compute>,
-    ask_imds: bool,
-    imds_asked: Instant,
     /// Threat indicators (and later other sources) for the records.
     enricher: Enricher,
     /// CPU time spent applying destroy notifications since the last full poll was scheduled.
     destroys_cpu: Duration,
     /// Processes whose fd table could be read at start, of all processes.
     proc_fd_readable: (usize, usize),
-    /// Azure Instance Metadata: what was found, or why it was not asked or did not answer.
-    azure_metadata: Result<String, String>,
     pub counters: AgentCounters,
     /// Recurring problems, logged once per interval.
     period_log: Throttle,
@@ -109,56 +101,20 @@ impl Agent {
             agent_id,
             inventory::computer_name(&config.agent.computer, &facts),
         );
-        // Azure metadata only where it can answer (see collect::imds).
-        let ask_imds = match config.enrich.azure_metadata {
-            AzureMetadata::Never => false,
-            AzureMetadata::Always => true,
-            AzureMetadata::Auto => imds::is_azure_vm(facts.dmi_chassis_asset_tag.as_deref()),
-        };
-        let (azure, azure_metadata) = if !ask_imds {
-            let why = match config.enrich.azure_metadata {
-                AzureMetadata::Never => "not queried (enrich.azure_metadata = \"never\")",
-                _ => "not queried: not an Azure VM (DMI chassis asset tag)",
-            };
-            (None, Err(why.to_string()))
-        } else {
-            match imds::query(&config.enrich.imds_endpoint) {
-                Ok(c) => {
-                    let found = format!("{} in {} ({})", c.name, c.location, c.vm_size);
-                    (Some(c), Ok(found))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, endpoint = %config.enrich.imds_endpoint, "Azure Instance Metadata did not answer; asked again at the next inventory");
-                    (
-                        None,
-                        Err(format!("no answer ({e}); asked again at each inventory")),
-                    )
-                }
-            }
-        };
-        if let Some(c) = &azure
-            && !c.resource_id.is_empty()
-        {
-            identity.resource_id = c.resource_id.clone();
-        }
+        let inventory = Inventory::start(&config.enrich, &facts, &mut identity);
         let proc_root = PathBuf::from("/proc");
         let enricher = Enricher::new(&config.enrich);
         Ok(Agent {
             proc_fd_readable: proc_fd_readable(&proc_root),
-            azure_metadata,
             sources,
-            azure,
-            ask_imds,
-            imds_asked: Instant::now(),
             attribution: Attribution::new(
                 identity.machine.clone(),
                 proc_root,
                 config.collect.max_pools,
             ),
-            clock: Clock::read(&facts),
             identity,
             tracker: SocketTracker::with_cap(config.collect.max_connections),
-            packages: PackageDb::new(),
+            inventory,
             samples: Vec::new(),
             known: Vec::new(),
             hot: Vec::new(),
@@ -192,7 +148,7 @@ impl Agent {
             proc_connector: s.proc_connector.clone(),
             proc_fd_readable: self.proc_fd_readable,
             destroy_rcvbuf: s.destroy_rcvbuf,
-            azure_metadata: self.azure_metadata.clone(),
+            azure_metadata: self.inventory.azure_metadata.clone(),
             dns_capture: self.enricher.dns_status.clone(),
         }
     }
@@ -482,38 +438,9 @@ impl Agent {
             self.admit_all_processes();
         }
         self.attribution.pools_mut().refresh_members();
-        let facts = HostFacts::read();
-        if self.azure.is_none()
-            && self.ask_imds
-            && self.imds_asked.elapsed() >= Duration::from_secs(60)
-        {
-            self.azure = self.query_imds();
-        }
-        let mut out = vec![inventory::computer_record(
-            &self.identity,
-            &facts,
-            self.azure.as_ref(),
-            now,
-        )];
+        let mut out = vec![self.inventory.computer(&mut self.identity, now)];
         out.extend(self.process_records(now, false));
         out
-    }
-
-    /// Asks IMDS again (an inventory pass after it did not answer).
-    fn query_imds(&mut self) -> Option<Compute> {
-        self.imds_asked = Instant::now();
-        match imds::query(&self.config.enrich.imds_endpoint) {
-            Ok(c) => {
-                if !c.resource_id.is_empty() {
-                    self.identity.resource_id = c.resource_id.clone();
-                }
-                Some(c)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Azure Instance Metadata did not answer");
-                None
-            }
-        }
     }
 
     /// VMProcess for pools that appeared since the last inventory.
@@ -543,14 +470,10 @@ impl Agent {
                 continue;
             };
             let listening = ports.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-            out.push(inventory::process_record(
-                &self.identity,
-                &pool,
-                &mut self.packages,
-                &self.clock,
-                listening,
-                now,
-            ));
+            out.push(
+                self.inventory
+                    .process(&self.identity, &pool, listening, now),
+            );
             if let Some(p) = self.attribution.pools_mut().get_mut(&id) {
                 p.reported = true;
             }

@@ -3,16 +3,112 @@
 //! Emitted at start, every `inventory_interval`, and for a pool as soon as it is first seen.
 //! Package data (ProductName/ProductVersion, Group) comes from the distribution's package
 //! database for the pool's executable; `Role` is inferred from well-known executables and
-//! listening ports.
+//! listening ports. [`Inventory`] owns what those records are made from besides the pools:
+//! the package database, the boot clock and the Azure instance metadata (asked at start
+//! where it can answer, and again at an inventory pass, a minute apart at most, until it
+//! does).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::collect::host::HostFacts;
-use crate::collect::imds::{Compute, non_empty};
+use crate::collect::imds::{self, Compute, non_empty};
 use crate::collect::packages::PackageDb;
+use crate::config::{AzureMetadata, EnrichConfig};
 use crate::identity::Identity;
 use crate::records::{Record, SOURCE_SYSTEM, VmComputer, VmProcess, datetime};
 use crate::track::pools::Pool;
+
+/// The sources of the inventory records (see the module comment).
+pub struct Inventory {
+    packages: PackageDb,
+    clock: Clock,
+    /// Azure instance metadata, once it answered; whether to ask it (again); when it was.
+    azure: Option<Compute>,
+    ask_imds: bool,
+    imds_asked: Instant,
+    imds_endpoint: String,
+    /// What IMDS said at start, or why it was not asked or did not answer (the report).
+    pub azure_metadata: Result<String, String>,
+}
+
+impl Inventory {
+    /// Reads the boot clock and asks IMDS where it can answer (`enrich.azure_metadata`);
+    /// an answer's ResourceId goes into `identity`.
+    pub fn start(config: &EnrichConfig, facts: &HostFacts, identity: &mut Identity) -> Inventory {
+        // Azure metadata only where it can answer (see collect::imds).
+        let ask_imds = match config.azure_metadata {
+            AzureMetadata::Never => false,
+            AzureMetadata::Always => true,
+            AzureMetadata::Auto => imds::is_azure_vm(facts.dmi_chassis_asset_tag.as_deref()),
+        };
+        let mut inv = Inventory {
+            packages: PackageDb::new(),
+            clock: Clock::read(facts),
+            azure: None,
+            ask_imds,
+            imds_asked: Instant::now(),
+            imds_endpoint: config.imds_endpoint.clone(),
+            azure_metadata: Err(match config.azure_metadata {
+                AzureMetadata::Never => "not queried (enrich.azure_metadata = \"never\")".into(),
+                _ => "not queried: not an Azure VM (DMI chassis asset tag)".into(),
+            }),
+        };
+        if ask_imds {
+            inv.azure_metadata = match inv.query_imds(identity) {
+                Ok(c) => Ok(format!("{} in {} ({})", c.name, c.location, c.vm_size)),
+                Err(e) => Err(format!("no answer ({e}); asked again at each inventory")),
+            };
+        }
+        inv
+    }
+
+    /// Asks IMDS (at start, and at an inventory pass after it did not answer); keeps the
+    /// answer and its ResourceId.
+    fn query_imds(&mut self, identity: &mut Identity) -> Result<&Compute, imds::ImdsError> {
+        self.imds_asked = Instant::now();
+        match imds::query(&self.imds_endpoint) {
+            Ok(c) => {
+                if !c.resource_id.is_empty() {
+                    identity.resource_id = c.resource_id.clone();
+                }
+                Ok(self.azure.insert(c))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, endpoint = %self.imds_endpoint, "Azure Instance Metadata did not answer; asked again at the next inventory");
+                Err(e)
+            }
+        }
+    }
+
+    /// The VMComputer record now (asking IMDS again first when it has not answered yet).
+    pub fn computer(&mut self, identity: &mut Identity, now: SystemTime) -> Record {
+        if self.azure.is_none()
+            && self.ask_imds
+            && self.imds_asked.elapsed() >= Duration::from_secs(60)
+        {
+            let _ = self.query_imds(identity);
+        }
+        computer_record(identity, &HostFacts::read(), self.azure.as_ref(), now)
+    }
+
+    /// The VMProcess record of one pool.
+    pub fn process(
+        &mut self,
+        identity: &Identity,
+        pool: &Pool,
+        listening_ports: &[u16],
+        now: SystemTime,
+    ) -> Record {
+        process_record(
+            identity,
+            pool,
+            &mut self.packages,
+            &self.clock,
+            listening_ports,
+            now,
+        )
+    }
+}
 
 /// The agent version reported in `DependencyAgentVersion`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
