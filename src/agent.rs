@@ -14,14 +14,13 @@ use crate::collect::sockdiag::TcpSample;
 use crate::collect::sources::Sources;
 use crate::config::{Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
-use crate::identity::{self, Identity, connection_id, port_id};
+use crate::identity::{self, Identity};
 use crate::inventory::{self, Inventory};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
-use crate::records::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
+use crate::records::{Record, window};
 use crate::schedule::{PollSchedule, process_cpu, thread_cpu};
 use crate::track::attribution::Attribution;
 use crate::track::ports::bound_ports;
-use crate::track::response::RtStats;
 use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
 use crate::track::window::next_tick;
 
@@ -336,95 +335,12 @@ impl Agent {
         let conns = self.tracker.close_window();
         let window_listeners = self.attribution.take_window_listeners();
         let ports = bound_ports(&window_listeners, &conns);
-        let id = &self.identity;
-        let time = datetime(start);
-        let name_of = |p: &Option<PoolId>| {
-            p.as_ref()
-                .and_then(|p| self.attribution.pools().get(p))
-                .map(|pool| pool.executable_name.clone())
-        };
-        let mut out = Vec::with_capacity(conns.len() + ports.len());
-        let mut keys: Vec<&ConnKey> = conns.keys().collect();
-        keys.sort();
-        for key in keys {
-            let st = &conns[key];
-            let process = key.process.as_deref().unwrap_or("");
-            let src = key.source_ip.to_string();
-            let dst = key.destination_ip.to_string();
-            let remote = match key.direction {
-                Direction::Inbound => src.clone(),
-                Direction::Outbound => dst.clone(),
-            };
-            let mut record = VmConnection {
-                agent_id: id.agent_id.clone(),
-                bytes_received: st.bytes_received as i64,
-                bytes_sent: st.bytes_sent as i64,
-                computer: id.computer.clone(),
-                connection_id: connection_id(
-                    key.direction.as_str(),
-                    &id.machine,
-                    process,
-                    &src,
-                    &dst,
-                    key.destination_port,
-                ),
-                destination_ip: dst,
-                destination_port: i32::from(key.destination_port),
-                direction: key.direction.as_str().to_string(),
-                links_established: st.links_established as i64,
-                // Only connection attempts fail, and only the connecting side sees them.
-                links_failed: (key.direction == Direction::Outbound)
-                    .then_some(st.links_failed as i64),
-                links_live: st.links_live as i64,
-                links_terminated: st.links_terminated as i64,
-                machine: id.machine.clone(),
-                process: key.process.as_ref().map(|p| p.to_string()),
-                process_name: name_of(&key.process),
-                protocol: "tcp".into(),
-                remote_ip: remote,
-                resource_id: id.resource_id.clone(),
-                responses: Some(st.rt.responses as i64),
-                response_time_max: rt_value(&st.rt, st.rt.max_ms),
-                response_time_min: rt_value(&st.rt, st.rt.min_ms),
-                response_time_sum: rt_value(&st.rt, st.rt.sum_ms),
-                source_ip: src,
-                source_system: SOURCE_SYSTEM,
-                time_generated: time.clone(),
-                kind: "VMConnection",
-                ..Default::default()
-            };
-            self.enricher.connection(&mut record);
-            out.push(Record::Connection(Box::new(record)));
-        }
-        for (key, p) in ports {
-            let ip = key.ip.to_string();
-            let process = key.process.as_deref().unwrap_or("");
-            out.push(Record::BoundPort(Box::new(VmBoundPort {
-                agent_id: id.agent_id.clone(),
-                bytes_received: p.stats.bytes_received as i64,
-                bytes_sent: p.stats.bytes_sent as i64,
-                computer: id.computer.clone(),
-                port_id: port_id(&id.machine, process, &ip, key.port),
-                ip,
-                is_wildcard_bind: p.is_wildcard_bind,
-                links_established: p.stats.links_established as i64,
-                links_live: p.stats.links_live as i64,
-                links_terminated: p.stats.links_terminated as i64,
-                machine: id.machine.clone(),
-                port: i32::from(key.port),
-                process: key.process.as_ref().map(|p| p.to_string()),
-                process_name: name_of(&key.process),
-                protocol: "tcp".into(),
-                resource_id: id.resource_id.clone(),
-                responses: Some(p.stats.rt.responses as i64),
-                response_time_max: rt_value(&p.stats.rt, p.stats.rt.max_ms),
-                response_time_min: rt_value(&p.stats.rt, p.stats.rt.min_ms),
-                response_time_sum: rt_value(&p.stats.rt, p.stats.rt.sum_ms),
-                source_system: SOURCE_SYSTEM,
-                time_generated: time.clone(),
-                kind: "VMBoundPort",
-            })));
-        }
+        let pools = self.attribution.pools();
+        let name_of = |p: &PoolId| pools.get(p).map(|pool| pool.executable_name.clone());
+        let enricher = &self.enricher;
+        let out = window::records(&self.identity, start, &conns, &ports, name_of, |record| {
+            enricher.connection(record)
+        });
         let in_use = self.tracker.processes();
         self.attribution
             .pools_mut()
@@ -598,11 +514,6 @@ impl Agent {
             .collect::<Vec<_>>()
             .join(" ")
     }
-}
-
-/// A response-time column: null when no response was measured.
-fn rt_value(rt: &RtStats, v: u64) -> Option<i64> {
-    (rt.responses > 0).then_some(v as i64)
 }
 
 /// Keys are computed only for new cookies; a known cookie keeps the key it was given.

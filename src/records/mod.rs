@@ -3,6 +3,7 @@
 //! record gives one NDJSON line with its `Type`.
 
 mod tables;
+pub mod window;
 
 pub use tables::{VmBoundPort, VmComputer, VmConnection, VmProcess};
 
