@@ -143,22 +143,15 @@ pub fn join_cmdline(raw: &[u8]) -> String {
     text.replace('\0', " ")
 }
 
-/// The user name for a uid from /etc/passwd, else the number as text.
+/// The user name of a uid, else the number as text. Through the C library's name service
+/// (`getpwuid_r` via nix), so directory users (LDAP, SSSD, systemd's dynamic users) get their
+/// names, not only /etc/passwd's (reading that file by hand missed them). Callers cache it:
+/// a directory lookup may take a while.
 pub fn user_name(uid: u32) -> String {
-    fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| passwd_lookup(&p, uid))
-        .unwrap_or_else(|| uid.to_string())
-}
-
-pub fn passwd_lookup(passwd: &str, uid: u32) -> Option<String> {
-    passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        let _pw = f.next()?;
-        let id: u32 = f.next()?.parse().ok()?;
-        (id == uid).then(|| name.to_string())
-    })
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => user.name,
+        _ => uid.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -202,13 +195,9 @@ mod tests {
             Some("/system.slice/nginx.service".into())
         );
         assert_eq!(parse_cgroup("12:cpu:/a\n11:mem:/b\n"), Some("/a".into()));
-        assert_eq!(
-            passwd_lookup(
-                "root:x:0:0::/root:/bin/sh\nbob:x:1000:1000::/h:/bin/sh\n",
-                1000
-            ),
-            Some("bob".into())
-        );
+        // Through the name service: root is root everywhere; a uid nobody has is its number.
+        assert_eq!(user_name(0), "root");
+        assert_eq!(user_name(3_999_999_999), "3999999999");
     }
 
     #[test]
