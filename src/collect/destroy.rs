@@ -22,10 +22,10 @@
 //! received": right for the usual close where the peer's FIN rides on the acknowledgement).
 //! A 4-tuple-only lookup was tried and measured no better (BENCHMARKS.md, churn).
 
+use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ pub struct Final {
 const QUEUE_MAX: usize = 131_072;
 
 pub struct DestroyListener {
-    pub queue: Receiver<Final>,
+    pub queue: QueueReceiver<Final>,
     pub counters: Arc<DestroyCounters>,
     /// The receive buffer the kernel granted (bytes of its accounting; asked: [`RCVBUF`]).
     pub rcvbuf: usize,
@@ -89,7 +89,7 @@ impl DestroyListener {
         let rcvbuf = socket.get_rx_buf_sz().unwrap_or(0);
         super::set_recv_timeout(&socket, Duration::from_millis(200))?;
         let lookups = SockDiag::open()?;
-        let (tx, queue) = sync_channel(QUEUE_MAX);
+        let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(DestroyCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -121,7 +121,7 @@ impl Drop for DestroyListener {
 fn read_loop(
     socket: Socket,
     mut lookups: SockDiag,
-    tx: SyncSender<Final>,
+    tx: QueueSender<Final>,
     counters: Arc<DestroyCounters>,
     stop: Arc<AtomicBool>,
 ) {
@@ -146,7 +146,7 @@ fn read_loop(
                         fin_received,
                         at,
                     });
-                    if let Err(TrySendError::Full(_)) = queued {
+                    if let Err(NotQueued::Full) = queued {
                         // The poll loop is stalled this long: drop as the kernel would.
                         counters.overruns.fetch_add(1, Ordering::Relaxed);
                     }

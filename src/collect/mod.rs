@@ -8,6 +8,7 @@ pub mod ownership;
 pub mod packages;
 pub mod proc_events;
 pub mod procinfo;
+pub mod queue;
 pub mod sockdiag;
 pub mod sources;
 

@@ -15,12 +15,13 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use proc_connector::{EventMask, ProcConnector, ProcEvent};
+
+use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
 
 /// Most process events queued for the poll loop; beyond it they are dropped and counted
 /// (a stalled loop must not grow the queue without bound: issue 12).
@@ -58,7 +59,7 @@ pub enum Status {
 }
 
 pub struct ProcEvents {
-    pub queue: Receiver<ProcChange>,
+    pub queue: QueueReceiver<ProcChange>,
     pub errors: Arc<AtomicU64>,
     status: Arc<Mutex<Status>>,
     stop: Arc<AtomicBool>,
@@ -86,7 +87,7 @@ impl ProcEvents {
                  proc connector subscriptions from there",
             ));
         }
-        let (tx, queue) = sync_channel(QUEUE_MAX);
+        let (tx, queue) = bounded(QUEUE_MAX);
         let status = Arc::new(Mutex::new(Status::Starting));
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(AtomicU64::new(0));
@@ -147,7 +148,7 @@ impl Drop for ProcEvents {
 }
 
 struct Reader {
-    tx: SyncSender<ProcChange>,
+    tx: QueueSender<ProcChange>,
     status: Arc<Mutex<Status>>,
     stop: Arc<AtomicBool>,
     errors: Arc<AtomicU64>,
@@ -199,10 +200,10 @@ impl Reader {
             _ => return true,
         };
         match self.tx.try_send(change) {
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(NotQueued::Closed) => false,
             // The poll loop is stalled: the hint is lost, the fd-count walk catches up
             // (counted as an error).
-            Err(TrySendError::Full(_)) => {
+            Err(NotQueued::Full) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 true
             }
