@@ -247,3 +247,19 @@ fn a_managed_identity_token_comes_from_imds_with_the_metadata_header() {
         "{requests:?}"
     );
 }
+
+/// The packaging's self-test (`tests/azure/selftest.py`): the DCR and table definitions agree
+/// column by column, the fake ingestion service behaves as the real one on every path the sink
+/// meets, and real `depmap once` records pass it — run here so it cannot rot.
+#[test]
+fn the_azure_packaging_self_test_passes() {
+    let _serial = serial();
+    let ns = Netns::new("azself");
+    let selftest = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/azure/selftest.py");
+    let mut cmd = ns.command("python3");
+    cmd.args([selftest, "--depmap", DEPMAP]);
+    assert!(
+        run_bounded(&mut cmd, Duration::from_secs(120)),
+        "tests/azure/selftest.py failed (run it by hand for its report)"
+    );
+}
