@@ -555,6 +555,7 @@ pub fn collect_once(
 ) -> Vec<Record> {
     use std::sync::mpsc::RecvTimeoutError;
     agent.poll();
+    tracing::debug!(?duration, "once: baseline poll done; the window is open");
     let start = SystemTime::now();
     let end = Instant::now() + duration;
     let tick_len = agent.config.collect.tick();

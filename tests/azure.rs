@@ -136,8 +136,23 @@ fn client_credentials_with_renewal_413_splits_and_a_429_deliver_every_record() {
         9501
     )
     .1 >= 10));
-    // Outlive two token lifetimes, so that renewal happens while sending.
-    std::thread::sleep(Duration::from_secs(8));
+    // Outlive a token lifetime, so that renewal happens while sending: a second token, and
+    // an ingest request after it.
+    let requests_log = out.join("requests.ndjson");
+    let renewed_and_used = || {
+        let requests = lines(&requests_log);
+        let second_token = requests
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r["kind"] == "aad" && r["status"] == 200)
+            .nth(1)
+            .map(|(i, _)| i);
+        second_token.is_some_and(|i| requests[i..].iter().any(|r| r["kind"] == "ingest"))
+    };
+    assert!(
+        wait(Duration::from_secs(30), renewed_and_used),
+        "no token renewal while sending"
+    );
     let status = dm.terminate(Duration::from_secs(20));
     assert!(
         status.is_some_and(|s| s.success()),

@@ -41,14 +41,20 @@ fn once_as_nobody(tag: &str, caps: &str) -> (String, Vec<Value>) {
         "ndjson",
         "--config",
     ])
-    .arg(&cfg);
+    .arg(&cfg)
+    .env("DEPMAP_LOG", "depmap=debug");
     let log = dir.0.join("stderr");
     let mut once = Proc::spawn_logging(
         cmd,
         std::process::Stdio::from(std::fs::File::create(&log).unwrap()),
     );
-    // A root client holding one connection for ≈2 s inside the window.
-    std::thread::sleep(Duration::from_millis(800));
+    // A root client holding one connection for ≈2 s inside the window, once it is open.
+    let open = || text_of(&log).contains("the window is open");
+    assert!(
+        wait_until(Duration::from_secs(20), open),
+        "{}",
+        text_of(&log)
+    );
     let totals = client(
         &ns,
         &[

@@ -144,8 +144,28 @@ fn the_sample_queries_answer_right_on_depmap_data() {
         Duration::from_secs(10),
     );
     assert!(!curl, "curl must time out against the test server");
-    // Let a window close after the last activity, then stop depmap (it flushes).
-    std::thread::sleep(Duration::from_millis(2500));
+    // Wait for the window holding the last activity (curl's connection, closed) to be written,
+    // then stop depmap (it flushes).
+    let curl_written = || {
+        std::fs::read_dir(&records)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("VMConnection"))
+                    .any(|e| {
+                        text_of(&e.path()).lines().any(|l| {
+                            serde_json::from_str::<Value>(l).is_ok_and(|r| {
+                                r["DestinationPort"] == 7302
+                                    && r["LinksTerminated"].as_i64().unwrap_or(0) >= 1
+                            })
+                        })
+                    })
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), curl_written),
+        "no window with curl's closed connection"
+    );
     let status = dm.terminate(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()));
 
