@@ -280,36 +280,30 @@ pub struct DnsSegment<'a> {
     pub payload: &'a [u8],
 }
 
-/// The DNS message in an IPv4/IPv6 UDP datagram or TCP segment (network header first).
+/// The DNS message in an IPv4/IPv6 UDP datagram or TCP segment (network header first):
+/// the headers are taken apart by etherparse (lengths checked, IPv6 extension headers
+/// walked, a fragment's payload not taken for a message); a TCP segment's message is whole
+/// only when its 2-byte length prefix fits in the segment.
 pub fn dns_segment(pkt: &[u8]) -> Option<DnsSegment<'_>> {
-    let first = *pkt.first()?;
-    let (proto, src, dst, l4) = match first >> 4 {
-        4 => {
-            let ihl = usize::from(first & 0x0f) * 4;
-            let total = usize::from(u16::from_be_bytes([*pkt.get(2)?, *pkt.get(3)?]));
-            let src: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
-            let dst: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
-            let l4 = pkt.get(ihl..total.min(pkt.len()))?;
-            (*pkt.get(9)?, IpAddr::from(src), IpAddr::from(dst), l4)
-        }
-        6 => {
-            let plen = usize::from(u16::from_be_bytes([*pkt.get(4)?, *pkt.get(5)?]));
-            let src: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
-            let dst: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
-            let l4 = pkt.get(40..(40 + plen).min(pkt.len()))?;
-            (*pkt.get(6)?, IpAddr::from(src), IpAddr::from(dst), l4)
-        }
-        _ => return None,
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let sliced = SlicedPacket::from_ip(pkt).ok()?;
+    let (src, dst) = match sliced.net? {
+        NetSlice::Ipv4(ip) => (
+            IpAddr::from(ip.header().source_addr()),
+            IpAddr::from(ip.header().destination_addr()),
+        ),
+        NetSlice::Ipv6(ip) => (
+            IpAddr::from(ip.header().source_addr()),
+            IpAddr::from(ip.header().destination_addr()),
+        ),
+        NetSlice::Arp(_) => return None,
     };
-    let sport = u16::from_be_bytes([*l4.first()?, *l4.get(1)?]);
-    let dport = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
-    let payload = match proto {
-        17 => l4.get(8..)?,
-        6 => {
-            let off = usize::from(*l4.get(12)? >> 4) * 4;
-            let seg = l4.get(off..)?;
+    let (sport, dport, payload) = match sliced.transport? {
+        TransportSlice::Udp(u) => (u.source_port(), u.destination_port(), u.payload()),
+        TransportSlice::Tcp(t) => {
+            let seg = t.payload();
             let len = usize::from(u16::from_be_bytes([*seg.first()?, *seg.get(1)?]));
-            seg.get(2..2 + len)?
+            (t.source_port(), t.destination_port(), seg.get(2..2 + len)?)
         }
         _ => return None,
     };
@@ -354,6 +348,14 @@ mod tests {
         cut[l - 5] = 9;
         assert_eq!(dns_segment(&cut), None);
         assert_eq!(dns_segment(&[0x45, 0]), None);
+        // A fragment's payload is not a whole message.
+        let mut frag = v4.clone();
+        frag[6] = 0x20; // more fragments
+        assert_eq!(dns_segment(&frag), None);
+        // An IPv4 total length past the packet: refused, not read beyond.
+        let mut long = v4.clone();
+        long[3] = 200;
+        assert_eq!(dns_segment(&long), None);
         assert_eq!(dns_segment(&[]), None);
     }
 
