@@ -195,8 +195,8 @@ pub struct Clock {
 
 impl Clock {
     pub fn read(facts: &HostFacts) -> Clock {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        use nix::unistd::{SysconfVar, sysconf};
+        let hz = sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(0);
         Clock {
             boot_time_ms: facts.boot_time_ms.unwrap_or(0),
             ticks_per_second: if hz > 0 { hz as u64 } else { 100 },

@@ -36,28 +36,22 @@ const INITIAL_LOOKUP_COST: f64 = 4e-6;
 
 /// CPU time the calling thread has used (user + system).
 pub fn thread_cpu() -> Duration {
-    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+    cpu_clock(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// CPU time the whole process has used (user + system, every thread).
 pub fn process_cpu() -> Duration {
-    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+    cpu_clock(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
 }
 
-fn cpu_clock(clock: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to; the clock id is a constant.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
+fn cpu_clock(clock: nix::time::ClockId) -> Duration {
+    match nix::time::clock_gettime(clock) {
+        Ok(ts) => Duration::new(
+            ts.tv_sec().max(0) as u64,
+            ts.tv_nsec().clamp(0, 999_999_999) as u32,
+        ),
+        Err(_) => Duration::ZERO,
     }
-    Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
 }
 
 #[derive(Debug, Clone)]

@@ -21,7 +21,6 @@
 //!   when a hypervisor is present but not recognised. Linux sees more hypervisors than the
 //!   Windows enum lists, and reporting `unknown` for KVM would throw the fact away.
 
-use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Facts about this host for the VMComputer record, read from Linux sources.
@@ -124,18 +123,9 @@ fn read_trim(path: &str) -> Option<String> {
 }
 
 fn kernel_host_name() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for buf.len() bytes; the last byte stays 0 so it is terminated.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
-    let name = if rc == 0 {
-        CStr::from_bytes_until_nul(&buf)
-            .ok()?
-            .to_str()
-            .ok()?
-            .trim()
-            .to_string()
-    } else {
-        read_trim("/proc/sys/kernel/hostname")?
+    let name = match nix::unistd::gethostname() {
+        Ok(n) => n.to_str()?.trim().to_string(),
+        Err(_) => read_trim("/proc/sys/kernel/hostname")?,
     };
     (!name.is_empty() && name != "(none)").then_some(name)
 }
@@ -303,27 +293,19 @@ fn utc_offset() -> Option<String> {
 }
 
 fn kernel_release() -> Option<String> {
-    // SAFETY: uname fills the zeroed struct we own; release is NUL-terminated by the kernel.
-    let from_uname = unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut u) == 0 {
-            CStr::from_ptr(u.release.as_ptr())
-                .to_str()
-                .ok()
-                .map(str::to_string)
-        } else {
-            None
-        }
-    };
+    let from_uname = nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.release().to_str().map(str::to_string));
     from_uname
         .filter(|s| !s.is_empty())
         .or_else(|| read_trim("/proc/sys/kernel/osrelease"))
 }
 
 fn online_cpus() -> Option<i32> {
-    // SAFETY: sysconf only reads a configuration value.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 {
+    use nix::unistd::{SysconfVar, sysconf};
+    if let Ok(Some(n)) = sysconf(SysconfVar::_NPROCESSORS_ONLN)
+        && n > 0
+    {
         return i32::try_from(n).ok();
     }
     // Fallback: count the ranges in /sys/devices/system/cpu/online ("0-3,6").
@@ -339,53 +321,36 @@ fn online_cpus() -> Option<i32> {
 
 /// Non-loopback IPv4 addresses with their masks, and global IPv6 addresses, via getifaddrs.
 fn interface_addresses() -> (Vec<String>, Vec<String>, Vec<String>) {
+    use nix::net::if_::InterfaceFlags;
     let (mut v4, mut masks, mut v6) = (Vec::new(), Vec::new(), Vec::new());
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list that we walk read-only and free exactly once. Socket
-    // addresses are copied out with read_unaligned after checking their family.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return (v4, masks, v6);
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return (v4, masks, v6);
+    };
+    for ifa in addrs {
+        if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+            continue;
         }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0 {
-                continue;
+        let Some(addr) = ifa.address else { continue };
+        if let Some(sin) = addr.as_sockaddr_in() {
+            let ip = sin.ip().to_string();
+            let mask = ifa
+                .netmask
+                .and_then(|m| m.as_sockaddr_in().map(|m| m.ip()))
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            if !ip.starts_with("127.") && !v4.contains(&ip) {
+                v4.push(ip);
+                masks.push(mask.to_string());
             }
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in>());
-                    let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                    let mask = if ifa.ifa_netmask.is_null() {
-                        Ipv4Addr::UNSPECIFIED
-                    } else {
-                        let m =
-                            std::ptr::read_unaligned(ifa.ifa_netmask.cast::<libc::sockaddr_in>());
-                        Ipv4Addr::from(u32::from_be(m.sin_addr.s_addr))
-                    };
-                    let ip = ip.to_string();
-                    if !ip.starts_with("127.") && !v4.contains(&ip) {
-                        v4.push(ip);
-                        masks.push(mask.to_string());
-                    }
+        } else if let Some(sin6) = addr.as_sockaddr_in6() {
+            let ip: Ipv6Addr = sin6.ip();
+            let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+            if !ip.is_loopback() && !ip.is_unspecified() && !link_local {
+                let ip = ip.to_string();
+                if !v6.contains(&ip) {
+                    v6.push(ip);
                 }
-                libc::AF_INET6 => {
-                    let sin6 = std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in6>());
-                    let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
-                    if !ip.is_loopback() && !ip.is_unspecified() && !link_local {
-                        let ip = ip.to_string();
-                        if !v6.contains(&ip) {
-                            v6.push(ip);
-                        }
-                    }
-                }
-                _ => {}
             }
         }
-        libc::freeifaddrs(head);
     }
     (v4, masks, v6)
 }
