@@ -183,19 +183,8 @@ pub fn fin_received(lookups: &mut SockDiag, s: &TcpSample) -> bool {
 
 /// Asks for a large receive buffer, forcing past `rmem_max` where we hold CAP_NET_ADMIN.
 fn set_rcvbuf(socket: &Socket, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let val = bytes as libc::c_int;
-    // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the stated size.
-    let forced = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &val as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if forced != 0 {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+    if setsockopt(socket, RcvBufForce, &bytes).is_err() {
         let _ = socket.set_rx_buf_sz(bytes);
     }
 }

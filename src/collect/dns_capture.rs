@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -114,51 +114,22 @@ impl DnsCapture {
     /// Opens the capture socket (needs CAP_NET_RAW) and starts the reader thread, which
     /// hands every query sent and answer received to `on_message`.
     pub fn start(on_message: OnMessage) -> io::Result<DnsCapture> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ALL.to_be()),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor we own.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut prog = filter();
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_mut_ptr(),
-        };
-        // SAFETY: setsockopt with a valid fd and a sock_fprog pointing at `prog`, alive here.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                &fprog as *const libc::sock_fprog as *const libc::c_void,
-                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        super::set_recv_timeout(&sock, Duration::from_millis(200))?;
+        use socket2::{Domain, Protocol, SockFilter, Socket, Type};
+        let sock = Socket::new(
+            Domain::PACKET,
+            Type::DGRAM.cloexec(),
+            Some(Protocol::from(i32::from(ETH_P_ALL.to_be()))),
+        )?;
+        let prog: Vec<SockFilter> = filter()
+            .iter()
+            .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
+            .collect();
+        sock.attach_filter(&prog)?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
         // Room for bursts of large answers (clamped by the kernel to net.core.rmem_max, which
         // the package raises); what still overflows is counted from PACKET_STATISTICS.
-        let size: libc::c_int = 4 << 20;
-        // SAFETY: setsockopt with a valid fd and an int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &size as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        let _ = sock.set_recv_buffer_size(4 << 20);
+        let sock = OwnedFd::from(sock);
         let stats = Arc::new(CaptureStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -189,20 +160,9 @@ fn read_loop(sock: OwnedFd, mut on_message: OnMessage, stats: &CaptureStats, sto
     let mut last_drops = Instant::now();
     let mut drops_log = Throttle::new(PROBLEM_LOG_INTERVAL);
     while !stop.load(Ordering::Relaxed) {
-        // SAFETY: zeroed sockaddr_ll is a valid value to be overwritten by recvfrom.
-        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: recvfrom into our buffer and address of the stated sizes.
-        let n = unsafe {
-            libc::recvfrom(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-                &mut from as *mut libc::sockaddr_ll as *mut libc::sockaddr,
-                &mut len,
-            )
-        };
+        // The link-layer address says which way the packet went (`sll_pkttype`).
+        let received =
+            nix::sys::socket::recvfrom::<nix::sys::socket::LinkAddr>(sock.as_raw_fd(), &mut buf);
         if last_drops.elapsed() >= Duration::from_secs(1) {
             last_drops = Instant::now();
             let dropped = drops(&sock);
@@ -218,17 +178,18 @@ fn read_loop(sock: OwnedFd, mut on_message: OnMessage, stats: &CaptureStats, sto
                 }
             }
         }
-        if n <= 0 {
-            continue; // timeout (to check `stop`) or EINTR
-        }
+        let (n, from) = match received {
+            Ok((n, from)) if n > 0 => (n, from),
+            _ => continue, // timeout (to check `stop`) or EINTR
+        };
         stats.packets.fetch_add(1, Ordering::Relaxed);
-        let Some(seg) = dns_segment(&buf[..n as usize]) else {
+        let Some(seg) = dns_segment(&buf[..n]) else {
             stats.unparsable.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         // A query this host sends, or an answer it receives; not the other copy of a
         // loopback packet, nor a local server's traffic with others.
-        let outgoing = from.sll_pkttype == PACKET_OUTGOING;
+        let outgoing = from.is_some_and(|f| f.pkttype() == PACKET_OUTGOING);
         let query = outgoing && seg.dst.port() == 53;
         if !query && (outgoing || seg.src.port() != 53) {
             continue;
@@ -253,6 +214,7 @@ fn read_loop(sock: OwnedFd, mut on_message: OnMessage, stats: &CaptureStats, sto
 }
 
 /// The packets the kernel dropped since the last call (reading the statistics resets them).
+/// Hand-written getsockopt: neither nix nor socket2 offers `PACKET_STATISTICS`.
 fn drops(sock: &OwnedFd) -> u64 {
     let mut st = libc::tpacket_stats {
         tp_packets: 0,

@@ -273,6 +273,9 @@ pub fn parse_default_gateways(proc_net_route: &str) -> Vec<String> {
     out
 }
 
+/// The local UTC offset (`TimeZone`), from the C library's time zone rules. Hand-written:
+/// nix has no localtime, and a date-time crate for one offset at each inventory pass is more
+/// than these two calls.
 fn utc_offset() -> Option<String> {
     unsafe extern "C" {
         fn tzset();

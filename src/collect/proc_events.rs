@@ -252,7 +252,7 @@ fn subscribe() -> io::Result<ProcConnector> {
         }
         e => to_io(e),
     })?;
-    super::set_recv_timeout(&conn.as_raw_fd(), ACK_WAIT)?;
+    super::set_recv_timeout(&conn, ACK_WAIT)?;
     let mask = EventMask(EventMask::FORK.0 | EventMask::EXEC.0 | EventMask::EXIT.0);
     match conn.subscribe_filtered(mask) {
         Ok(()) | Err(proc_connector::Error::WouldBlock) => {}
