@@ -960,6 +960,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(d)
 }
 
+/// Durations in the file as humantime text. Kept instead of `humantime-serde`: that accepts
+/// `0s` (a zero poll or window would spin or divide by zero) and reports humantime's bare
+/// error; this one refuses zero and says what to write (`parse_duration`).
 mod duration {
     use super::*;
 
