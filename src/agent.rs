@@ -193,8 +193,11 @@ impl Agent {
                 None => self.sources.fin_received(s),
             };
             if *known == Known::New {
-                let key = self.attribution.key_for(s);
-                self.tracker.observe(s, fin, dump.at_ms, || key);
+                // Keyed only if the tracker really starts tracking it (not one missing from a
+                // failed dump and back, not one past the cap).
+                let attribution = &mut self.attribution;
+                self.tracker
+                    .observe(s, fin, dump.at_ms, || attribution.key_for(s));
                 continue;
             }
             if *known == Known::Unattributed
@@ -323,8 +326,9 @@ impl Agent {
                 self.tracker
                     .closed(s, f.fin_received, at, || unreachable_key(s));
             } else if !baseline_poll {
-                let key = self.attribution.key_for(s);
-                self.tracker.closed(s, f.fin_received, at, || key);
+                let attribution = &mut self.attribution;
+                self.tracker
+                    .closed(s, f.fin_received, at, || attribution.key_for(s));
             }
         }
     }
