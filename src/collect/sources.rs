@@ -57,6 +57,12 @@ pub struct Dump {
     pub at_ms: u64,
 }
 
+/// Whether a connection is kept: with `collect.ipv6 = false`, those with a real IPv6 remote
+/// address are left out (IPv4 over a dual-stack socket shows IPv4 addresses, and stays).
+fn kept(ipv6: bool, s: &TcpSample) -> bool {
+    ipv6 || !s.remote.is_ipv6()
+}
+
 pub struct Sources {
     diag: SockDiag,
     destroys: Option<DestroyListener>,
@@ -184,9 +190,8 @@ impl Sources {
         }
         let ipv6 = self.ipv6;
         for family in families {
-            let keep = |s: &TcpSample| ipv6 || s.is_listener() || !s.remote.is_ipv6();
             match self.diag.dump(family, |s| {
-                if keep(&s) {
+                if s.is_listener() || kept(ipv6, &s) {
                     samples.push(s)
                 }
             }) {
@@ -240,7 +245,7 @@ impl Sources {
         let ipv6 = self.ipv6;
         finals
             .into_iter()
-            .filter(|f| !f.sample.is_listener() && (ipv6 || !f.sample.remote.is_ipv6()))
+            .filter(|f| !f.sample.is_listener() && kept(ipv6, &f.sample))
             .map(|f| {
                 let at = f.at.saturating_duration_since(self.epoch).as_millis() as u64;
                 (f, at)
