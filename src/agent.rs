@@ -461,7 +461,7 @@ impl Agent {
         self.config.collect = collect;
         if self.config.enrich != new.enrich {
             self.config.enrich = new.enrich.clone();
-            self.enricher = Enricher::new(&self.config.enrich);
+            self.enricher.reconfigure(&self.config.enrich);
         }
         self.schedule = PollSchedule::new(&self.config.collect);
         restart

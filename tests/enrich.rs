@@ -635,5 +635,64 @@ fn a_huge_indicator_file_is_capped_and_its_reload_never_stops_the_poll_loop() {
             .iter()
             .any(|x| x["DestinationPort"] == 9704 && x["MaliciousIp"] == "127.0.0.9")
     }));
+
+    // A reload (SIGHUP) naming another feed, a FIFO nobody writes yet: the poll loop goes on
+    // while it loads, and the loaded indicator keeps serving until the new ones land.
+    let fifo2 = dir.0.join("feed2.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo2)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cfg = dm.config_path();
+    let text = text_of(&cfg).replace(&csv.display().to_string(), &fifo2.display().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let pid = dm.proc.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || text_of(&log)
+            .contains("configuration reloaded")),
+        "{}",
+        text_of(&log)
+    );
+    let before = windows_of(&parse(&dm.proc.seen), 9704).len();
+    assert!(
+        dm.wait_for(Duration::from_secs(20), |r| windows_of(r, 9704).len()
+            >= before + 3),
+        "windows stopped while the reloaded feed loaded"
+    );
+    let loads = || {
+        text_of(&log)
+            .matches("malicious-IP indicators loaded")
+            .count()
+    };
+    assert_eq!(loads(), 2, "the reload's load has not landed yet");
+    let mut writer = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&fifo2)
+            .ok();
+        writer.is_some()
+    }));
+    let mut writer = writer.unwrap();
+    writer
+        .write_all(b"indicator,threat_type\n127.0.0.9,Botnet\n")
+        .unwrap();
+    drop(writer);
+    assert!(
+        wait_until(Duration::from_secs(20), || loads() == 3),
+        "{}",
+        text_of(&log)
+    );
     dm.stop();
 }

@@ -47,7 +47,25 @@ pub struct Enricher {
 }
 
 impl Enricher {
+    /// The sources of `config`, the indicator files loaded before it returns (at start: the
+    /// first records have them).
     pub fn new(config: &EnrichConfig) -> Enricher {
+        let mut e = Enricher::build(config);
+        e.load();
+        e
+    }
+
+    /// A reload's settings: the other sources are rebuilt now (they open quickly); the
+    /// indicator files load on a thread while the loaded indicators go on serving (a reload
+    /// naming a 200 MB feed stopped the poll loop for the whole load: issue 12).
+    pub fn reconfigure(&mut self, config: &EnrichConfig) {
+        let mut fresh = Enricher::build(config);
+        fresh.indicators = std::mem::take(&mut self.indicators);
+        fresh.start_load();
+        *self = fresh;
+    }
+
+    fn build(config: &EnrichConfig) -> Enricher {
         let mut e = Enricher {
             files: config.indicator_files.clone(),
             max_indicators: config.max_indicators,
@@ -60,7 +78,6 @@ impl Enricher {
             dns_status: Err("off (enrich.dns_capture = false)".into()),
             reverse: None,
         };
-        e.load();
         e.open_geo();
         if config.dns_capture {
             let (cache, on_message) = dns::shared(config.dns_cache_entries, config.dns_cache_bytes);
@@ -125,6 +142,24 @@ impl Enricher {
         self.indicators = indicators;
     }
 
+    /// Loads the indicator files on a thread; [`Enricher::refresh`] takes the result.
+    fn start_load(&mut self) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (files, max) = (self.files.clone(), self.max_indicators);
+        let spawned = std::thread::Builder::new()
+            .name("indicators".into())
+            .spawn(move || {
+                let _ = tx.send(Indicators::load(&files, max));
+            });
+        match spawned {
+            Ok(_) => self.loading = Some(rx),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot start the indicator reload; trying again next window"
+            ),
+        }
+    }
+
     /// Reloads sources whose files changed (called once per window). Indicator files load
     /// on a thread; the records use the previous ones until the new ones are ready.
     pub fn refresh(&mut self) {
@@ -144,20 +179,7 @@ impl Enricher {
             }
         }
         if self.loading.is_none() && self.indicators.changed() {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let (files, max) = (self.files.clone(), self.max_indicators);
-            let spawned = std::thread::Builder::new()
-                .name("indicators".into())
-                .spawn(move || {
-                    let _ = tx.send(Indicators::load(&files, max));
-                });
-            match spawned {
-                Ok(_) => self.loading = Some(rx),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "cannot start the indicator reload; trying again next window"
-                ),
-            }
+            self.start_load();
         }
         if self.geo.as_ref().is_some_and(GeoDb::changed) {
             self.open_geo();

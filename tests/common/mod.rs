@@ -236,7 +236,7 @@ unsafe extern "C" {
 /// A depmap `run` inside a namespace, writing NDJSON to stdout.
 pub struct Depmap {
     pub proc: Proc,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 pub struct TempDir(pub PathBuf);
@@ -300,7 +300,7 @@ impl Depmap {
         let mut proc = Proc::spawn_logging(cmd, log);
         let first = proc.line(Duration::from_secs(20));
         assert!(first.contains("VMComputer"), "first record: {first}");
-        Depmap { proc, _dir: dir }
+        Depmap { proc, dir }
     }
 
     /// As [`Depmap::start`], with more `[collect]` keys.
@@ -351,6 +351,11 @@ impl Depmap {
             .copied()
                 == Some(n)
         })
+    }
+
+    /// The configuration file it runs with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("depmap.toml")
     }
 
     /// Stops depmap with SIGTERM and returns every record it wrote.
