@@ -528,6 +528,27 @@ fn reverse_lookups_name_addresses_no_answer_was_seen_for() {
     }
 }
 
+/// Writes `text` into the FIFO at `path` once its reader (depmap's loader) has it open
+/// (bounded wait), and closes it: the reader sees the end of the file.
+fn feed_fifo(path: &std::path::Path, text: &[u8]) {
+    let mut writer = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            writer = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(O_NONBLOCK)
+                .open(path)
+                .ok();
+            writer.is_some()
+        }),
+        "nobody opened {} for reading",
+        path.display()
+    );
+    if let Some(mut w) = writer {
+        w.write_all(text).expect("write the FIFO");
+    }
+}
+
 /// The distinct windows (TimeGenerated) with a VMBoundPort record of `port`.
 fn windows_of(records: &[Value], port: i64) -> std::collections::BTreeSet<String> {
     of_type(records, "VMBoundPort")
@@ -605,20 +626,7 @@ fn a_huge_indicator_file_is_capped_and_its_reload_never_stops_the_poll_loop() {
         "windows stopped while the reload waited"
     );
     // The reload lands when the FIFO is written: the new single indicator replaces the cap.
-    let mut writer = None;
-    assert!(wait_until(Duration::from_secs(10), || {
-        writer = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(O_NONBLOCK)
-            .open(&csv)
-            .ok();
-        writer.is_some()
-    }));
-    let mut writer = writer.unwrap();
-    writer
-        .write_all(b"indicator,threat_type\n127.0.0.9,C2\n")
-        .unwrap();
-    drop(writer);
+    feed_fifo(&csv, b"indicator,threat_type\n127.0.0.9,C2\n");
     assert!(
         wait_until(Duration::from_secs(20), || text_of(&log)
             .contains("indicators=1 ")),
@@ -675,20 +683,7 @@ fn a_huge_indicator_file_is_capped_and_its_reload_never_stops_the_poll_loop() {
             .count()
     };
     assert_eq!(loads(), 2, "the reload's load has not landed yet");
-    let mut writer = None;
-    assert!(wait_until(Duration::from_secs(10), || {
-        writer = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(O_NONBLOCK)
-            .open(&fifo2)
-            .ok();
-        writer.is_some()
-    }));
-    let mut writer = writer.unwrap();
-    writer
-        .write_all(b"indicator,threat_type\n127.0.0.9,Botnet\n")
-        .unwrap();
-    drop(writer);
+    feed_fifo(&fifo2, b"indicator,threat_type\n127.0.0.9,Botnet\n");
     assert!(
         wait_until(Duration::from_secs(20), || loads() == 3),
         "{}",
