@@ -162,7 +162,6 @@ pub fn computer_record(
         source_system: SOURCE_SYSTEM,
         time_generated: datetime(now),
         time_zone: facts.time_zone.clone(),
-        kind: "VMComputer",
         virtualization_state: facts.virtualization_state.clone(),
         virtual_machine_native_id: facts.virtual_machine_native_id.clone(),
         virtual_machine_native_name: facts.virtual_machine_native_name.clone(),
@@ -304,7 +303,6 @@ pub fn process_record(
         source_system: SOURCE_SYSTEM,
         start_time: oldest.map(|(ticks, _)| datetime(clock.start_time(ticks))),
         time_generated: datetime(now),
-        kind: "VMProcess",
         user_name: pool.user_name.clone(),
         working_directory: pool.working_directory.clone(),
         ..Default::default()

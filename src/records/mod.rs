@@ -14,13 +14,17 @@ use serde::Serialize;
 /// `SourceSystem` of every record.
 pub const SOURCE_SYSTEM: &str = "depmap";
 
-/// A record of any of the four tables.
+/// A record of any of the four tables; serialised with its table's name as `Type`.
 #[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
+#[serde(tag = "Type")]
 pub enum Record {
+    #[serde(rename = "VMComputer")]
     Computer(Box<VmComputer>),
+    #[serde(rename = "VMProcess")]
     Process(Box<VmProcess>),
+    #[serde(rename = "VMConnection")]
     Connection(Box<VmConnection>),
+    #[serde(rename = "VMBoundPort")]
     BoundPort(Box<VmBoundPort>),
 }
 
@@ -28,10 +32,10 @@ impl Record {
     /// The table name (`Type`).
     pub fn table(&self) -> &'static str {
         match self {
-            Record::Computer(_) => "VMComputer",
-            Record::Process(_) => "VMProcess",
-            Record::Connection(_) => "VMConnection",
-            Record::BoundPort(_) => "VMBoundPort",
+            Record::Computer(_) => TABLES[0],
+            Record::Process(_) => TABLES[1],
+            Record::BoundPort(_) => TABLES[2],
+            Record::Connection(_) => TABLES[3],
         }
     }
 
@@ -42,7 +46,8 @@ impl Record {
     }
 }
 
-/// The four table names, in the order `once` prints them.
+/// The four table names, in the order `once` prints them; `Record::table` and the `Type`
+/// of each record's JSON (the serde renames above, checked by a test) are these.
 pub const TABLES: [&str; 4] = ["VMComputer", "VMProcess", "VMBoundPort", "VMConnection"];
 
 /// `datetime` columns: RFC 3339 UTC with milliseconds.
@@ -54,6 +59,20 @@ pub fn datetime(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn each_record_names_its_table_once() {
+        let all = [
+            Record::Computer(Box::default()),
+            Record::Process(Box::default()),
+            Record::BoundPort(Box::default()),
+            Record::Connection(Box::default()),
+        ];
+        for (r, name) in all.iter().zip(TABLES) {
+            let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            assert_eq!((r.table(), v["Type"].as_str()), (name, Some(name)));
+        }
+    }
 
     #[test]
     fn datetimes_have_milliseconds_and_z() {

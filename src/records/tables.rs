@@ -48,8 +48,6 @@ pub struct VmConnection {
     pub time_generated: String,
     #[serde(rename = "TLPLevel")]
     pub tlp_level: Option<String>,
-    #[serde(rename = "Type")]
-    pub kind: &'static str,
 }
 
 /// VMBoundPort: one bound port over one window.
@@ -79,8 +77,6 @@ pub struct VmBoundPort {
     pub response_time_sum: Option<i64>,
     pub source_system: &'static str,
     pub time_generated: String,
-    #[serde(rename = "Type")]
-    pub kind: &'static str,
 }
 
 /// VMProcess: inventory of one process pool.
@@ -110,8 +106,6 @@ pub struct VmProcess {
     pub source_system: &'static str,
     pub start_time: Option<String>,
     pub time_generated: String,
-    #[serde(rename = "Type")]
-    pub kind: &'static str,
     pub user_domain: Option<String>,
     pub user_name: String,
     pub working_directory: Option<String>,
@@ -172,8 +166,6 @@ pub struct VmComputer {
     pub source_system: &'static str,
     pub time_generated: String,
     pub time_zone: Option<String>,
-    #[serde(rename = "Type")]
-    pub kind: &'static str,
     pub virtualization_state: Option<String>,
     pub virtual_machine_hypervisor_id: Option<String>,
     pub virtual_machine_native_id: Option<String>,
@@ -199,7 +191,8 @@ mod tests {
 
     #[test]
     fn connection_columns_are_the_tables_columns() {
-        let k = keys(&VmConnection::default());
+        // `Type` comes from the record (see `Record`), the rest from the struct.
+        let k = keys(&crate::records::Record::Connection(Box::default()));
         assert_eq!(k.len(), 41);
         for c in [
             "AgentId",
@@ -215,9 +208,10 @@ mod tests {
         ] {
             assert!(k.contains(&c.to_string()), "{c}");
         }
-        assert_eq!(keys(&VmBoundPort::default()).len(), 23);
-        assert_eq!(keys(&VmProcess::default()).len(), 26);
-        let computer = keys(&VmComputer::default());
+        use crate::records::Record;
+        assert_eq!(keys(&Record::BoundPort(Box::default())).len(), 23);
+        assert_eq!(keys(&Record::Process(Box::default())).len(), 26);
+        let computer = keys(&Record::Computer(Box::default()));
         assert_eq!(computer.len(), 55);
         assert!(
             computer.contains(&"AzureSize".to_string())

@@ -69,7 +69,6 @@ pub fn records(
             source_ip: src,
             source_system: SOURCE_SYSTEM,
             time_generated: time.clone(),
-            kind: "VMConnection",
             ..Default::default()
         };
         enrich(&mut record);
@@ -101,7 +100,6 @@ pub fn records(
             response_time_sum: rt_value(&p.stats.rt, p.stats.rt.sum_ms),
             source_system: SOURCE_SYSTEM,
             time_generated: time.clone(),
-            kind: "VMBoundPort",
         })));
     }
     out

@@ -263,7 +263,6 @@ mod tests {
         let rec = |i: i64| {
             Record::Connection(Box::new(VmConnection {
                 bytes_sent: i,
-                kind: "VMConnection",
                 ..Default::default()
             }))
         };
@@ -272,7 +271,6 @@ mod tests {
             let batch: Vec<Record> = (0..3).map(|i| rec(round * 3 + i)).collect();
             sink.write(&batch).unwrap();
             sink.write(&[Record::BoundPort(Box::new(VmBoundPort {
-                kind: "VMBoundPort",
                 ..Default::default()
             }))])
             .unwrap();
@@ -329,7 +327,6 @@ mod tests {
         );
         // The next record starts on a line of its own, in a new file.
         let record = Record::Connection(Box::new(VmConnection {
-            kind: "VMConnection",
             ..Default::default()
         }));
         sink.write(std::slice::from_ref(&record)).unwrap();
@@ -355,7 +352,6 @@ mod tests {
         fs::write(dir.join("VMConnection-notes.ndjson"), "").unwrap();
         let mut sink = FileSink::open(dir.clone(), 1000, 3).unwrap().0;
         let record = Record::Connection(Box::new(VmConnection {
-            kind: "VMConnection",
             ..Default::default()
         }));
         sink.write(std::slice::from_ref(&record)).unwrap();
