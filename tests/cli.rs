@@ -477,7 +477,8 @@ fn extremes() -> Vec<Extreme> {
 }
 
 /// The configuration text of `x` over the test bed's (2 s windows, 200 ms polls, no budget;
-/// remote sinks at a closed port of the namespace's loopback).
+/// the http sink at the test's collector, clickhouse at a closed port of the namespace's
+/// loopback).
 fn extreme_config(x: &Extreme, state: &Path) -> String {
     let mut sections: Vec<(&str, Vec<(String, String)>)> = vec![
         (
@@ -497,7 +498,7 @@ fn extreme_config(x: &Extreme, state: &Path) -> String {
         ("sink.delivery", vec![]),
         (
             "sink.http",
-            vec![("url".into(), "\"http://127.0.0.1:9/ingest\"".into())],
+            vec![("url".into(), "\"http://127.0.0.1:9480/ingest\"".into())],
         ),
         (
             "sink.clickhouse",
@@ -524,6 +525,18 @@ fn every_numeric_key_at_its_extremes_is_refused_in_one_line_or_runs_reloads_and_
     let _serial = serial();
     let ns = Netns::new("extreme");
     let dir = TempDir::new("extreme");
+    // A collector that accepts: with one refusing, stop rightly retries for the whole
+    // shutdown_grace (up to 10 minutes at its bound).
+    let collector = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/collector.py");
+    let mut c = ns.command("python3");
+    c.arg(collector)
+        .args(["--port", "9480", "--log"])
+        .arg(dir.0.join("collector.log"));
+    let mut collecting = Proc::spawn(c);
+    assert_eq!(
+        collecting.json_line(Duration::from_secs(10))["listening"],
+        9480
+    );
     let (mut refused, mut ran) = (0, 0);
     for (i, x) in extremes().iter().enumerate() {
         let name = format!("{}.{} = {}", x.section, x.key, x.value);

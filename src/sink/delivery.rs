@@ -13,9 +13,9 @@
 //!   4xx) is not retried: the batch is set aside (`<spool>/rejected/`) or dropped per
 //!   `on_reject`, counted, and logged (once a minute at most).
 //! * Bounds: the spool's size and age limits drop the oldest batches, counted and logged.
-//! * Stopping: pending records are sealed and spooled; the sender keeps sending for
-//!   `shutdown_grace` while the collector accepts, stops at the first failure (the batches
-//!   are safe in the spool), and whatever is left is sent after the next start.
+//! * Stopping: pending records are sealed and spooled; the sender keeps sending — and
+//!   retrying, with its backoff — for `shutdown_grace` (a collector that recovers just then
+//!   still gets the last window), and whatever is left is sent after the next start.
 
 use std::collections::HashMap;
 use std::io;
@@ -458,17 +458,6 @@ fn send_loop(
             }
             Outcome::Retry { after, reason } => {
                 metrics.batches_retried.fetch_add(1, Ordering::Relaxed);
-                // Stopping: the batches are safe in the spool, and retrying for the rest of
-                // the grace only delays the stop (a 10-minute grace kept a stop waiting on a
-                // collector that refused every connection).
-                if lock(&shared.state).stop_by.is_some() {
-                    tracing::warn!(
-                        sink = transport.name(),
-                        %reason,
-                        "sending failed while stopping; the batches stay spooled for the next start"
-                    );
-                    return;
-                }
                 let wait = backoff.next(after);
                 if let Some(more) = retry_log.ready() {
                     tracing::warn!(
