@@ -80,7 +80,6 @@ fn filter() -> Vec<libc::sock_filter> {
 /// Counters of the capture, for the self-metrics.
 #[derive(Debug, Default)]
 pub struct CaptureStats {
-    pub packets: AtomicU64,
     pub unparsable: AtomicU64,
     /// Packets the kernel dropped because the reader fell behind (`PACKET_STATISTICS`).
     pub dropped: AtomicU64,
@@ -182,7 +181,6 @@ fn read_loop(sock: OwnedFd, mut on_message: OnMessage, stats: &CaptureStats, sto
             Ok((n, from)) if n > 0 => (n, from),
             _ => continue, // timeout (to check `stop`) or EINTR
         };
-        stats.packets.fetch_add(1, Ordering::Relaxed);
         let Some(seg) = dns_segment(&buf[..n]) else {
             stats.unparsable.fetch_add(1, Ordering::Relaxed);
             continue;

@@ -57,6 +57,12 @@ pub struct Dump {
     pub at_ms: u64,
 }
 
+/// Logs that process events are not available here, and why; the capability line.
+fn proc_connector_unavailable(why: &str) -> String {
+    tracing::warn!(error = %why, "proc connector unavailable; /proc is walked by fd count instead");
+    format!("proc connector unavailable ({why}); /proc is walked by fd count instead")
+}
+
 /// Whether a connection is kept: with `collect.ipv6 = false`, those with a real IPv6 remote
 /// address are left out (IPv4 over a dual-stack socket shows IPv4 addresses, and stays).
 fn kept(ipv6: bool, s: &TcpSample) -> bool {
@@ -101,15 +107,7 @@ impl Sources {
         // outcome into the status.
         let (proc_events, proc_connector) = match ProcEvents::start() {
             Ok(p) => (Some(p), Err(PROC_EVENTS_STARTING.to_string())),
-            Err(e) => {
-                tracing::warn!(error = %e, "proc connector unavailable; /proc is walked by fd count instead");
-                (
-                    None,
-                    Err(format!(
-                        "proc connector unavailable ({e}); /proc is walked by fd count instead"
-                    )),
-                )
-            }
+            Err(e) => (None, Err(proc_connector_unavailable(&e.to_string()))),
         };
         Ok(Sources {
             status: SourceStatus {
@@ -169,10 +167,7 @@ impl Sources {
                 }
             }
             ProcStatus::Unavailable(why) => {
-                tracing::warn!(error = %why, "proc connector unavailable; /proc is walked by fd count instead");
-                self.status.proc_connector = Err(format!(
-                    "proc connector unavailable ({why}); /proc is walked by fd count instead"
-                ));
+                self.status.proc_connector = Err(proc_connector_unavailable(&why));
                 self.proc_events = None;
             }
         }

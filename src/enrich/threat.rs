@@ -362,9 +362,14 @@ mod tests {
             ind.lookup("10.0.2.88".parse().unwrap()).is_none(),
             "beyond the cap"
         );
-        // One allocation for a text repeated on every line.
+        // One allocation for a text repeated on every line…
         let a = ind.lookup("10.0.0.2".parse().unwrap()).unwrap();
         let b = ind.lookup("10.0.0.3".parse().unwrap()).unwrap();
+        // And one for a set of columns repeated on every line (a network costs a pointer).
+        assert!(
+            std::ptr::eq(a, b),
+            "10.0.0.2 and 10.0.0.3 share their columns"
+        );
         let (a, b) = (a.tlp_level.as_ref().unwrap(), b.tlp_level.as_ref().unwrap());
         assert!(Arc::ptr_eq(a, b));
     }
