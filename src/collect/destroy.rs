@@ -22,15 +22,14 @@
 //! received": right for the usual close where the peer's FIN rides on the acknowledgement).
 //! A 4-tuple-only lookup was tried and measured no better (BENCHMARKS.md, churn).
 
-use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
+use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
+use super::reader::{Reader, Wake};
 use super::sockdiag::{DumpStats, Message, SockDiag, TcpSample, for_each_message, state};
 
 const SKNLGRP_INET_TCP_DESTROY: u32 = 1;
@@ -72,8 +71,7 @@ pub struct DestroyListener {
     pub counters: Arc<DestroyCounters>,
     /// The receive buffer the kernel granted (bytes of its accounting; asked: [`RCVBUF`]).
     pub rcvbuf: usize,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _reader: Reader,
 }
 
 impl DestroyListener {
@@ -87,84 +85,77 @@ impl DestroyListener {
         }
         set_rcvbuf(&socket, RCVBUF);
         let rcvbuf = socket.get_rx_buf_sz().unwrap_or(0);
-        super::set_recv_timeout(&socket, Duration::from_millis(200))?;
+        // The reader receives only after poll says so; never blocking, it cannot miss a stop.
+        socket.set_non_blocking(true)?;
         let lookups = SockDiag::open()?;
         let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(DestroyCounters::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let reader = {
             let counters = counters.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("destroy-events".into())
-                .spawn(move || read_loop(socket, lookups, tx, counters, stop))?
+            Reader::spawn("destroy-events", move |wake| {
+                read_loop(wake, socket, lookups, tx, &counters)
+            })?
         };
         Ok(DestroyListener {
             queue,
             counters,
             rcvbuf,
-            stop,
-            thread: Some(thread),
+            _reader: reader,
         })
     }
 }
 
-impl Drop for DestroyListener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn read_loop(
+    wake: &Wake,
     socket: Socket,
     mut lookups: SockDiag,
     tx: QueueSender<Final>,
-    counters: Arc<DestroyCounters>,
-    stop: Arc<AtomicBool>,
+    counters: &DestroyCounters,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        match socket.recv(&mut &mut buf[..], 0) {
-            Ok(0) => continue,
-            Ok(n) => {
-                let mut stats = DumpStats::default();
-                let mut samples = Vec::new();
-                for_each_message(&buf[..n], &mut stats, |m| {
-                    if let Message::Sample(s) = m {
-                        samples.push(s);
-                    }
-                });
-                let at = std::time::Instant::now();
-                for sample in samples {
-                    counters.received.fetch_add(1, Ordering::Relaxed);
-                    let fin_received = fin_received(&mut lookups, &sample);
-                    let queued = tx.try_send(Final {
-                        sample,
-                        fin_received,
-                        at,
-                    });
-                    if let Err(NotQueued::Full) = queued {
-                        // The poll loop is stalled this long: drop as the kernel would.
+    let mut samples = Vec::new();
+    while wake.readable(&socket) {
+        // Everything queued, then poll again.
+        loop {
+            let n = match socket.recv(&mut &mut buf[..], 0) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ENOBUFS) => {
                         counters.overruns.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) => break,
+                    _ => {
+                        tracing::error!(error = %e, "destroy notifications stopped");
+                        return;
+                    }
+                },
+            };
+            let mut stats = DumpStats::default();
+            for_each_message(&buf[..n], &mut stats, |m| {
+                if let Message::Sample(s) = m {
+                    samples.push(s);
                 }
-                counters
-                    .unparsable
-                    .fetch_add(stats.unparsable, Ordering::Relaxed);
-            }
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOBUFS) => {
+            });
+            let at = std::time::Instant::now();
+            for sample in samples.drain(..) {
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                let fin_received = fin_received(&mut lookups, &sample);
+                let queued = tx.try_send(Final {
+                    sample,
+                    fin_received,
+                    at,
+                });
+                if let Err(NotQueued::Full) = queued {
+                    // The poll loop is stalled this long: drop as the kernel would.
                     counters.overruns.fetch_add(1, Ordering::Relaxed);
                 }
-                Some(libc::EAGAIN) | Some(libc::EINTR) => {}
-                _ => {
-                    tracing::error!(error = %e, "destroy notifications stopped");
-                    return;
-                }
-            },
+            }
+            counters
+                .unparsable
+                .fetch_add(stats.unparsable, Ordering::Relaxed);
         }
     }
 }

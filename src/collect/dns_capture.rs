@@ -11,14 +11,14 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 
+use super::reader::{Reader, Wake, Woken};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 
 const ETH_P_ALL: u16 = 0x0003;
@@ -105,8 +105,7 @@ pub type OnMessage = Box<dyn FnMut(Seen, &Message) + Send>;
 
 pub struct DnsCapture {
     pub stats: Arc<CaptureStats>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _reader: Reader,
 }
 
 impl DnsCapture {
@@ -124,41 +123,40 @@ impl DnsCapture {
             .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
             .collect();
         sock.attach_filter(&prog)?;
-        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        // Received only when poll says so (collect::reader): never blocking.
+        sock.set_nonblocking(true)?;
         // Room for bursts of large answers (clamped by the kernel to net.core.rmem_max, which
         // the package raises); what still overflows is counted from PACKET_STATISTICS.
         let _ = sock.set_recv_buffer_size(4 << 20);
         let sock = OwnedFd::from(sock);
         let stats = Arc::new(CaptureStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (stats, stop) = (stats.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("dns-capture".into())
-                .spawn(move || read_loop(sock, on_message, &stats, &stop))?
+        let reader = {
+            let stats = stats.clone();
+            Reader::spawn("dns-capture", move |wake| {
+                read_loop(wake, sock, on_message, &stats)
+            })?
         };
         Ok(DnsCapture {
             stats,
-            stop,
-            thread: Some(thread),
+            _reader: reader,
         })
     }
 }
 
-impl Drop for DnsCapture {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// How often the kernel's drop count is read while packets come.
+const DROPS_EVERY: Duration = Duration::from_secs(1);
 
-fn read_loop(sock: OwnedFd, mut on_message: OnMessage, stats: &CaptureStats, stop: &AtomicBool) {
+fn read_loop(wake: &Wake, sock: OwnedFd, mut on_message: OnMessage, stats: &CaptureStats) {
     let mut buf = vec![0u8; 65_536];
     let mut last_drops = Instant::now();
     let mut drops_log = Throttle::new(PROBLEM_LOG_INTERVAL);
-    while !stop.load(Ordering::Relaxed) {
+    // Woken by a packet, by stop, or once a second to read the drop count (drops come only
+    // with packets, so an idle capture sleeps).
+    loop {
+        match wake.wait(sock.as_fd(), Some(DROPS_EVERY)) {
+            Woken::Stopped => return,
+            Woken::Readable | Woken::TimedOut => {}
+        }
         // The link-layer address says which way the packet went (`sll_pkttype`).
         let received =
             nix::sys::socket::recvfrom::<nix::sys::socket::LinkAddr>(sock.as_raw_fd(), &mut buf);
@@ -179,7 +177,7 @@ fn read_loop(sock: OwnedFd, mut on_message: OnMessage, stats: &CaptureStats, sto
         }
         let (n, from) = match received {
             Ok((n, from)) if n > 0 => (n, from),
-            _ => continue, // timeout (to check `stop`) or EINTR
+            _ => continue, // nothing left (EAGAIN), or EINTR
         };
         let Some(seg) = dns_segment(&buf[..n]) else {
             stats.unparsable.fetch_add(1, Ordering::Relaxed);

@@ -9,6 +9,7 @@ pub mod packages;
 pub mod proc_events;
 pub mod procinfo;
 pub mod queue;
+pub mod reader;
 pub mod sockdiag;
 pub mod sources;
 
@@ -16,8 +17,8 @@ use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-/// `SO_RCVTIMEO` on a socket: the reader threads (destroy notifications, DNS capture) wake this
-/// often to see whether they should stop.
+/// `SO_RCVTIMEO` on a socket: the longest a blocking receive waits (the proc connector's
+/// acknowledgement).
 pub(crate) fn set_recv_timeout(socket: &impl AsFd, timeout: Duration) -> io::Result<()> {
     socket2::SockRef::from(socket).set_read_timeout(Some(timeout))
 }

@@ -14,14 +14,15 @@
 //! thread; until then, and if they fail, the hints are simply absent.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use proc_connector::{EventMask, ProcConnector, ProcEvent};
 
 use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
+use super::reader::{Reader, Wake, Woken};
 
 /// Most process events queued for the poll loop; beyond it they are dropped and counted
 /// (a stalled loop must not grow the queue without bound: issue 12).
@@ -48,9 +49,10 @@ pub enum ProcChange {
 }
 
 /// Where the subscription stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Status {
     /// Subscribing, or proving that events arrive.
+    #[default]
     Starting,
     /// Events arrive.
     Live,
@@ -61,16 +63,19 @@ pub enum Status {
 pub struct ProcEvents {
     pub queue: QueueReceiver<ProcChange>,
     pub errors: Arc<AtomicU64>,
-    status: Arc<Mutex<Status>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    status: Arc<Shared>,
+    // Stopped on drop so that the socket is closed with an unsubscribe: the kernel counts
+    // listeners and, while any is counted, builds an event for every fork, exec and exit on
+    // the machine. A reader still parked in the crate's subscribe is left behind.
+    _reader: Reader,
 }
 
-/// How long a drop waits for the reader to end (it checks `stop` every 200 ms), so that the
-/// socket is closed with an unsubscribe: the kernel counts listeners and, while any is
-/// counted, builds an event for every fork, exec and exit on the machine. A reader still
-/// parked in the crate's subscribe is left behind.
-const STOP_WAIT: Duration = Duration::from_millis(400);
+/// The subscription's status, and a wake-up for those waiting for it to settle.
+#[derive(Default)]
+struct Shared {
+    status: Mutex<Status>,
+    changed: Condvar,
+}
 
 impl ProcEvents {
     /// Starts the reader thread, which subscribes; returns at once. Fails only where the
@@ -88,89 +93,68 @@ impl ProcEvents {
             ));
         }
         let (tx, queue) = bounded(QUEUE_MAX);
-        let status = Arc::new(Mutex::new(Status::Starting));
-        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Shared::default());
         let errors = Arc::new(AtomicU64::new(0));
-        let reader = Reader {
+        let subscriber = Subscriber {
             tx,
             status: status.clone(),
-            stop: stop.clone(),
             errors: errors.clone(),
         };
-        // Joined on drop only if it ends within STOP_WAIT: it may be parked in the crate's
-        // blocking subscribe, holding nothing but its socket and the queue's sender.
-        let thread = std::thread::Builder::new()
-            .name("proc-events".into())
-            .spawn(move || reader.run())?;
+        let reader = Reader::spawn("proc-events", move |wake| subscriber.run(wake))?;
         Ok(ProcEvents {
             queue,
             errors,
             status,
-            stop,
-            thread: Some(thread),
+            _reader: reader,
         })
     }
 
     pub fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.status.status).clone()
     }
 
     /// Waits (at most `limit`) until the subscription is live or has failed; its status.
     pub fn settle(&self, limit: Duration) -> Status {
-        let deadline = Instant::now() + limit;
-        loop {
-            let now = self.status();
-            if now != Status::Starting || Instant::now() >= deadline {
-                return now;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let guard = lock(&self.status.status);
+        let (guard, _) = self
+            .status
+            .changed
+            .wait_timeout_while(guard, limit, |s| *s == Status::Starting)
+            .unwrap_or_else(|e| e.into_inner());
+        guard.clone()
     }
 }
 
-impl Drop for ProcEvents {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        let deadline = Instant::now() + STOP_WAIT;
-        while !thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-        }
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Reader {
+/// The reader thread's side: subscribes, proves events arrive, forwards them.
+struct Subscriber {
     tx: QueueSender<ProcChange>,
-    status: Arc<Mutex<Status>>,
-    stop: Arc<AtomicBool>,
+    status: Arc<Shared>,
     errors: Arc<AtomicU64>,
 }
 
-impl Reader {
+impl Subscriber {
     fn set(&self, status: Status) {
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        *lock(&self.status.status) = status;
+        self.status.changed.notify_all();
     }
 
-    fn run(self) {
+    fn run(self, wake: &Wake) {
         let conn = match subscribe() {
             Ok(c) => c,
             Err(e) => return self.set(Status::Unavailable(e.to_string())),
         };
-        if let Err(e) = self.self_test(&conn) {
+        if let Err(e) = self.self_test(wake, &conn) {
             return self.set(Status::Unavailable(e.to_string()));
         }
         self.set(Status::Live);
         let mut buf = vec![0u8; 8192];
-        while !self.stop.load(Ordering::Relaxed) {
-            match conn.recv_timeout(&mut buf, Duration::from_millis(200)) {
+        while wake.readable(&conn) {
+            // Non-blocking (subscribe): Ok(None) for a control message or nothing left.
+            match conn.recv_timeout(&mut buf, Duration::ZERO) {
                 Ok(Some(ev)) => {
                     if !self.forward(&ev) {
                         return;
@@ -179,9 +163,11 @@ impl Reader {
                 Ok(None) => {}
                 Err(_) => {
                     // ENOBUFS and friends: events were lost; the fd-count walk catches up.
-                    // Back off so a broken socket cannot spin.
+                    // A pause so that a broken socket cannot spin.
                     self.errors.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(50));
+                    if !wake.pause(Duration::from_millis(50)) {
+                        return;
+                    }
                 }
             }
         }
@@ -214,7 +200,7 @@ impl Reader {
     /// Starts a child and waits (at most [`SELF_TEST_WAIT`]) for its exit event: where the
     /// subscription is accepted but events never come, or come with pids of another
     /// namespace, this fails.
-    fn self_test(&self, conn: &ProcConnector) -> io::Result<()> {
+    fn self_test(&self, wake: &Wake, conn: &ProcConnector) -> io::Result<()> {
         let mut child = std::process::Command::new("/bin/true")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -225,7 +211,12 @@ impl Reader {
         let deadline = Instant::now() + SELF_TEST_WAIT;
         let mut buf = vec![0u8; 8192];
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            if let Ok(Some(ev)) = conn.recv_timeout(&mut buf, left) {
+            match wake.wait(conn.as_fd(), Some(left)) {
+                Woken::Stopped => return Err(io::Error::other("stopped")),
+                Woken::TimedOut => break,
+                Woken::Readable => {}
+            }
+            if let Ok(Some(ev)) = conn.recv_timeout(&mut buf, Duration::ZERO) {
                 let mine =
                     matches!(ev, ProcEvent::Exit { pid: p, tgid, .. } if p == pid && tgid == pid);
                 if !self.forward(&ev) || mine {
@@ -259,6 +250,8 @@ fn subscribe() -> io::Result<ProcConnector> {
         Err(e) => return Err(to_io(e)),
     }
     let _ = conn.set_recv_buf_size(4 << 20);
+    // From here the reader receives only when poll says so (collect::reader).
+    conn.set_nonblocking().map_err(to_io)?;
     Ok(conn)
 }
 

@@ -1,0 +1,189 @@
+//! The reader threads of the kernel sources (destroy notifications, process events, DNS
+//! capture): one type, so that each starts, stops and is waited for the same way.
+//!
+//! A reader sleeps in `poll(2)` on its socket and on an eventfd that [`Reader::stop`] writes:
+//! it wakes for data or for stop, never on a timer to look at a flag. Stopping waits for the
+//! thread at most a bound; a body still inside a blocking call then (the proc connector
+//! crate's subscribe, which waits for an acknowledgement the kernel may never send) is left
+//! behind holding only its socket and queue, and ends when that call does.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// How long a drop waits for the reader's thread to end.
+pub const STOP_WAIT: Duration = Duration::from_millis(400);
+
+/// What woke a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// The socket has data (or an error to read).
+    Readable,
+    TimedOut,
+    /// The reader is asked to stop (or cannot wait any more: the error is logged).
+    Stopped,
+}
+
+/// A reader's way to wait: for its socket, or for a pause, either cut short by stop.
+pub struct Wake {
+    stop: Arc<EventFd>,
+}
+
+impl Wake {
+    /// Waits until `fd` is readable, `timeout` passes (`None`: no timeout), or stop.
+    pub fn wait(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Woken {
+        self.poll(Some(fd), timeout)
+    }
+
+    /// Waits for `fd`; false when the reader should end.
+    pub fn readable(&self, fd: &impl AsFd) -> bool {
+        self.wait(fd.as_fd(), None) == Woken::Readable
+    }
+
+    /// Sleeps `pause` (after an error, so that a broken socket cannot spin); false when the
+    /// reader should end.
+    pub fn pause(&self, pause: Duration) -> bool {
+        self.poll(None, Some(pause)) != Woken::Stopped
+    }
+
+    fn poll(&self, fd: Option<BorrowedFd<'_>>, timeout: Option<Duration>) -> Woken {
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+        };
+        let watched = if fd.is_some() { 2 } else { 1 };
+        loop {
+            let mut fds = [
+                PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(fd.unwrap_or(self.stop.as_fd()), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds[..watched], timeout) {
+                Ok(0) => return Woken::TimedOut,
+                Ok(_) => {
+                    if fds[0].any().unwrap_or(false) {
+                        return Woken::Stopped;
+                    }
+                    return Woken::Readable;
+                }
+                // A signal: wait again (a timeout restarts: the waits are short or none).
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "a kernel reader cannot wait for its socket; it stops");
+                    return Woken::Stopped;
+                }
+            }
+        }
+    }
+}
+
+/// A running reader thread.
+pub struct Reader {
+    stop: Arc<EventFd>,
+    /// Disconnected when the body has returned (and dropped what it held).
+    finished: mpsc::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Starts `body` on a thread named `name`.
+    pub fn spawn(name: &str, body: impl FnOnce(&Wake) + Send + 'static) -> io::Result<Reader> {
+        let stop = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
+        let (done, finished) = mpsc::sync_channel::<()>(0);
+        let wake = Wake { stop: stop.clone() };
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                // Dropped last: after the body and everything it owned.
+                let _done = done;
+                body(&wake);
+            })?;
+        Ok(Reader {
+            stop,
+            finished,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks the body to end and waits for it at most `limit`; whether it ended.
+    pub fn stop(&mut self, limit: Duration) -> bool {
+        let _ = self.stop.write(1);
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        match self.finished.recv_timeout(limit) {
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = thread.join();
+                true
+            }
+            // Left behind (see the module comment).
+            Ok(()) | Err(RecvTimeoutError::Timeout) => false,
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop(STOP_WAIT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_reader_wakes_for_data_and_for_stop_not_for_time() {
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let (woke, wakes) = mpsc::channel::<()>();
+        let mut reader = Reader::spawn("test-reader", move |wake| {
+            let mut buf = [0u8; 16];
+            while wake.readable(&rx) {
+                let _ = io::Read::read(&mut &rx, &mut buf);
+                let _ = woke.send(());
+            }
+        })
+        .unwrap();
+        tx.write_all(b"x").unwrap();
+        assert_eq!(wakes.recv_timeout(Duration::from_secs(5)), Ok(()));
+        // Idle: no wake-up without data (a 200 ms timer would have woken it by now).
+        assert_eq!(
+            wakes.recv_timeout(Duration::from_millis(500)),
+            Err(RecvTimeoutError::Timeout)
+        );
+        assert!(reader.stop(Duration::from_secs(5)), "ends at once on stop");
+        assert_eq!(wakes.try_recv(), Err(mpsc::TryRecvError::Disconnected));
+    }
+
+    #[test]
+    fn a_body_stuck_in_a_call_is_left_behind_after_the_bound() {
+        let (release, stuck) = mpsc::channel::<()>();
+        let mut reader = Reader::spawn("test-stuck", move |_| {
+            let _ = stuck.recv();
+        })
+        .unwrap();
+        assert!(!reader.stop(Duration::from_millis(50)));
+        drop(release);
+    }
+
+    #[test]
+    fn a_pause_is_cut_short_by_stop() {
+        let (paused, rx) = mpsc::channel::<bool>();
+        let mut reader = Reader::spawn("test-pause", move |wake| {
+            let _ = paused.send(wake.pause(Duration::from_secs(3600)));
+        })
+        .unwrap();
+        assert!(reader.stop(Duration::from_secs(5)));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(false));
+    }
+}
