@@ -4,9 +4,9 @@
 //! (`POST <endpoint>/dataCollectionRules/<dcr>/streams/<stream>?api-version=2023-01-01`) as
 //! JSON arrays of at most `max_request_bytes` (1 MB, the service's limit, counted on the
 //! uncompressed JSON like the official SDK), gzip-compressed, with a bearer token and an
-//! `x-ms-client-request-id` that is the same on every attempt of a chunk. Records are sent as
-//! the custom tables of `packaging/azure/` declare them: `Type` is dropped (reserved; the
-//! table says it) and `_ResourceId` becomes `ResourceId` (a leading `_` is reserved).
+//! `x-ms-client-request-id` that is the same on every attempt of a chunk. Records are spooled
+//! as the custom tables of `packaging/azure/` declare them (`Encoding::AzureLogs`: no `Type`,
+//! `_ResourceId` as `ResourceId`), so a chunk is their lines joined into an array.
 //!
 //! Tokens: Entra ID client credentials (`<authority>/<tenant>/oauth2/v2.0/token`) or the
 //! managed identity from IMDS (`Metadata: true`, never through a proxy), cached and renewed
@@ -23,10 +23,11 @@ use std::collections::HashMap;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::BuildError;
 use super::delivery::{Outcome, Transport};
+use super::encoding::{Encoding, lines};
 use super::http::{outcome_of, percent_encode, transport_failure};
 use super::spool::Batch;
 use crate::config::{AzureAuth, AzureLogsSinkConfig};
@@ -161,7 +162,7 @@ impl AzureLogsTransport {
     }
 
     /// Sends one JSON array; splits it on 413.
-    fn send_chunk(&mut self, url: &str, records: &[Vec<u8>], request_id: &str) -> Outcome {
+    fn send_chunk(&mut self, url: &str, records: &[&[u8]], request_id: &str) -> Outcome {
         let mut body = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
         body.push(b'[');
         for (i, r) in records.iter().enumerate() {
@@ -213,7 +214,7 @@ impl AzureLogsTransport {
                 }
                 413 => {
                     tracing::warn!(
-                        bytes = records.first().map_or(0, Vec::len),
+                        bytes = records.first().map_or(0, |r| r.len()),
                         "a record larger than the service takes was dropped"
                     );
                     Outcome::Delivered
@@ -231,19 +232,9 @@ impl AzureLogsTransport {
     }
 }
 
-/// A record as the custom tables take it: without `Type`, `_ResourceId` as `ResourceId`.
-fn for_custom_table(line: &[u8]) -> Option<Vec<u8>> {
-    let mut obj: Map<String, Value> = serde_json::from_slice(line).ok()?;
-    obj.remove("Type");
-    if let Some(v) = obj.remove("_ResourceId") {
-        obj.insert("ResourceId".into(), v);
-    }
-    serde_json::to_vec(&obj).ok()
-}
-
 /// Groups records into chunks whose JSON array stays within `max` bytes.
-fn chunks(records: Vec<Vec<u8>>, max: usize) -> Vec<Vec<Vec<u8>>> {
-    let mut out: Vec<Vec<Vec<u8>>> = Vec::new();
+fn chunks<'a>(records: impl Iterator<Item = &'a [u8]>, max: usize) -> Vec<Vec<&'a [u8]>> {
+    let mut out: Vec<Vec<&[u8]>> = Vec::new();
     let mut size = 2;
     for r in records {
         let len = r.len() + 1;
@@ -273,13 +264,7 @@ impl Transport for AzureLogsTransport {
             percent_encode(&self.config.stream_prefix),
             table
         );
-        let records: Vec<Vec<u8>> = batch
-            .body
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter_map(for_custom_table)
-            .collect();
-        let parts = chunks(records, self.config.max_request_bytes);
+        let parts = chunks(lines(&batch.body), self.config.max_request_bytes);
         let done = self.delivered_chunks.get(&batch.id).copied().unwrap_or(0);
         for (i, part) in parts.iter().enumerate().skip(done) {
             // The same request id on every attempt of this chunk.
@@ -299,6 +284,10 @@ impl Transport for AzureLogsTransport {
         Outcome::Delivered
     }
 
+    fn encoding(&self) -> Encoding {
+        Encoding::AzureLogs
+    }
+
     fn per_table(&self) -> bool {
         true
     }
@@ -313,24 +302,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_lose_type_and_keep_their_resource_id_under_a_legal_name() {
-        let out =
-            for_custom_table(br#"{"Type":"VMConnection","_ResourceId":"m-1","A":null}"#).unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v, serde_json::json!({"ResourceId": "m-1", "A": null}));
-    }
-
-    #[test]
     fn chunks_stay_within_the_limit() {
-        let records: Vec<Vec<u8>> = (0..10).map(|_| vec![b'x'; 99]).collect();
-        let parts = chunks(records, 350);
+        let record = [b'x'; 99];
+        let parts = chunks(std::iter::repeat_n(&record[..], 10), 350);
         // Each record takes 100 bytes with its comma, the brackets 2: three per chunk.
         assert_eq!(
             parts.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![3, 3, 3, 1]
         );
         // A record alone larger than the limit still goes, alone (the service decides).
-        let parts = chunks(vec![vec![b'x'; 500], vec![b'y'; 10]], 350);
+        let (big, small) = (vec![b'x'; 500], vec![b'y'; 10]);
+        let parts = chunks([&big[..], &small[..]].into_iter(), 350);
         assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
     }
 }

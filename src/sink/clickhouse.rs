@@ -1,10 +1,8 @@
 //! `clickhouse` sink: one `INSERT INTO <db>.<Table> FORMAT JSONEachRow` per spooled batch (a
 //! batch holds one table), over ClickHouse's HTTP interface. Tables: `packaging/clickhouse/`.
 //!
-//! Records go as they are with two changes measured against ClickHouse 18.16 (Debian 12's
-//! package; packaging/clickhouse/README.md): keys whose value is `null` are left out (18.16
-//! refuses `null` for an `Array` column; a missing key stores the same NULL or `[]` on every
-//! version), and the URL asks for `date_time_input_format=best_effort` (the millisecond
+//! Records are spooled without their `null` members (`Encoding::Clickhouse`, the reason is
+//! there), and the URL asks for `date_time_input_format=best_effort` (the millisecond
 //! RFC 3339 times) and `input_format_skip_unknown_fields=1` (a newer depmap's extra columns do
 //! not stop inserts into an older schema).
 //!
@@ -19,6 +17,7 @@ use std::time::Duration;
 
 use super::BuildError;
 use super::delivery::{Outcome, Transport};
+use super::encoding::Encoding;
 use super::http::{percent_encode, transport_failure};
 use super::spool::Batch;
 use crate::config::ClickhouseSinkConfig;
@@ -85,8 +84,13 @@ impl Transport for ClickhouseTransport {
                 reason: "a batch without a table (spooled by another sink kind)".into(),
             };
         };
-        let body = without_nulls(&batch.body);
-        let body = if self.config.gzip { gzip(&body) } else { body };
+        let gzipped;
+        let body = if self.config.gzip {
+            gzipped = gzip(&batch.body);
+            &gzipped
+        } else {
+            &batch.body
+        };
         let mut req = self
             .agent
             .post(self.url(table))
@@ -103,6 +107,10 @@ impl Transport for ClickhouseTransport {
             Ok(a) => classify(a.status, &a.body, a.retry_after),
             Err(e) => transport_failure(e.to_string()),
         }
+    }
+
+    fn encoding(&self) -> Encoding {
+        Encoding::Clickhouse
     }
 
     fn per_table(&self) -> bool {
@@ -139,25 +147,6 @@ fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Outcome {
     }
 }
 
-/// NDJSON lines with their top-level `null` members left out.
-fn without_nulls(ndjson: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ndjson.len());
-    for line in ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line) {
-            Ok(mut obj) => {
-                obj.retain(|_, v| !v.is_null());
-                if let Ok(text) = serde_json::to_vec(&obj) {
-                    out.extend_from_slice(&text);
-                }
-            }
-            // Not an object (cannot happen for depmap's own records): sent as it is.
-            Err(_) => out.extend_from_slice(line),
-        }
-        out.push(b'\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,12 +172,6 @@ mod tests {
             classify(404, "Code: 60, Table", None),
             Outcome::Rejected { .. }
         ));
-    }
-
-    #[test]
-    fn nulls_are_left_out() {
-        let out = without_nulls(b"{\"A\":1,\"B\":null,\"C\":[\"x\"]}\n{\"D\":null}\n");
-        assert_eq!(out, b"{\"A\":1,\"C\":[\"x\"]}\n{}\n");
     }
 
     #[test]

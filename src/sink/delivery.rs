@@ -24,7 +24,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::spool::{Batch, Segment, Spool};
+use super::encoding::Encoding;
+use super::spool::{Batch, ReadError, Segment, Spool};
 use super::{Sink, WriteFailure};
 use crate::config::DeliveryConfig;
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
@@ -49,7 +50,10 @@ pub enum Outcome {
 
 /// A way of sending one batch to a collector.
 pub trait Transport: Send {
+    /// Sends a batch in [`Transport::encoding`].
     fn send(&mut self, batch: &Batch) -> Outcome;
+    /// The form records are written in when they join a batch.
+    fn encoding(&self) -> Encoding;
     /// Whether batches hold one table each.
     fn per_table(&self) -> bool;
     /// A name for logs (`http`, `clickhouse`).
@@ -118,6 +122,7 @@ pub struct Delivery {
     shared: Arc<Shared>,
     config: DeliveryConfig,
     per_table: bool,
+    encoding: Encoding,
     pending: HashMap<Option<&'static str>, Pending>,
     metrics: Arc<Metrics>,
     sender: Option<JoinHandle<()>>,
@@ -140,6 +145,7 @@ impl Delivery {
         metrics: Arc<Metrics>,
     ) -> io::Result<Delivery> {
         let per_table = transport.per_table();
+        let encoding = transport.encoding();
         if !spool.is_empty() {
             tracing::info!(
                 batches = spool.len(),
@@ -169,6 +175,7 @@ impl Delivery {
             shared,
             config,
             per_table,
+            encoding,
             pending: HashMap::new(),
             metrics,
             sender: Some(sender),
@@ -189,6 +196,7 @@ impl Delivery {
             table: key.map(str::to_string),
             records: p.records,
             created: SystemTime::now(),
+            encoding: self.encoding,
             body: p.body,
         };
         let dropped = {
@@ -247,8 +255,9 @@ impl Sink for Delivery {
                 records: 0,
                 body: Vec::new(),
             });
-            p.body.extend_from_slice(r.to_json().as_bytes());
-            p.body.push(b'\n');
+            if !self.encoding.encode(r, &mut p.body) {
+                continue;
+            }
             p.records += 1;
             if p.records >= self.config.batch_max_records
                 || p.body.len() >= self.config.batch_max_bytes
@@ -407,9 +416,9 @@ fn send_loop(
             continue;
         };
         let read = lock(&shared.spool).read(seg);
-        let batch = match read {
+        let mut batch = match read {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(e @ ReadError::Corrupt(_)) => {
                 tracing::error!(error = %e, "a spooled batch failed its checksum; moved to corrupt/");
                 metrics.count_drop(DropReason::Corrupt, 0);
                 lock(&shared.spool).quarantine(seg);
@@ -422,6 +431,11 @@ fn send_loop(
                 continue;
             }
         };
+        if batch.encoding != transport.encoding() {
+            // An earlier depmap's segment (`records`): converted once, here.
+            batch.body = transport.encoding().from_records(&batch.body);
+            batch.encoding = transport.encoding();
+        }
         let began = Instant::now();
         // A bug in a transport or a library under it must not end delivery: the batch stays
         // spooled and is tried again.

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use super::BuildError;
 use super::delivery::{Outcome, Transport};
+use super::encoding::{Encoding, lines};
 use super::spool::Batch;
 use crate::config::{BodyFormat, HttpSinkConfig, Split};
 use crate::http_client::{client, gzip, read_answer};
@@ -152,6 +153,10 @@ impl Transport for HttpTransport {
         }
     }
 
+    fn encoding(&self) -> Encoding {
+        Encoding::Records
+    }
+
     fn per_table(&self) -> bool {
         self.config.split == Split::Table
     }
@@ -181,11 +186,7 @@ pub fn percent_encode(s: &str) -> String {
 pub fn json_array(ndjson: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ndjson.len() + 2);
     out.push(b'[');
-    for (i, line) in ndjson
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate()
-    {
+    for (i, line) in lines(ndjson).enumerate() {
         if i > 0 {
             out.push(b',');
         }

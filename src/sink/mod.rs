@@ -7,6 +7,7 @@
 pub mod azure;
 pub mod clickhouse;
 pub mod delivery;
+pub mod encoding;
 pub mod file;
 pub mod http;
 pub mod spool;

@@ -11,7 +11,8 @@
 //! at-least-once, and every batch carries an id for the collector to deduplicate).
 //!
 //! The header is one JSON line: format version, batch id, table (or none for mixed batches),
-//! record count, body length and CRC-32. A segment whose header or checksum does not verify
+//! record count, body length, CRC-32 and the body's encoding (`encoding`: the sink's wire
+//! form; segments written before the header named it hold `records`). A segment whose header or checksum does not verify
 //! (a disk that lied) is moved to `corrupt/`, counted, and skipped; the spool stays readable.
 //!
 //! Bounds: at most `max_bytes` of segments (the oldest are dropped first when a new batch
@@ -25,13 +26,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::encoding::Encoding;
 use crate::metrics::DropReason;
 
 const FORMAT_VERSION: u32 = 1;
 /// Rejected batches kept for a person to look at; the oldest go first.
 const REJECTED_KEPT: usize = 100;
 
-/// A batch of records, as sent: NDJSON lines (each ending in `\n`).
+/// A batch of records, as sent: lines in the sink's encoding (each ending in `\n`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// Unique id (UUID v4), the same on every attempt: collectors deduplicate on it.
@@ -40,7 +42,19 @@ pub struct Batch {
     pub table: Option<String>,
     pub records: usize,
     pub created: SystemTime,
+    pub encoding: Encoding,
     pub body: Vec<u8>,
+}
+
+/// Why a segment could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Its header or checksum does not verify: the disk lied (quarantine it).
+    #[error("corrupt segment: {0}")]
+    Corrupt(String),
+    /// Gone (dropped to make room since it was listed) or the disk failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,6 +65,9 @@ struct Header {
     records: usize,
     len: usize,
     crc32: u32,
+    /// [`Encoding::name`]; absent in segments of earlier versions, which hold `records`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encoding: Option<String>,
 }
 
 /// A segment on disk.
@@ -154,6 +171,7 @@ impl Spool {
             records: batch.records,
             len: batch.body.len(),
             crc32: crc32fast::hash(&batch.body),
+            encoding: Some(batch.encoding.name().to_string()),
         };
         let mut data = serde_json::to_vec(&header).map_err(io::Error::other)?;
         data.push(b'\n');
@@ -219,10 +237,10 @@ impl Spool {
         dropped
     }
 
-    /// Reads a segment back; `Err(InvalidData)` when it does not verify.
-    pub fn read(&self, seg: Segment) -> io::Result<Batch> {
+    /// Reads a segment back.
+    pub fn read(&self, seg: Segment) -> Result<Batch, ReadError> {
         let data = fs::read(self.path_of(seg))?;
-        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        let bad = |why: &str| ReadError::Corrupt(why.to_string());
         let nl = data
             .iter()
             .position(|b| *b == b'\n')
@@ -236,11 +254,17 @@ impl Spool {
         if body.len() != header.len || crc32fast::hash(body) != header.crc32 {
             return Err(bad("body length or checksum mismatch"));
         }
+        let encoding = match header.encoding.as_deref() {
+            None => Encoding::Records,
+            Some(name) => Encoding::from_name(name)
+                .ok_or_else(|| bad(&format!("unknown encoding {name:?}")))?,
+        };
         Ok(Batch {
             id: header.id,
             table: header.table,
             records: header.records,
             created: seg.created,
+            encoding,
             body: body.to_vec(),
         })
     }
@@ -346,8 +370,53 @@ mod tests {
             table: Some("VMProcess".into()),
             records: n,
             created,
+            encoding: Encoding::Records,
             body,
         }
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    #[test]
+    fn a_segment_keeps_its_encoding_and_one_of_an_earlier_version_holds_records() {
+        let d = dir("encoding");
+        let now = SystemTime::now();
+        let mut s = Spool::open(d.clone(), 1 << 20, Duration::from_secs(3600)).unwrap();
+        let mut b = batch(2, now);
+        b.encoding = Encoding::AzureLogs;
+        s.push(&b).unwrap();
+        let seg = s.oldest().unwrap();
+        assert_eq!(s.read(seg).unwrap().encoding, Encoding::AzureLogs);
+        // The header as depmap wrote it before it named the encoding.
+        let body = b"{\"Type\":\"VMProcess\"}\n";
+        let old = format!(
+            "{{\"v\":1,\"id\":\"old\",\"table\":\"VMProcess\",\"records\":1,\"len\":{},\"crc32\":{}}}\n",
+            body.len(),
+            crc32fast::hash(body)
+        );
+        let created = UNIX_EPOCH + Duration::from_millis(now_ms());
+        let name = format!("00000000000000ff-{}.seg", now_ms());
+        fs::write(d.join(name), [old.as_bytes(), body].concat()).unwrap();
+        drop(s);
+        let s = Spool::open(d.clone(), 1 << 20, Duration::from_secs(3600)).unwrap();
+        assert_eq!(s.len(), 2);
+        let old = s
+            .read(Segment {
+                seq: 0xff,
+                created,
+                bytes: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            (old.encoding, &old.body[..]),
+            (Encoding::Records, &body[..])
+        );
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -410,7 +479,7 @@ mod tests {
         data[last] ^= 0x20;
         fs::write(&path, data).unwrap();
         let e = s.read(seg).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(matches!(e, ReadError::Corrupt(_)), "{e}");
         s.quarantine(seg);
         assert!(s.is_empty());
         assert_eq!(s.stats.corrupt, 1);
