@@ -18,11 +18,13 @@ use crate::identity::{self, Identity};
 use crate::inventory::{self, Inventory};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 use crate::records::{Record, window};
-use crate::schedule::{PollSchedule, process_cpu, thread_cpu};
+use crate::schedule::{PollSchedule, Woke, process_cpu, thread_cpu, wait_tick};
 use crate::track::attribution::Attribution;
 use crate::track::ports::bound_ports;
 use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
-use crate::track::window::next_tick;
+
+/// Longest wait at stop for the destroy notifications of sockets closed just before it.
+const LAST_FINALS_WAIT: Duration = Duration::from_millis(500);
 
 pub use crate::collect::sources::StartError;
 
@@ -222,6 +224,22 @@ impl Agent {
         self.report_shedding();
         self.counters.polls += 1;
         self.counters.last_poll_micros = started.elapsed().as_micros() as u64;
+    }
+
+    /// The poll at stop. Sockets closed just before the signal are missing from its dump, and
+    /// their destroy notifications come from a kernel worker shortly after the close: they are
+    /// waited for — until none is missing, at most [`LAST_FINALS_WAIT`] — so that their last
+    /// bytes are in the window flushed at stop.
+    pub fn last_poll(&mut self) {
+        self.poll();
+        let deadline = Instant::now() + LAST_FINALS_WAIT;
+        while self.tracker.missing_from_last_dump() > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.sources.wait_for_final(left) {
+                break;
+            }
+            self.apply_destroys(!self.tracker.baseline_done());
+        }
     }
 
     /// The hot set: established sockets that moved data during the last poll interval, most
@@ -557,30 +575,16 @@ pub fn collect_once(
     duration: Duration,
     stop: &std::sync::mpsc::Receiver<()>,
 ) -> Vec<Record> {
-    use std::sync::mpsc::RecvTimeoutError;
     agent.poll();
     tracing::debug!(?duration, "once: baseline poll done; the window is open");
     let start = SystemTime::now();
     let end = Instant::now() + duration;
     let tick_len = agent.config.collect.tick();
-    // Sleeps until `d` has passed; false when told to stop first (the window ends early).
-    let sleep = |d: Duration| matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout));
-    loop {
-        let now = SystemTime::now();
-        let tick = next_tick(now, tick_len);
-        let wait = tick.duration_since(now).unwrap_or_default();
-        let left = end.saturating_duration_since(Instant::now());
-        if wait >= left {
-            sleep(left); // told to stop or not, the window ends now
-            agent.poll();
-            break;
-        }
-        if !sleep(wait) {
-            agent.poll();
-            break;
-        }
+    // Ticks until the window's end, or until told to stop (Ctrl-C: the window ends early).
+    while let Woke::Tick(tick) = wait_tick(tick_len, stop, Some(end)) {
         agent.poll_at(tick);
     }
+    agent.last_poll();
     let mut records = agent.inventory(SystemTime::now());
     records.extend(agent.close_window(start));
     records

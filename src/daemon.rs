@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, SystemTime};
 
 use crate::agent::Agent;
@@ -14,9 +14,10 @@ use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 use crate::metrics::DropReason;
 use crate::metrics::Metrics;
 use crate::records::Record;
+use crate::schedule::{Woke, wait_tick};
 use crate::service::ServiceManager;
 use crate::sink::{self, Sink, WriteFailure};
-use crate::track::window::{next_tick, window_start};
+use crate::track::window::window_start;
 
 /// What the signal handlers ask of the loop.
 pub enum Control {
@@ -142,12 +143,9 @@ pub fn run_loop(
     loop {
         // Sleep to the next tick (multiples of the tick since the epoch), or act on a signal.
         // A tick is a full dump at multiples of the full-dump period, else a hot poll.
-        let now = SystemTime::now();
-        let tick = next_tick(now, collect.tick());
-        let wait = tick.duration_since(now).unwrap_or_default();
-        let stopping = match control.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => false,
-            Ok(Control::Reload(config)) => {
+        let (stopping, tick) = match wait_tick(collect.tick(), control, None) {
+            Woke::Tick(tick) => (false, tick),
+            Woke::Message(Control::Reload(config)) => {
                 service.reloading();
                 let outcome = reload(agent, &mut out, &config, &mut window);
                 let now = SystemTime::now();
@@ -159,13 +157,13 @@ pub fn run_loop(
                 ));
                 continue;
             }
-            Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => true,
+            Woke::Message(Control::Stop) | Woke::Disconnected | Woke::Deadline => {
+                (true, SystemTime::now())
+            }
         };
         if stopping {
             service.stopping();
-            // Let the notifications of sockets closed just before the signal arrive.
-            std::thread::sleep(Duration::from_millis(50));
-            agent.poll();
+            agent.last_poll();
         } else if !agent.poll_at(tick) {
             service.alive();
             out.tick();

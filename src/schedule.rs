@@ -18,9 +18,42 @@
 //! 5,001 sockets 6.3 ms — the edge of the dumps' 6.3 ms/s share of a 1 % budget
 //! (benches/poll.rs, BENCHMARKS.md).
 
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::CollectConfig;
+use crate::track::window::next_tick;
+
+/// What ended a wait for the next tick.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woke<T> {
+    /// The tick at this time is due.
+    Tick(SystemTime),
+    /// A control message came first.
+    Message(T),
+    /// The deadline passed before the next tick.
+    Deadline,
+    /// The control channel's sender is gone.
+    Disconnected,
+}
+
+/// The ticker of `run` and `once`: waits for the next tick — a multiple of `len` since the
+/// epoch — unless a control message comes first or `deadline` is sooner.
+pub fn wait_tick<T>(len: Duration, control: &Receiver<T>, deadline: Option<Instant>) -> Woke<T> {
+    let now = SystemTime::now();
+    let tick = next_tick(now, len);
+    let wait = tick.duration_since(now).unwrap_or_default();
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let (wait, ends) = match left {
+        Some(left) if left <= wait => (left, Woke::Deadline),
+        _ => (wait, Woke::Tick(tick)),
+    };
+    match control.recv_timeout(wait) {
+        Ok(message) => Woke::Message(message),
+        Err(RecvTimeoutError::Timeout) => ends,
+        Err(RecvTimeoutError::Disconnected) => Woke::Disconnected,
+    }
+}
 
 /// Share of the budget planned for: the rest is headroom for what cannot be foreseen (a burst
 /// of closes, a /proc walk after many new processes).
@@ -213,6 +246,30 @@ impl PollSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ticker_wakes_for_ticks_messages_and_the_deadline() {
+        let (tx, rx) = std::sync::mpsc::channel::<u8>();
+        let len = Duration::from_millis(20);
+        let Woke::Tick(at) = wait_tick(len, &rx, None) else {
+            panic!("a tick")
+        };
+        let ms = at.duration_since(UNIX_EPOCH).unwrap().as_millis();
+        assert_eq!(ms % 20, 0, "aligned to the epoch");
+        assert!(SystemTime::now() >= at);
+        tx.send(7).unwrap();
+        assert_eq!(
+            wait_tick(Duration::from_secs(3600), &rx, None),
+            Woke::Message(7)
+        );
+        let soon = Instant::now() + Duration::from_millis(5);
+        assert_eq!(
+            wait_tick(Duration::from_secs(3600), &rx, Some(soon)),
+            Woke::Deadline
+        );
+        drop(tx);
+        assert_eq!(wait_tick(len, &rx, None), Woke::Disconnected);
+    }
     use crate::config::{CollectConfig, CpuBudget};
 
     fn schedule(budget_percent: f64) -> PollSchedule {

@@ -79,6 +79,8 @@ pub struct Sources {
     epoch: Instant,
     pub status: SourceStatus,
     counters: SourceCounters,
+    /// Finals taken from the queue by [`Sources::wait_for_final`], handed out first.
+    waited: Vec<Final>,
     reported_overruns: u64,
     dump_failures: Throttle,
     overrun_log: Throttle,
@@ -123,6 +125,7 @@ impl Sources {
             ipv6,
             epoch: Instant::now(),
             counters: SourceCounters::default(),
+            waited: Vec::new(),
             reported_overruns: 0,
             dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
             overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
@@ -221,6 +224,21 @@ impl Sources {
         found
     }
 
+    /// Waits at most `limit` for a destroy notification to arrive; whether one did (it is
+    /// returned by the next [`Sources::finals`]).
+    pub fn wait_for_final(&mut self, limit: std::time::Duration) -> bool {
+        let Some(d) = &self.destroys else {
+            return false;
+        };
+        match d.queue.recv_timeout(limit) {
+            Ok(f) => {
+                self.waited.push(f);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The final states of the sockets that closed since the last call (listeners and, with
     /// `ipv6 = false`, IPv6 connections left out), with their close time on the sources'
     /// clock.
@@ -228,7 +246,8 @@ impl Sources {
         let Some(d) = &self.destroys else {
             return Vec::new();
         };
-        let finals: Vec<Final> = d.queue.try_iter().collect();
+        let mut finals = std::mem::take(&mut self.waited);
+        finals.extend(d.queue.try_iter());
         let overruns = d.counters.overruns.load(Ordering::Relaxed);
         if overruns > self.reported_overruns && self.overrun_log.ready().is_some() {
             tracing::warn!(

@@ -422,6 +422,14 @@ impl SocketTracker {
         self.baseline_done |= complete;
     }
 
+    /// Tracked connections the last dump did not see and no destroy notification has closed
+    /// yet: closes whose notifications (sent by a kernel worker after the close) are still on
+    /// their way, or were lost.
+    pub fn missing_from_last_dump(&self) -> usize {
+        let last = self.generation.saturating_sub(1);
+        self.sockets.values().filter(|t| t.last_seen < last).count()
+    }
+
     /// Whether the baseline dump is done (before it, destroy notifications are of sockets
     /// older than depmap and are ignored).
     pub fn baseline_done(&self) -> bool {
