@@ -459,17 +459,49 @@ fn every_column_against_the_truth() {
             truth.len()
         );
     }
-    // VMBoundPort sums equal the inbound connections accepted on each port.
-    for s in &scenarios {
-        let ports: Vec<&Value> = of_type(&rec_srv, "VMBoundPort")
+    // VMBoundPort per window against the client's truth: bytes and links exact, responses
+    // no more than the exchanges made and their mean within the tolerance of the injected
+    // delay (the server's answer time).
+    for (s, result) in scenarios.iter().zip(&results) {
+        let events = result["events"].as_array().unwrap();
+        let truth = truth_by_window(events);
+        let mut seen: BTreeMap<u64, Truth> = BTreeMap::new();
+        let (mut responses, mut response_sum) = (0, 0);
+        for p in of_type(&rec_srv, "VMBoundPort")
             .into_iter()
             .filter(|p| p["Port"] == s.port && p["Ip"] == SERVER)
+        {
+            let w = seen.entry(record_window(p)).or_default();
+            w.established += p["LinksEstablished"].as_i64().unwrap();
+            w.terminated += p["LinksTerminated"].as_i64().unwrap();
+            w.live += p["LinksLive"].as_i64().unwrap();
+            // The server's received bytes are what the client sent.
+            w.bytes_out += p["BytesReceived"].as_i64().unwrap();
+            w.bytes_in += p["BytesSent"].as_i64().unwrap();
+            responses += p["Responses"].as_i64().unwrap_or(0);
+            response_sum += p["ResponseTimeSum"].as_i64().unwrap_or(0);
+        }
+        seen.retain(|_, t| *t != Truth::default());
+        // The port has no failed attempts: the truth's `failed` is the client's alone.
+        let truth: BTreeMap<u64, Truth> = truth
+            .into_iter()
+            .map(|(w, t)| (w, Truth { failed: 0, ..t }))
+            .filter(|(_, t)| *t != Truth::default())
             .collect();
-        let port_n: i64 = ports.iter().map(|p| p["Responses"].as_i64().unwrap()).sum();
-        let (ns, ..) = response_stats(&rec_srv, |r| {
-            r["Direction"] == "inbound" && r["DestinationPort"] == s.port
-        });
-        assert_eq!(port_n, ns, "{}: VMBoundPort Responses", s.name);
+        assert_eq!(seen, truth, "{}: VMBoundPort per window", s.name);
+        let exchanges = events.iter().filter(|e| e["kind"] == "exchange").count() as i64;
+        assert!(
+            responses > 0 && responses <= exchanges,
+            "{}: VMBoundPort Responses {responses} of {exchanges} exchanges",
+            s.name
+        );
+        let mean = response_sum as f64 / responses as f64;
+        let delay = s.delay_ms as f64;
+        assert!(
+            (mean - delay).abs() <= (delay * 0.05).max(5.0),
+            "{}: VMBoundPort response time mean {mean:.1} ms vs {delay} ms",
+            s.name
+        );
     }
     println!("\n{table}");
     if let Ok(path) = std::env::var("DEPMAP_FIDELITY_MD") {
