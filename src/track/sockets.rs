@@ -613,6 +613,24 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_the_last_dump_missed_is_missing_until_its_final_comes() {
+        let mut t = SocketTracker::new();
+        t.end_dump(true); // baseline: empty
+        let a = sample(1, state::ESTABLISHED, 101, 100, 50);
+        let b = sample(2, state::ESTABLISHED, 101, 100, 50);
+        poll(&mut t, &[a.clone(), b.clone()], Direction::Outbound);
+        assert_eq!(t.missing_from_last_dump(), 0);
+        // Closed just before this dump: its notification is still on its way.
+        poll(&mut t, std::slice::from_ref(&a), Direction::Outbound);
+        assert_eq!(t.missing_from_last_dump(), 1);
+        let last = sample(2, state::CLOSE, 301, 300, 51);
+        t.closed(&last, true, 0, || key(Direction::Outbound));
+        assert_eq!(t.missing_from_last_dump(), 0);
+        let w = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!((w.bytes_sent, w.links_terminated), (400, 1));
+    }
+
+    #[test]
     fn payload_strips_syn_and_fin() {
         let c = TcpCounters {
             bytes_acked: 302,
