@@ -4,7 +4,6 @@
 //! apply a reloaded configuration (SIGHUP) or stop (SIGTERM), flushing the current window.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, SystemTime};
 
@@ -101,9 +100,7 @@ impl Output {
         self.failing += 1;
         self.failed_batches += 1;
         self.failed_records += e.records_lost as u64;
-        self.metrics
-            .sink_write_failures
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.sink_write_failures.inc();
         self.metrics
             .count_drop(DropReason::Unwritable, e.records_lost);
         if let Some(more) = self.failures_log.ready() {

@@ -2,16 +2,25 @@
 //! and the agent's own counters (polls, destroy notifications lost, shedding), served in the
 //! Prometheus text format on `metrics.listen` (off by default; a local address is the norm).
 //!
-//! Counters are atomics shared by the poll loop and the sender thread; the server tasks only
-//! read them. Every loss path has a counter: `depmap_batches_dropped_total{reason}`,
+//! Counters are prometheus-client metrics (handles on shared atomics) updated by the poll loop
+//! and the sender thread; its registry encodes them for the server tasks (text format 0.0.4).
+//! The agent's own counters, a set the agent names, are encoded by a collector as they were at
+//! the last poll. Every loss path has a counter: `depmap_batches_dropped_total{reason}`,
 //! `depmap_batches_rejected_total`, `depmap_destroy_overruns_total`, `depmap_shed_*_total`,
 //! `depmap_sink_write_failures_total`.
 
-use std::fmt::Write as _;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::records::TABLES;
 
@@ -32,28 +41,175 @@ pub enum DropReason {
     Unwritable,
 }
 
-#[derive(Debug, Default)]
+impl DropReason {
+    const ALL: [DropReason; 4] = [
+        DropReason::Full,
+        DropReason::TooOld,
+        DropReason::Corrupt,
+        DropReason::Unwritable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::Full => "spool_full",
+            DropReason::TooOld => "too_old",
+            DropReason::Corrupt => "corrupt",
+            DropReason::Unwritable => "unwritable",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Every counter and gauge, and the registry that encodes them (prometheus-client; each
+/// metric is a handle on shared atomics, so the registry's copies move with these).
+#[derive(Debug)]
 pub struct Metrics {
-    records_produced: [AtomicU64; 4],
-    pub batches_spooled: AtomicU64,
-    pub batches_sent: AtomicU64,
-    pub records_sent: AtomicU64,
+    /// One counter per table, in [`TABLES`] order (handles on the family's series).
+    records_produced: [Counter; 4],
+    pub batches_spooled: Counter,
+    pub batches_sent: Counter,
+    pub records_sent: Counter,
     /// Failed attempts that will be retried.
-    pub batches_retried: AtomicU64,
-    pub batches_rejected: AtomicU64,
-    dropped_full: AtomicU64,
-    dropped_old: AtomicU64,
-    dropped_corrupt: AtomicU64,
-    dropped_unwritable: AtomicU64,
-    records_dropped: AtomicU64,
-    spool_batches: AtomicU64,
-    spool_bytes: AtomicU64,
-    pub sink_write_failures: AtomicU64,
-    send_count: AtomicU64,
-    send_micros: AtomicU64,
-    send_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    pub batches_retried: Counter,
+    pub batches_rejected: Counter,
+    /// One counter per [`DropReason`], in [`DropReason::ALL`] order.
+    batches_dropped: [Counter; 4],
+    records_dropped: Counter,
+    spool_batches: Gauge<u64, AtomicU64>,
+    spool_bytes: Gauge<u64, AtomicU64>,
+    pub sink_write_failures: Counter,
+    send_duration: Histogram,
     /// The agent's counters as of its last poll (`Agent::self_counters`).
-    agent: Mutex<Vec<(&'static str, u64)>>,
+    agent: Arc<AgentCounters>,
+    registry: Registry,
+}
+
+/// The agent's own counters, a set that the agent names: encoded as they are at each scrape
+/// (counters for names ending in `_total`, gauges for the others).
+#[derive(Debug, Default)]
+struct AgentCounters(Mutex<Vec<(&'static str, u64)>>);
+
+impl Collector for AgentCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let help = "Agent self-counter (see README, Self-metrics)";
+        for (name, v) in counters {
+            // The encoder adds `_total` to a counter's name.
+            if let Some(counter) = name.strip_suffix("_total") {
+                let c = ConstCounter::new(v);
+                c.encode(encoder.encode_descriptor(counter, help, None, c.metric_type())?)?;
+            } else {
+                let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+                g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("depmap");
+        // Every label value present from the start, at 0: a rate over a new series works.
+        let produced = Family::<TableLabel, Counter>::default();
+        let dropped = Family::<ReasonLabel, Counter>::default();
+        let m = Metrics {
+            records_produced: TABLES
+                .map(|table| produced.get_or_create(&TableLabel { table }).clone()),
+            batches_spooled: Counter::default(),
+            batches_sent: Counter::default(),
+            records_sent: Counter::default(),
+            batches_retried: Counter::default(),
+            batches_rejected: Counter::default(),
+            batches_dropped: DropReason::ALL.map(|r| {
+                dropped
+                    .get_or_create(&ReasonLabel { reason: r.label() })
+                    .clone()
+            }),
+            records_dropped: Counter::default(),
+            spool_batches: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            sink_write_failures: Counter::default(),
+            send_duration: Histogram::new(LATENCY_BUCKETS),
+            agent: Arc::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_produced",
+            "Records handed to the sink, by table",
+            produced,
+        );
+        for (name, help, c) in [
+            (
+                "batches_spooled",
+                "Batches written to the spool",
+                &m.batches_spooled,
+            ),
+            (
+                "batches_sent",
+                "Batches the collector acknowledged",
+                &m.batches_sent,
+            ),
+            (
+                "records_sent",
+                "Records in acknowledged batches",
+                &m.records_sent,
+            ),
+            (
+                "batches_retried",
+                "Failed send attempts that will be retried",
+                &m.batches_retried,
+            ),
+            (
+                "batches_rejected",
+                "Batches the collector refused for good (4xx), not retried",
+                &m.batches_rejected,
+            ),
+            (
+                "records_dropped",
+                "Records in batches dropped unsent",
+                &m.records_dropped,
+            ),
+            (
+                "sink_write_failures",
+                "Batches the sink could not take (disk full, spool unwritable)",
+                &m.sink_write_failures,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            "batches_dropped",
+            "Batches dropped unsent, by reason",
+            dropped,
+        );
+        registry.register(
+            "spool_batches",
+            "Batches waiting in the spool",
+            m.spool_batches.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes of the batches waiting in the spool",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "send_duration_seconds",
+            "Time of one send attempt",
+            m.send_duration.clone(),
+        );
+        registry.register_collector(Box::new(m.agent.clone()));
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
@@ -63,158 +219,39 @@ impl Metrics {
 
     pub fn count_record(&self, table: &str) {
         if let Some(i) = TABLES.iter().position(|t| *t == table) {
-            self.records_produced[i].fetch_add(1, Ordering::Relaxed);
+            self.records_produced[i].inc();
         }
     }
 
     pub fn count_drop(&self, reason: DropReason, records: usize) {
-        let c = match reason {
-            DropReason::Full => &self.dropped_full,
-            DropReason::TooOld => &self.dropped_old,
-            DropReason::Corrupt => &self.dropped_corrupt,
-            DropReason::Unwritable => &self.dropped_unwritable,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-        self.records_dropped
-            .fetch_add(records as u64, Ordering::Relaxed);
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
+            self.batches_dropped[i].inc();
+        }
+        self.records_dropped.inc_by(records as u64);
     }
 
     pub fn set_spool(&self, batches: u64, bytes: u64) {
-        self.spool_batches.store(batches, Ordering::Relaxed);
-        self.spool_bytes.store(bytes, Ordering::Relaxed);
+        self.spool_batches.set(batches);
+        self.spool_bytes.set(bytes);
     }
 
     pub fn observe_send(&self, d: Duration) {
-        self.send_count.fetch_add(1, Ordering::Relaxed);
-        self.send_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        let secs = d.as_secs_f64();
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.send_buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.send_duration.observe(d.as_secs_f64());
     }
 
     pub fn set_agent(&self, counters: Vec<(&'static str, u64)>) {
-        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = counters;
+        *self.agent.0.lock().unwrap_or_else(|e| e.into_inner()) = counters;
     }
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP depmap_{name} {help}");
-            let _ = writeln!(out, "# TYPE depmap_{name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "depmap_{name}{labels} {v}");
-            }
-        };
-        let produced: Vec<(String, u64)> = TABLES
-            .iter()
-            .zip(&self.records_produced)
-            .map(|(t, c)| (format!("{{table=\"{t}\"}}"), get(c)))
-            .collect();
-        family(
-            "records_produced_total",
-            "counter",
-            "Records handed to the sink, by table.",
-            &produced,
-        );
-        for (name, help, c) in [
-            (
-                "batches_spooled_total",
-                "Batches written to the spool.",
-                &self.batches_spooled,
-            ),
-            (
-                "batches_sent_total",
-                "Batches the collector acknowledged.",
-                &self.batches_sent,
-            ),
-            (
-                "records_sent_total",
-                "Records in acknowledged batches.",
-                &self.records_sent,
-            ),
-            (
-                "batches_retried_total",
-                "Failed send attempts that will be retried.",
-                &self.batches_retried,
-            ),
-            (
-                "batches_rejected_total",
-                "Batches the collector refused for good (4xx), not retried.",
-                &self.batches_rejected,
-            ),
-            (
-                "records_dropped_total",
-                "Records in batches dropped unsent.",
-                &self.records_dropped,
-            ),
-            (
-                "sink_write_failures_total",
-                "Batches the sink could not take (disk full, spool unwritable).",
-                &self.sink_write_failures,
-            ),
-        ] {
-            family(name, "counter", help, &[(String::new(), get(c))]);
-        }
-        family(
-            "batches_dropped_total",
-            "counter",
-            "Batches dropped unsent, by reason.",
-            &[
-                ("{reason=\"spool_full\"}".into(), get(&self.dropped_full)),
-                ("{reason=\"too_old\"}".into(), get(&self.dropped_old)),
-                ("{reason=\"corrupt\"}".into(), get(&self.dropped_corrupt)),
-                (
-                    "{reason=\"unwritable\"}".into(),
-                    get(&self.dropped_unwritable),
-                ),
-            ],
-        );
-        family(
-            "spool_batches",
-            "gauge",
-            "Batches waiting in the spool.",
-            &[(String::new(), get(&self.spool_batches))],
-        );
-        family(
-            "spool_bytes",
-            "gauge",
-            "Bytes of the batches waiting in the spool.",
-            &[(String::new(), get(&self.spool_bytes))],
-        );
-        let _ = writeln!(
-            out,
-            "# HELP depmap_send_duration_seconds Time of one send attempt.\n# TYPE depmap_send_duration_seconds histogram"
-        );
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.send_buckets) {
-            let _ = writeln!(
-                out,
-                "depmap_send_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                get(bucket)
-            );
-        }
-        let count = get(&self.send_count);
-        let _ = writeln!(
-            out,
-            "depmap_send_duration_seconds_bucket{{le=\"+Inf\"}} {count}\ndepmap_send_duration_seconds_sum {}\ndepmap_send_duration_seconds_count {count}",
-            get(&self.send_micros) as f64 / 1e6
-        );
-        let agent = self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for (name, v) in agent {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(
-                out,
-                "# HELP depmap_{name} Agent self-counter (see README, Self-metrics).\n# TYPE depmap_{name} {kind}\ndepmap_{name} {v}"
-            );
+        // Writing into a String fails only on a bug in an encoder: the scrape gets what was
+        // written.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::warn!(error = %e, "metrics could not all be encoded");
         }
         out
     }
@@ -296,7 +333,8 @@ async fn answer(mut conn: tokio::net::TcpStream, metrics: &Metrics) -> io::Resul
 async fn respond(conn: &mut tokio::net::TcpStream, status: &str, body: &str) -> io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         body.len()
     );
     conn.write_all(head.as_bytes()).await?;

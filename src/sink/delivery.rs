@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -208,7 +207,7 @@ impl Delivery {
             self.metrics.set_spool(spool.len() as u64, spool.bytes());
             dropped
         };
-        self.metrics.batches_spooled.fetch_add(1, Ordering::Relaxed);
+        self.metrics.batches_spooled.inc();
         self.report_drops(&dropped);
         self.shared.wake.notify_all();
         Ok(())
@@ -458,10 +457,8 @@ fn send_loop(
                 let mut spool = lock(&shared.spool);
                 spool.remove(seg);
                 metrics.set_spool(spool.len() as u64, spool.bytes());
-                metrics.batches_sent.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .records_sent
-                    .fetch_add(batch.records as u64, Ordering::Relaxed);
+                metrics.batches_sent.inc();
+                metrics.records_sent.inc_by(batch.records as u64);
                 if backoff.failures > 0 {
                     tracing::info!(
                         sink = transport.name(),
@@ -471,7 +468,7 @@ fn send_loop(
                 backoff.reset();
             }
             Outcome::Retry { after, reason } => {
-                metrics.batches_retried.fetch_add(1, Ordering::Relaxed);
+                metrics.batches_retried.inc();
                 let wait = backoff.next(after);
                 if let Some(more) = retry_log.ready() {
                     tracing::warn!(
@@ -487,7 +484,7 @@ fn send_loop(
                 }
             }
             Outcome::Rejected { reason } => {
-                metrics.batches_rejected.fetch_add(1, Ordering::Relaxed);
+                metrics.batches_rejected.inc();
                 let aside = config.on_reject == crate::config::OnReject::SetAside;
                 {
                     let mut spool = lock(&shared.spool);
