@@ -12,7 +12,7 @@ use depmap::cli::{Cli, Command, Format};
 use depmap::config::{Config, Source};
 use depmap::daemon::{Control, run_loop};
 use depmap::metrics::Metrics;
-use depmap::records::{Record, TABLES};
+use depmap::records::Table;
 use depmap::{report, sink};
 
 fn main() -> ExitCode {
@@ -170,20 +170,17 @@ fn once(
         Err(e) => return fail(1, &format!("cannot handle signals: {e}")),
     };
     let mut stdout = std::io::stdout().lock();
-    let wanted = |r: &Record| tables.is_empty() || tables.iter().any(|t| t == r.table());
+    let wanted = |t: Table| tables.is_empty() || tables.iter().any(|w| w == t.name());
     match format {
         Format::Ndjson => {
-            for r in records.iter().filter(|r| wanted(r)) {
+            for r in records.iter().filter(|r| wanted(r.table())) {
                 if writeln!(stdout, "{}", r.to_json()).is_err() {
                     break;
                 }
             }
         }
         Format::Table => {
-            for t in TABLES
-                .iter()
-                .filter(|t| tables.is_empty() || tables.iter().any(|w| w == *t))
-            {
+            for t in Table::ALL.into_iter().filter(|t| wanted(*t)) {
                 if writeln!(stdout, "{}", report::table(t, &records, width)).is_err() {
                     break;
                 }

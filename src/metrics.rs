@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::records::TABLES;
+use crate::records::{TABLES, Table};
 
 /// Upper bounds (seconds) of the send-latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 9] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
@@ -81,7 +81,7 @@ pub struct Metrics {
     /// Failed attempts that will be retried.
     pub batches_retried: Counter,
     pub batches_rejected: Counter,
-    /// One counter per [`DropReason`], in [`DropReason::ALL`] order.
+    /// One counter per [`DropReason`], in [`DropReason::ALL`] (declaration) order.
     batches_dropped: [Counter; 4],
     records_dropped: Counter,
     spool_batches: Gauge<u64, AtomicU64>,
@@ -217,16 +217,12 @@ impl Metrics {
         Arc::new(Metrics::default())
     }
 
-    pub fn count_record(&self, table: &str) {
-        if let Some(i) = TABLES.iter().position(|t| *t == table) {
-            self.records_produced[i].inc();
-        }
+    pub fn count_record(&self, table: Table) {
+        self.records_produced[table as usize].inc();
     }
 
     pub fn count_drop(&self, reason: DropReason, records: usize) {
-        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
-            self.batches_dropped[i].inc();
-        }
+        self.batches_dropped[reason as usize].inc();
         self.records_dropped.inc_by(records as u64);
     }
 
@@ -348,8 +344,8 @@ mod tests {
     #[test]
     fn renders_every_family_in_the_text_format() {
         let m = Metrics::new();
-        m.count_record("VMConnection");
-        m.count_record("VMConnection");
+        m.count_record(Table::Connection);
+        m.count_record(Table::Connection);
         m.count_drop(DropReason::Full, 10);
         m.observe_send(Duration::from_millis(20));
         m.set_agent(vec![("polls_total", 3), ("sockets", 7)]);

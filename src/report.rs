@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use crate::agent::Capabilities;
-use crate::records::Record;
+use crate::records::{Record, Table};
 
 /// The capability report: what depmap can see on this host, and what is missing and why.
 pub fn capabilities(c: &Capabilities) -> String {
@@ -85,9 +85,9 @@ pub fn capabilities(c: &Capabilities) -> String {
 
 /// Columns shown per table in `--format table` (all columns are in NDJSON), most important
 /// first: when a table is wider than the terminal, the last ones are left out (and named).
-fn columns(table: &str) -> &'static [&'static str] {
+fn columns(table: Table) -> &'static [&'static str] {
     match table {
-        "VMComputer" => &[
+        Table::Computer => &[
             "Computer",
             "OperatingSystemFullName",
             "Cpus",
@@ -96,7 +96,7 @@ fn columns(table: &str) -> &'static [&'static str] {
             "VirtualizationState",
             "Machine",
         ],
-        "VMProcess" => &[
+        Table::Process => &[
             "ExecutableName",
             "FirstPid",
             "UserName",
@@ -105,7 +105,7 @@ fn columns(table: &str) -> &'static [&'static str] {
             "CommandLine",
             "Process",
         ],
-        "VMBoundPort" => &[
+        Table::BoundPort => &[
             "ProcessName",
             "Ip",
             "Port",
@@ -116,7 +116,7 @@ fn columns(table: &str) -> &'static [&'static str] {
             "LinksTerminated",
             "IsWildcardBind",
         ],
-        _ => &[
+        Table::Connection => &[
             "Direction",
             "ProcessName",
             "SourceIp",
@@ -181,7 +181,7 @@ fn cut(s: &str, width: usize) -> String {
 
 /// One aligned table of the records of `table`, fitting `width` characters when given:
 /// long values are cut, the widest columns narrowed, then the last columns left out.
-pub fn table(table: &str, records: &[Record], width: Option<usize>) -> String {
+pub fn table(table: Table, records: &[Record], width: Option<usize>) -> String {
     let all = columns(table);
     let rows: Vec<Vec<String>> = records
         .iter()
@@ -218,7 +218,7 @@ pub fn table(table: &str, records: &[Record], width: Option<usize>) -> String {
         }
     }
     let plural = if rows.len() == 1 { "" } else { "s" };
-    let mut out = format!("{table} ({} record{plural})\n", rows.len());
+    let mut out = format!("{} ({} record{plural})\n", table.name(), rows.len());
     let fmt_row = |cells: &[String]| {
         let mut line = String::from("  ");
         for (c, w) in cells.iter().zip(&widths).take(shown) {
@@ -309,18 +309,18 @@ mod tests {
 
     #[test]
     fn a_table_fits_the_width_and_names_what_it_left_out() {
-        let out = table("VMConnection", &[], Some(60));
+        let out = table(Table::Connection, &[], Some(60));
         assert!(out.lines().all(|l| l.chars().count() <= 60), "{out}");
         assert!(
             out.contains("--wide") && out.contains("LinksFailed"),
             "{out}"
         );
-        let wide = table("VMConnection", &[], None);
+        let wide = table(Table::Connection, &[], None);
         assert!(
             wide.contains("LinksFailed") && !wide.contains("--wide"),
             "{wide}"
         );
-        assert!(table("VMConnection", &[], Some(1)).contains("Direction"));
+        assert!(table(Table::Connection, &[], Some(1)).contains("Direction"));
     }
 
     #[test]

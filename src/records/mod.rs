@@ -28,14 +28,36 @@ pub enum Record {
     BoundPort(Box<VmBoundPort>),
 }
 
+/// The four tables, in the order `once` prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Computer,
+    Process,
+    BoundPort,
+    Connection,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [
+        Table::Computer,
+        Table::Process,
+        Table::BoundPort,
+        Table::Connection,
+    ];
+
+    /// Its name (`Type`).
+    pub fn name(self) -> &'static str {
+        TABLES[self as usize]
+    }
+}
+
 impl Record {
-    /// The table name (`Type`).
-    pub fn table(&self) -> &'static str {
+    pub fn table(&self) -> Table {
         match self {
-            Record::Computer(_) => TABLES[0],
-            Record::Process(_) => TABLES[1],
-            Record::BoundPort(_) => TABLES[2],
-            Record::Connection(_) => TABLES[3],
+            Record::Computer(_) => Table::Computer,
+            Record::Process(_) => Table::Process,
+            Record::BoundPort(_) => Table::BoundPort,
+            Record::Connection(_) => Table::Connection,
         }
     }
 
@@ -46,8 +68,8 @@ impl Record {
     }
 }
 
-/// The four table names, in the order `once` prints them; `Record::table` and the `Type`
-/// of each record's JSON (the serde renames above, checked by a test) are these.
+/// The four table names, in [`Table::ALL`] order; [`Table::name`] and the `Type` of each
+/// record's JSON (the serde renames above, checked by a test) are these.
 pub const TABLES: [&str; 4] = ["VMComputer", "VMProcess", "VMBoundPort", "VMConnection"];
 
 /// `datetime` columns: RFC 3339 UTC with milliseconds.
@@ -68,9 +90,10 @@ mod tests {
             Record::BoundPort(Box::default()),
             Record::Connection(Box::default()),
         ];
-        for (r, name) in all.iter().zip(TABLES) {
+        for ((r, table), name) in all.iter().zip(Table::ALL).zip(TABLES) {
             let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
-            assert_eq!((r.table(), v["Type"].as_str()), (name, Some(name)));
+            assert_eq!(r.table(), table);
+            assert_eq!((table.name(), v["Type"].as_str()), (name, Some(name)));
         }
     }
 

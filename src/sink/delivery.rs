@@ -248,7 +248,7 @@ impl Sink for Delivery {
         let mut full = Vec::new();
         let mut failure: Option<WriteFailure> = None;
         for r in batch {
-            let key = self.per_table.then(|| r.table());
+            let key = self.per_table.then(|| r.table().name());
             let p = self.pending.entry(key).or_insert_with(|| Pending {
                 since: Instant::now(),
                 records: 0,

@@ -177,7 +177,7 @@ impl Sink for FileSink {
     fn write(&mut self, batch: &[Record]) -> Result<(), WriteFailure> {
         let mut by_table: HashMap<&'static str, (usize, Vec<u8>)> = HashMap::new();
         for r in batch {
-            let (records, buf) = by_table.entry(r.table()).or_default();
+            let (records, buf) = by_table.entry(r.table().name()).or_default();
             *records += 1;
             buf.extend_from_slice(r.to_json().as_bytes());
             buf.push(b'\n');
