@@ -93,17 +93,41 @@ fn pem_certificates(path: &Path) -> Result<Vec<Certificate<'static>>, ClientErro
     Ok(certs)
 }
 
-/// An HTTP client for link-local metadata services (IMDS): never through a proxy, a short
+/// The Azure Instance Metadata Service as depmap asks it, for the instance's facts
+/// (`collect::imds`) and for managed-identity tokens (the azure_logs sink): `GET
+/// <endpoint><path>` with `Metadata: true` (IMDS refuses requests without it), never through
+/// a proxy (IMDS refuses forwarded requests, and its tokens must not pass one), a short
 /// timeout, HTTP errors returned as answers.
-pub fn no_proxy_client(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .proxy(None)
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build(),
-    )
+pub struct MetadataService {
+    agent: ureq::Agent,
+    endpoint: String,
+}
+
+impl MetadataService {
+    pub fn new(endpoint: &str, timeout: Duration) -> MetadataService {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .proxy(None)
+                .timeout_global(Some(timeout))
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .build(),
+        );
+        MetadataService {
+            agent,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// `path` with its query (`/metadata/instance?api-version=...`); at most `limit` bytes of
+    /// the answer's body are read.
+    pub fn get(&self, path: &str, limit: u64) -> Result<Answer, AnswerError> {
+        let url = format!("{}{path}", self.endpoint);
+        read_answer(
+            self.agent.get(&url).header("Metadata", "true").call(),
+            limit,
+        )
+    }
 }
 
 /// Whether rustls accepts this certificate chain and key (PEM) for client authentication.

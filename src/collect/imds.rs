@@ -67,19 +67,15 @@ pub enum ImdsError {
 
 /// Queries the instance metadata at `endpoint` (e.g. `http://169.254.169.254`).
 pub fn query(endpoint: &str) -> Result<Compute, ImdsError> {
-    let agent = crate::http_client::no_proxy_client(Duration::from_secs(2));
-    let url = format!(
-        "{}/metadata/instance?api-version={API_VERSION}",
-        endpoint.trim_end_matches('/')
-    );
+    let imds = crate::http_client::MetadataService::new(endpoint, Duration::from_secs(2));
+    let path = format!("/metadata/instance?api-version={API_VERSION}");
     let mut last = ImdsError::Status(0);
     for wait in [
         Some(Duration::from_secs(1)),
         Some(Duration::from_secs(2)),
         None,
     ] {
-        let sent = agent.get(&url).header("Metadata", "true").call();
-        match crate::http_client::read_answer(sent, 1 << 20) {
+        match imds.get(&path, 1 << 20) {
             Ok(a) if a.status == 200 => {
                 return serde_json::from_str::<Instance>(&a.body)
                     .map(|i| i.compute)

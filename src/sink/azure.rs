@@ -31,7 +31,7 @@ use super::encoding::{Encoding, lines};
 use super::http::{outcome_of, percent_encode, transport_failure};
 use super::spool::Batch;
 use crate::config::{AzureAuth, AzureLogsSinkConfig};
-use crate::http_client::{client, gzip, no_proxy_client, read_answer};
+use crate::http_client::{MetadataService, client, gzip, read_answer};
 
 const API_VERSION: &str = "2023-01-01";
 
@@ -42,8 +42,8 @@ struct Token {
 
 pub struct AzureLogsTransport {
     agent: ureq::Agent,
-    /// For IMDS: no proxy, short timeout.
-    imds: ureq::Agent,
+    /// For managed-identity tokens.
+    imds: MetadataService,
     config: AzureLogsSinkConfig,
     secret: Option<String>,
     token: Option<Token>,
@@ -54,7 +54,7 @@ pub struct AzureLogsTransport {
 impl AzureLogsTransport {
     pub fn new(config: &AzureLogsSinkConfig) -> Result<AzureLogsTransport, BuildError> {
         let agent = client(config.timeout, &config.ca_file, None)?;
-        let imds = no_proxy_client(Duration::from_secs(10));
+        let imds = MetadataService::new(&config.imds_endpoint, Duration::from_secs(10));
         let secret = match config.auth {
             AzureAuth::ClientSecret => {
                 let text = fs::read_to_string(&config.client_secret_file).map_err(|source| {
@@ -106,19 +106,15 @@ impl AzureLogsTransport {
                 read_answer(sent, 64 * 1024)
             }
             AzureAuth::ManagedIdentity => {
-                let mut url = format!(
-                    "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
-                    self.config.imds_endpoint.trim_end_matches('/'),
+                let mut path = format!(
+                    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
                     percent_encode(&self.config.resource)
                 );
                 if !self.config.managed_identity_client_id.is_empty() {
-                    url.push_str("&client_id=");
-                    url.push_str(&percent_encode(&self.config.managed_identity_client_id));
+                    path.push_str("&client_id=");
+                    path.push_str(&percent_encode(&self.config.managed_identity_client_id));
                 }
-                read_answer(
-                    self.imds.get(&url).header("Metadata", "true").call(),
-                    64 * 1024,
-                )
+                self.imds.get(&path, 64 * 1024)
             }
         };
         let answer = answer.map_err(|e| transport_failure(format!("token: {e}")))?;
