@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::procinfo::parse_stat;
+use super::procinfo::Stat;
 
 /// How long an inode that no readable process holds is left alone before another walk.
 pub const RETRY_UNRESOLVED: Duration = Duration::from_secs(10);
@@ -60,7 +60,7 @@ pub struct SocketOwners {
     exited: Vec<u32>,
     /// Pids whose fd tables were read since last taken, with their start ticks: their
     /// identity may have changed (exec without process events).
-    rescanned: Vec<(u32, u64)>,
+    rescanned: Vec<(u32, Stat)>,
     pub stats: OwnershipStats,
 }
 
@@ -88,7 +88,7 @@ impl SocketOwners {
     }
 
     /// Pids (with start ticks) whose fds were read since the last call.
-    pub fn take_rescanned(&mut self) -> Vec<(u32, u64)> {
+    pub fn take_rescanned(&mut self) -> Vec<(u32, Stat)> {
         std::mem::take(&mut self.rescanned)
     }
 
@@ -197,13 +197,8 @@ impl SocketOwners {
         let dir = self.proc_root.join(pid.to_string());
         let fd_dir = dir.join("fd");
         let meta = fs::metadata(&fd_dir).ok();
-        let start_ticks = fs::read(dir.join("stat"))
-            .ok()
-            .and_then(|s| parse_stat(&s))
-            .map(|(_, t)| t);
-        let (Some(meta), Some(start_ticks), Ok(entries)) =
-            (meta, start_ticks, fs::read_dir(&fd_dir))
-        else {
+        let stat = Stat::read(&self.proc_root, pid);
+        let (Some(meta), Some(stat), Ok(entries)) = (meta, stat, fs::read_dir(&fd_dir)) else {
             if self.procs.contains_key(&pid) {
                 self.exited.push(pid);
             }
@@ -213,7 +208,7 @@ impl SocketOwners {
         if self
             .procs
             .get(&pid)
-            .is_some_and(|p| p.start_ticks != start_ticks)
+            .is_some_and(|p| p.start_ticks != stat.start_ticks)
         {
             // The pid was reused: the process we knew is gone.
             self.exited.push(pid);
@@ -241,11 +236,11 @@ impl SocketOwners {
             ProcFds {
                 fd_count: meta.size(),
                 uid: meta.uid(),
-                start_ticks,
+                start_ticks: stat.start_ticks,
                 inodes,
             },
         );
-        self.rescanned.push((pid, start_ticks));
+        self.rescanned.push((pid, stat));
     }
 
     fn unlink(&mut self, ino: u32, pid: u32) {

@@ -31,10 +31,12 @@ pub const MAX_CMDLINE: usize = 4096;
 
 impl ProcessInfo {
     /// Reads `/proc/<pid>`; `None` if the process is gone or its `stat` is unreadable.
-    pub fn read(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
+    /// `stat`: what was just read of it, if anything (not read again).
+    pub fn read(proc_root: &Path, pid: u32, stat: Option<Stat>) -> Option<ProcessInfo> {
         let dir = proc_root.join(pid.to_string());
-        let stat = fs::read(dir.join("stat")).ok()?;
-        let (comm, start_ticks) = parse_stat(&stat)?;
+        let Stat {
+            comm, start_ticks, ..
+        } = stat.or_else(|| Stat::read(proc_root, pid))?;
         let exe = fs::read_link(dir.join("exe")).ok().map(path_string);
         let cmdline = fs::read(dir.join("cmdline"))
             .map(|b| join_cmdline(&b))
@@ -73,26 +75,45 @@ fn path_string(p: PathBuf) -> String {
         .unwrap_or(s)
 }
 
-/// `comm` and start time from `/proc/<pid>/stat`, read as bytes: `comm` is whatever the process
-/// set (`prctl(PR_SET_NAME)`, any bytes but NUL) and may contain spaces and parentheses, so
-/// the fields after it are found from the last `)`. `comm` is rendered as UTF-8 where it is
-/// valid, each invalid byte as U+FFFD (README "The records in brief").
-pub fn parse_stat(stat: &[u8]) -> Option<(String, u64)> {
-    let (comm, rest) = split_stat(stat)?;
-    // After ") " come fields 3.. ; start time is field 22, i.e. index 19 from field 3.
-    let start = std::str::from_utf8(rest)
-        .ok()?
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    Some((String::from_utf8_lossy(comm).into_owned(), start))
+/// What depmap takes from `/proc/<pid>/stat`, parsed once per read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// Whatever the process set (`prctl(PR_SET_NAME)`, any bytes but NUL), rendered as UTF-8
+    /// where valid, each invalid byte as U+FFFD (README "The records in brief").
+    pub comm: String,
+    /// The state letter (field 3): `R`, `S`, `Z`, ...
+    pub state: u8,
+    /// Start time since boot in clock ticks (field 22): with the pid, the process's identity.
+    pub start_ticks: u64,
 }
 
-/// The state letter (field 3) of `/proc/<pid>/stat`: `R`, `S`, `Z`, ...
-pub fn stat_state(stat: &[u8]) -> Option<u8> {
-    let (_, rest) = split_stat(stat)?;
-    rest.iter().copied().find(|b| !b.is_ascii_whitespace())
+impl Stat {
+    /// `comm` may contain spaces and parentheses, so the fields after it are found from the
+    /// last `)`.
+    pub fn parse(stat: &[u8]) -> Option<Stat> {
+        let (comm, rest) = split_stat(stat)?;
+        let mut fields = std::str::from_utf8(rest).ok()?.split_whitespace();
+        let state = *fields.next()?.as_bytes().first()?;
+        // Fields 4.. follow; start time is field 22, i.e. index 18 from field 4.
+        let start_ticks = fields.nth(18)?.parse().ok()?;
+        Some(Stat {
+            comm: String::from_utf8_lossy(comm).into_owned(),
+            state,
+            start_ticks,
+        })
+    }
+
+    /// Reads and parses `<proc_root>/<pid>/stat`; `None` when the process is gone.
+    pub fn read(proc_root: &Path, pid: u32) -> Option<Stat> {
+        fs::read(proc_root.join(pid.to_string()).join("stat"))
+            .ok()
+            .and_then(|s| Stat::parse(&s))
+    }
+
+    /// Running: not a zombie, not dead.
+    pub fn running(&self) -> bool {
+        !matches!(self.state, b'Z' | b'X')
+    }
 }
 
 /// `comm` (between the first `(` and the last `)`) and the fields after it.
@@ -161,16 +182,26 @@ mod tests {
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {
         let stat = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200";
+        let parsed = Stat::parse(stat.as_bytes()).unwrap();
         assert_eq!(
-            parse_stat(stat.as_bytes()),
-            Some(("my (odd) prog".into(), 98765))
+            parsed,
+            Stat {
+                comm: "my (odd) prog".into(),
+                state: b'S',
+                start_ticks: 98765
+            }
         );
-        assert_eq!(stat_state(stat.as_bytes()), Some(b'S'));
-        assert_eq!(parse_stat(b"garbage"), None);
+        assert!(parsed.running());
+        assert_eq!(Stat::parse(b"garbage"), None);
         // Not UTF-8 (prctl(PR_SET_NAME) takes any bytes): still parsed, shown lossily.
         let odd =
-            b"77 (\xff\xfeevil) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 1000 200";
-        assert_eq!(parse_stat(odd), Some(("\u{fffd}\u{fffd}evil".into(), 4242)));
+            b"77 (\xff\xfeevil) Z 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 1000 200";
+        let odd = Stat::parse(odd).unwrap();
+        assert_eq!(
+            (odd.comm.as_str(), odd.start_ticks),
+            ("\u{fffd}\u{fffd}evil", 4242)
+        );
+        assert!(!odd.running());
     }
 
     #[test]
@@ -202,9 +233,9 @@ mod tests {
 
     #[test]
     fn reads_itself_and_not_a_missing_pid() {
-        let me = ProcessInfo::read(Path::new("/proc"), std::process::id()).unwrap();
+        let me = ProcessInfo::read(Path::new("/proc"), std::process::id(), None).unwrap();
         assert!(me.exe.is_some());
         assert!(me.start_ticks > 0);
-        assert!(ProcessInfo::read(Path::new("/proc"), u32::MAX - 1).is_none());
+        assert!(ProcessInfo::read(Path::new("/proc"), u32::MAX - 1, None).is_none());
     }
 }

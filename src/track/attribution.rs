@@ -69,8 +69,8 @@ impl Attribution {
         for pid in self.owners.take_exited() {
             self.pools.exited(pid);
         }
-        for (pid, ticks) in self.owners.take_rescanned() {
-            self.pools.verify(pid, ticks);
+        for (pid, stat) in self.owners.take_rescanned() {
+            self.pools.verify(pid, stat);
         }
     }
 
@@ -88,6 +88,7 @@ impl Attribution {
 
     /// The end of a poll: this dump's listeners join the window's.
     pub fn end_poll(&mut self) {
+        self.pools.end_poll();
         self.window_listeners.merge(&self.listeners);
     }
 

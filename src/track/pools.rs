@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::collect::procinfo::{ProcessInfo, parse_stat, stat_state, user_name};
+use crate::collect::procinfo::{ProcessInfo, Stat, user_name};
 use crate::identity::process_id;
 
 use super::sockets::PoolId;
@@ -37,10 +37,16 @@ impl Pool {
 pub struct PoolRegistry {
     machine: String,
     proc_root: PathBuf,
-    /// pid → (start ticks, pool)
+    /// pid → (start ticks, pool). `collect::ownership` keeps start ticks too, for its fd
+    /// cache: each cache checks its own entries against pid reuse (every process holding
+    /// sockets is in that one, only pool members here), and the fd walk's `stat` of a pid is
+    /// handed here (`verify`), not read again.
     by_pid: HashMap<u32, (u64, PoolId)>,
     pools: HashMap<PoolId, Pool>,
     users: HashMap<u32, String>,
+    /// `stat` of pids whose fds were read this poll and whose pool is not known yet: read once
+    /// by the fd walk, used when their pool is looked up (cleared at the end of the poll).
+    fresh: HashMap<u32, Stat>,
     /// Most pools kept at once (0: no limit).
     max_pools: usize,
     /// Processes left unattributed because the pool cap was reached.
@@ -55,6 +61,7 @@ impl PoolRegistry {
             by_pid: HashMap::new(),
             pools: HashMap::new(),
             users: HashMap::new(),
+            fresh: HashMap::new(),
             max_pools: 0,
             shed: 0,
         }
@@ -71,7 +78,7 @@ impl PoolRegistry {
         if let Some((_, id)) = self.by_pid.get(&pid) {
             return Some(id.clone());
         }
-        let info = ProcessInfo::read(&self.proc_root, pid)?;
+        let info = ProcessInfo::read(&self.proc_root, pid, self.fresh.remove(&pid))?;
         self.admit(info)
     }
 
@@ -160,10 +167,12 @@ impl PoolRegistry {
     /// A pid whose fds were just read, with its start ticks: if it is not the process we knew
     /// (pid reused) or its executable changed (exec without a process event), it leaves its
     /// pool and is read afresh when next needed.
-    pub fn verify(&mut self, pid: u32, start_ticks: u64) {
+    pub fn verify(&mut self, pid: u32, stat: Stat) {
         let Some((ticks, id)) = self.by_pid.get(&pid) else {
+            self.fresh.insert(pid, stat);
             return;
         };
+        let start_ticks = stat.start_ticks;
         let same_exe = || {
             let exe = std::fs::read_link(self.proc_root.join(pid.to_string()).join("exe"))
                 .ok()
@@ -193,6 +202,11 @@ impl PoolRegistry {
     }
 
     /// Drops pools with no live member that nothing refers to any more.
+    /// The poll's end: the `stat`s kept for it go.
+    pub fn end_poll(&mut self) {
+        self.fresh.clear();
+    }
+
     pub fn prune(&mut self, in_use: impl Fn(&PoolId) -> bool) {
         self.pools
             .retain(|id, p| !p.members.is_empty() || in_use(id));
@@ -201,12 +215,7 @@ impl PoolRegistry {
 
 /// Whether `pid` is still the process that started at `ticks` (a zombie is not running).
 fn still_running(proc_root: &Path, pid: u32, ticks: u64) -> bool {
-    std::fs::read(proc_root.join(pid.to_string()).join("stat"))
-        .ok()
-        .is_some_and(|s| {
-            let zombie = matches!(stat_state(&s), Some(b'Z' | b'X'));
-            !zombie && parse_stat(&s).is_some_and(|(_, t)| t == ticks)
-        })
+    Stat::read(proc_root, pid).is_some_and(|s| s.running() && s.start_ticks == ticks)
 }
 
 #[cfg(test)]
