@@ -6,7 +6,6 @@ pub mod geo;
 pub mod reverse;
 pub mod threat;
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -203,9 +202,7 @@ impl Enricher {
 
     /// Fills a connection's enrichment columns from its `RemoteIp`.
     pub fn connection(&self, rec: &mut VmConnection) {
-        let Ok(ip) = rec.remote_ip.parse::<IpAddr>() else {
-            return;
-        };
+        let ip = rec.remote_ip.0;
         if let Some((_, cache)) = &self.dns {
             let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(names) = cache.get(ip, std::time::Instant::now()) {
@@ -228,7 +225,7 @@ impl Enricher {
             rec.remote_longitude = place.longitude;
         }
         if let Some(ind) = self.indicators.lookup(ip) {
-            rec.malicious_ip = Some(rec.remote_ip.clone());
+            rec.malicious_ip = Some(rec.remote_ip);
             let text = |t: &Option<Arc<str>>| t.as_deref().map(str::to_owned);
             rec.indicator_threat_type = text(&ind.threat_type);
             rec.description = text(&ind.description);

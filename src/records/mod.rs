@@ -5,7 +5,7 @@
 mod tables;
 pub mod window;
 
-pub use tables::{VmBoundPort, VmComputer, VmConnection, VmProcess};
+pub use tables::{Ip, VmBoundPort, VmComputer, VmConnection, VmProcess};
 
 use std::time::SystemTime;
 

@@ -1,6 +1,27 @@
 //! Column lists of the four tables. Field order is column order; `Option` is `null`.
 
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
 use serde::Serialize;
+
+/// An address column: typed until it is serialised (as text: `10.0.0.1`, `::1`), so that
+/// enrichment reads the address itself, not its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Ip(pub IpAddr);
+
+impl Default for Ip {
+    fn default() -> Ip {
+        Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+impl fmt::Display for Ip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// VMConnection: one logical connection over one window.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -13,7 +34,7 @@ pub struct VmConnection {
     pub confidence: Option<String>,
     pub connection_id: String,
     pub description: Option<String>,
-    pub destination_ip: String,
+    pub destination_ip: Ip,
     pub destination_port: i32,
     pub direction: String,
     pub first_reported_date_time: Option<String>,
@@ -25,7 +46,7 @@ pub struct VmConnection {
     pub links_live: i64,
     pub links_terminated: i64,
     pub machine: String,
-    pub malicious_ip: Option<String>,
+    pub malicious_ip: Option<Ip>,
     pub process: Option<String>,
     pub process_name: Option<String>,
     pub protocol: String,
@@ -33,7 +54,7 @@ pub struct VmConnection {
     pub remote_country: Option<String>,
     pub remote_dns_canonical_names: Option<String>,
     pub remote_dns_questions: Option<String>,
-    pub remote_ip: String,
+    pub remote_ip: Ip,
     pub remote_latitude: Option<f64>,
     pub remote_longitude: Option<f64>,
     #[serde(rename = "_ResourceId")]
@@ -43,7 +64,7 @@ pub struct VmConnection {
     pub response_time_min: Option<i64>,
     pub response_time_sum: Option<i64>,
     pub severity: Option<i32>,
-    pub source_ip: String,
+    pub source_ip: Ip,
     pub source_system: &'static str,
     pub time_generated: String,
     #[serde(rename = "TLPLevel")]
@@ -58,7 +79,7 @@ pub struct VmBoundPort {
     pub bytes_received: i64,
     pub bytes_sent: i64,
     pub computer: String,
-    pub ip: String,
+    pub ip: Ip,
     pub is_wildcard_bind: bool,
     pub links_established: i64,
     pub links_live: i64,

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use super::{Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
+use super::{Ip, Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
 use crate::identity::{Identity, connection_id, port_id};
 use crate::track::ports::{PortKey, PortStats};
 use crate::track::response::RtStats;
@@ -29,11 +29,10 @@ pub fn records(
     for key in keys {
         let st = &conns[key];
         let process = key.process.as_deref().unwrap_or("");
-        let src = key.source_ip.to_string();
-        let dst = key.destination_ip.to_string();
+        let (src, dst) = (Ip(key.source_ip), Ip(key.destination_ip));
         let remote = match key.direction {
-            Direction::Inbound => src.clone(),
-            Direction::Outbound => dst.clone(),
+            Direction::Inbound => src,
+            Direction::Outbound => dst,
         };
         let mut record = VmConnection {
             agent_id: id.agent_id.clone(),
@@ -44,8 +43,8 @@ pub fn records(
                 key.direction.as_str(),
                 &id.machine,
                 process,
-                &src,
-                &dst,
+                &src.to_string(),
+                &dst.to_string(),
                 key.destination_port,
             ),
             destination_ip: dst,
@@ -75,14 +74,14 @@ pub fn records(
         out.push(Record::Connection(Box::new(record)));
     }
     for (key, p) in ports {
-        let ip = key.ip.to_string();
+        let ip = Ip(key.ip);
         let process = key.process.as_deref().unwrap_or("");
         out.push(Record::BoundPort(Box::new(VmBoundPort {
             agent_id: id.agent_id.clone(),
             bytes_received: p.stats.bytes_received as i64,
             bytes_sent: p.stats.bytes_sent as i64,
             computer: id.computer.clone(),
-            port_id: port_id(&id.machine, process, &ip, key.port),
+            port_id: port_id(&id.machine, process, &ip.to_string(), key.port),
             ip,
             is_wildcard_bind: p.is_wildcard_bind,
             links_established: p.stats.links_established as i64,
