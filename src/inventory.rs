@@ -15,7 +15,7 @@ use crate::collect::imds::{self, Compute, non_empty};
 use crate::collect::packages::PackageDb;
 use crate::config::{AzureMetadata, EnrichConfig};
 use crate::identity::Identity;
-use crate::records::{Record, SOURCE_SYSTEM, VmComputer, VmProcess, datetime};
+use crate::records::{Origin, Record, VmComputer, VmProcess, datetime};
 use crate::track::pools::Pool;
 
 /// The sources of the inventory records (see the module comment).
@@ -138,9 +138,8 @@ pub fn computer_record(
         .clone()
         .unwrap_or_else(|| id.computer.clone());
     Record::Computer(Box::new(VmComputer {
-        agent_id: id.agent_id.clone(),
+        origin: Origin::new(id, datetime(now)),
         boot_time: facts.boot_time_ms.map(ms),
-        computer: id.computer.clone(),
         cpus: facts.cpus,
         cpu_speed: facts.cpu_mhz,
         dependency_agent_version: VERSION.to_string(),
@@ -154,13 +153,9 @@ pub fn computer_record(
         ipv4_subnet_masks: facts.ipv4_subnet_masks.clone(),
         ipv6_addresses: facts.ipv6_addresses.clone(),
         mac_addresses: facts.mac_addresses.clone(),
-        machine: id.machine.clone(),
         operating_system_family: "linux".to_string(),
         operating_system_full_name: facts.os_full_name.clone(),
         physical_memory_mb: facts.physical_memory_mb,
-        resource_id: id.resource_id.clone(),
-        source_system: SOURCE_SYSTEM,
-        time_generated: datetime(now),
         time_zone: facts.time_zone.clone(),
         virtualization_state: facts.virtualization_state.clone(),
         virtual_machine_native_id: facts.virtual_machine_native_id.clone(),
@@ -282,9 +277,11 @@ pub fn process_record(
     let unit = pool.cgroup.as_deref().and_then(systemd_unit);
     let oldest = pool.oldest();
     Record::Process(Box::new(VmProcess {
-        agent_id: id.agent_id.clone(),
+        origin: Origin {
+            resource_id: format!("{}/processes/{}", id.resource_id, pool.id),
+            ..Origin::new(id, datetime(now))
+        },
         command_line: pool.command_line.clone(),
-        computer: id.computer.clone(),
         display_name: pool.executable_name.clone(),
         executable_name: pool.executable_name.clone(),
         executable_path: pool.executable_path.clone(),
@@ -293,16 +290,12 @@ pub fn process_record(
             .as_ref()
             .map(|p| p.name.clone())
             .or_else(|| unit.clone()),
-        machine: id.machine.clone(),
         process: pool.id.to_string(),
         product_name: package.as_ref().map(|p| p.name.clone()),
         product_version: package.as_ref().map(|p| p.version.clone()),
-        resource_id: format!("{}/processes/{}", id.resource_id, pool.id),
         role: infer_role(&pool.executable_name, listening_ports).map(str::to_string),
         services: unit.map(|u| vec![u]),
-        source_system: SOURCE_SYSTEM,
         start_time: oldest.map(|(ticks, _)| datetime(clock.start_time(ticks))),
-        time_generated: datetime(now),
         user_name: pool.user_name.clone(),
         working_directory: pool.working_directory.clone(),
         ..Default::default()

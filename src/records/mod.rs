@@ -5,7 +5,7 @@
 mod tables;
 pub mod window;
 
-pub use tables::{Ip, VmBoundPort, VmComputer, VmConnection, VmProcess};
+pub use tables::{Ip, Origin, VmBoundPort, VmComputer, VmConnection, VmProcess};
 
 use std::time::SystemTime;
 
@@ -71,6 +71,20 @@ impl Record {
 /// The four table names, in [`Table::ALL`] order; [`Table::name`] and the `Type` of each
 /// record's JSON (the serde renames above, checked by a test) are these.
 pub const TABLES: [&str; 4] = ["VMComputer", "VMProcess", "VMBoundPort", "VMConnection"];
+
+impl Origin {
+    /// The block of a record this agent writes now (`time_generated`: a [`datetime`]).
+    pub fn new(id: &crate::identity::Identity, time_generated: String) -> Origin {
+        Origin {
+            agent_id: id.agent_id.clone(),
+            computer: id.computer.clone(),
+            machine: id.machine.clone(),
+            resource_id: id.resource_id.clone(),
+            source_system: SOURCE_SYSTEM,
+            time_generated,
+        }
+    }
+}
 
 /// `datetime` columns: RFC 3339 UTC with milliseconds.
 pub fn datetime(t: SystemTime) -> String {

@@ -1,4 +1,5 @@
-//! Column lists of the four tables. Field order is column order; `Option` is `null`.
+//! Column lists of the four tables. Field order is column order (the shared `Origin` block
+//! first); `Option` is `null`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,14 +24,27 @@ impl fmt::Display for Ip {
     }
 }
 
+/// The columns every record has: which machine and agent wrote it, and when.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Origin {
+    pub agent_id: String,
+    pub computer: String,
+    pub machine: String,
+    #[serde(rename = "_ResourceId")]
+    pub resource_id: String,
+    pub source_system: &'static str,
+    pub time_generated: String,
+}
+
 /// VMConnection: one logical connection over one window.
 #[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct VmConnection {
-    pub agent_id: String,
+    #[serde(flatten)]
+    pub origin: Origin,
     pub bytes_received: i64,
     pub bytes_sent: i64,
-    pub computer: String,
     pub confidence: Option<String>,
     pub connection_id: String,
     pub description: Option<String>,
@@ -45,7 +59,6 @@ pub struct VmConnection {
     pub links_failed: Option<i64>,
     pub links_live: i64,
     pub links_terminated: i64,
-    pub machine: String,
     pub malicious_ip: Option<Ip>,
     pub process: Option<String>,
     pub process_name: Option<String>,
@@ -57,16 +70,12 @@ pub struct VmConnection {
     pub remote_ip: Ip,
     pub remote_latitude: Option<f64>,
     pub remote_longitude: Option<f64>,
-    #[serde(rename = "_ResourceId")]
-    pub resource_id: String,
     pub responses: Option<i64>,
     pub response_time_max: Option<i64>,
     pub response_time_min: Option<i64>,
     pub response_time_sum: Option<i64>,
     pub severity: Option<i32>,
     pub source_ip: Ip,
-    pub source_system: &'static str,
-    pub time_generated: String,
     #[serde(rename = "TLPLevel")]
     pub tlp_level: Option<String>,
 }
@@ -75,39 +84,34 @@ pub struct VmConnection {
 #[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct VmBoundPort {
-    pub agent_id: String,
+    #[serde(flatten)]
+    pub origin: Origin,
     pub bytes_received: i64,
     pub bytes_sent: i64,
-    pub computer: String,
     pub ip: Ip,
     pub is_wildcard_bind: bool,
     pub links_established: i64,
     pub links_live: i64,
     pub links_terminated: i64,
-    pub machine: String,
     pub port: i32,
     pub port_id: String,
     pub process: Option<String>,
     pub process_name: Option<String>,
     pub protocol: String,
-    #[serde(rename = "_ResourceId")]
-    pub resource_id: String,
     pub responses: Option<i64>,
     pub response_time_max: Option<i64>,
     pub response_time_min: Option<i64>,
     pub response_time_sum: Option<i64>,
-    pub source_system: &'static str,
-    pub time_generated: String,
 }
 
 /// VMProcess: inventory of one process pool.
 #[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct VmProcess {
-    pub agent_id: String,
+    #[serde(flatten)]
+    pub origin: Origin,
     pub command_line: String,
     pub company_name: Option<String>,
-    pub computer: String,
     pub description: Option<String>,
     pub display_name: String,
     pub executable_name: String,
@@ -116,17 +120,12 @@ pub struct VmProcess {
     pub first_pid: Option<i32>,
     pub group: Option<String>,
     pub internal_name: Option<String>,
-    pub machine: String,
     pub process: String,
     pub product_name: Option<String>,
     pub product_version: Option<String>,
-    #[serde(rename = "_ResourceId")]
-    pub resource_id: String,
     pub role: Option<String>,
     pub services: Option<Vec<String>>,
-    pub source_system: &'static str,
     pub start_time: Option<String>,
-    pub time_generated: String,
     pub user_domain: Option<String>,
     pub user_name: String,
     pub working_directory: Option<String>,
@@ -136,7 +135,8 @@ pub struct VmProcess {
 #[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct VmComputer {
-    pub agent_id: String,
+    #[serde(flatten)]
+    pub origin: Origin,
     pub azure_cloud_service_deployment: Option<String>,
     pub azure_cloud_service_instance_id: Option<String>,
     pub azure_cloud_service_name: Option<String>,
@@ -161,7 +161,6 @@ pub struct VmComputer {
     pub azure_vm_scale_set_name: Option<String>,
     pub azure_vm_scale_set_resource_id: Option<String>,
     pub boot_time: Option<String>,
-    pub computer: String,
     pub cpus: Option<i32>,
     pub cpu_speed: Option<i32>,
     pub dependency_agent_version: String,
@@ -177,15 +176,10 @@ pub struct VmComputer {
     pub ipv4_subnet_masks: Vec<String>,
     pub ipv6_addresses: Vec<String>,
     pub mac_addresses: Vec<String>,
-    pub machine: String,
     pub operating_system_family: String,
     pub operating_system_full_name: Option<String>,
     #[serde(rename = "PhysicalMemoryMB")]
     pub physical_memory_mb: Option<i64>,
-    #[serde(rename = "_ResourceId")]
-    pub resource_id: String,
-    pub source_system: &'static str,
-    pub time_generated: String,
     pub time_zone: Option<String>,
     pub virtualization_state: Option<String>,
     pub virtual_machine_hypervisor_id: Option<String>,

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use super::{Ip, Record, SOURCE_SYSTEM, VmBoundPort, VmConnection, datetime};
+use super::{Ip, Origin, Record, VmBoundPort, VmConnection, datetime};
 use crate::identity::{Identity, connection_id, port_id};
 use crate::track::ports::{PortKey, PortStats};
 use crate::track::response::RtStats;
@@ -35,10 +35,9 @@ pub fn records(
             Direction::Outbound => dst,
         };
         let mut record = VmConnection {
-            agent_id: id.agent_id.clone(),
+            origin: Origin::new(id, time.clone()),
             bytes_received: st.bytes_received as i64,
             bytes_sent: st.bytes_sent as i64,
-            computer: id.computer.clone(),
             connection_id: connection_id(
                 key.direction.as_str(),
                 &id.machine,
@@ -55,19 +54,15 @@ pub fn records(
             links_failed: (key.direction == Direction::Outbound).then_some(st.links_failed as i64),
             links_live: st.links_live as i64,
             links_terminated: st.links_terminated as i64,
-            machine: id.machine.clone(),
             process: key.process.as_ref().map(|p| p.to_string()),
             process_name: name_of(&key.process),
             protocol: "tcp".into(),
             remote_ip: remote,
-            resource_id: id.resource_id.clone(),
             responses: Some(st.rt.responses as i64),
             response_time_max: rt_value(&st.rt, st.rt.max_ms),
             response_time_min: rt_value(&st.rt, st.rt.min_ms),
             response_time_sum: rt_value(&st.rt, st.rt.sum_ms),
             source_ip: src,
-            source_system: SOURCE_SYSTEM,
-            time_generated: time.clone(),
             ..Default::default()
         };
         enrich(&mut record);
@@ -77,28 +72,23 @@ pub fn records(
         let ip = Ip(key.ip);
         let process = key.process.as_deref().unwrap_or("");
         out.push(Record::BoundPort(Box::new(VmBoundPort {
-            agent_id: id.agent_id.clone(),
+            origin: Origin::new(id, time.clone()),
             bytes_received: p.stats.bytes_received as i64,
             bytes_sent: p.stats.bytes_sent as i64,
-            computer: id.computer.clone(),
             port_id: port_id(&id.machine, process, &ip.to_string(), key.port),
             ip,
             is_wildcard_bind: p.is_wildcard_bind,
             links_established: p.stats.links_established as i64,
             links_live: p.stats.links_live as i64,
             links_terminated: p.stats.links_terminated as i64,
-            machine: id.machine.clone(),
             port: i32::from(key.port),
             process: key.process.as_ref().map(|p| p.to_string()),
             process_name: name_of(&key.process),
             protocol: "tcp".into(),
-            resource_id: id.resource_id.clone(),
             responses: Some(p.stats.rt.responses as i64),
             response_time_max: rt_value(&p.stats.rt, p.stats.rt.max_ms),
             response_time_min: rt_value(&p.stats.rt, p.stats.rt.min_ms),
             response_time_sum: rt_value(&p.stats.rt, p.stats.rt.sum_ms),
-            source_system: SOURCE_SYSTEM,
-            time_generated: time.clone(),
         })));
     }
     out

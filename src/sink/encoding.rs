@@ -105,11 +105,14 @@ pub fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::VmConnection;
+    use crate::records::{Origin, VmConnection};
 
     fn records() -> Vec<Record> {
         let conn = VmConnection {
-            resource_id: "/subscriptions/s/vm-1".into(),
+            origin: Origin {
+                resource_id: "/subscriptions/s/vm-1".into(),
+                ..Default::default()
+            },
             bytes_sent: 7,
             ..Default::default()
         };
