@@ -69,7 +69,9 @@ pub struct Agent {
     /// The latest dump's sockets (a buffer reused from poll to poll).
     samples: Vec<TcpSample>,
     /// What the tracker knew of each of `samples` before this poll (reused buffer).
-    known: Vec<Known>,
+    /// This poll's sockets waiting for their process: (index in the dump, what the tracker
+    /// knew, FIN received). Kept to reuse its allocation.
+    waiting: Vec<(usize, Known, bool)>,
     /// Sockets re-read between full dumps for response times (active in the last dump).
     hot: Vec<TcpSample>,
     /// When full and hot polls happen, within the CPU budget.
@@ -117,7 +119,7 @@ impl Agent {
             tracker: SocketTracker::with_cap(config.collect.max_connections),
             inventory,
             samples: Vec::new(),
-            known: Vec::new(),
+            waiting: Vec::new(),
             hot: Vec::new(),
             counters: AgentCounters::default(),
             schedule: PollSchedule::new(&config.collect),
@@ -170,17 +172,25 @@ impl Agent {
         let baseline_poll = !self.tracker.baseline_done();
         let mut samples = std::mem::take(&mut self.samples);
         let dump = self.sources.dump(&mut samples);
+        // Sockets tracked and credited to a process are observed at once (one lookup each);
+        // the others wait for their process: new sockets, those no process was found for yet.
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.clear();
+        for (i, s) in samples.iter().enumerate().filter(|(_, s)| !s.is_listener()) {
+            let fin = self.fin_received(s);
+            match self.tracker.observe_attributed(s, fin, dump.at_ms) {
+                Known::Attributed => {}
+                known => waiting.push((i, known, fin)),
+            }
+        }
         // Inodes whose holders matter (with the socket's uid, to narrow the search):
-        // listeners, new sockets, and tracked sockets no process was found for yet.
-        // What the tracker knows of each sample: one lookup per socket per poll.
-        let mut known = std::mem::take(&mut self.known);
-        known.clear();
-        known.extend(samples.iter().map(|s| self.tracker.known(s.cookie)));
+        // listeners and the waiting sockets.
         let wanted: HashMap<u32, u32> = samples
             .iter()
-            .zip(&known)
-            .filter(|(s, k)| s.inode != 0 && (s.is_listener() || **k != Known::Attributed))
-            .map(|(s, _)| (s.inode, s.uid))
+            .filter(|s| s.is_listener())
+            .chain(waiting.iter().map(|(i, ..)| &samples[*i]))
+            .filter(|s| s.inode != 0)
+            .map(|s| (s.inode, s.uid))
             .collect();
         if wanted.is_empty() {
             hints.clear();
@@ -188,13 +198,9 @@ impl Agent {
         self.attribution.resolve(&wanted, &hints, Instant::now());
         self.attribution
             .set_listeners(samples.iter().filter(|s| s.is_listener()));
-        for (s, known) in samples.iter().zip(&known).filter(|(s, _)| !s.is_listener()) {
-            // The state read with the counters: whether they include the peer's FIN.
-            let fin = match fin_received_in(s) {
-                Some(f) => f,
-                None => self.sources.fin_received(s),
-            };
-            if *known == Known::New {
+        for &(i, known, fin) in &waiting {
+            let s = &samples[i];
+            if known == Known::New {
                 // Keyed only if the tracker really starts tracking it (not one missing from a
                 // failed dump and back, not one past the cap).
                 let attribution = &mut self.attribution;
@@ -202,15 +208,13 @@ impl Agent {
                     .observe(s, fin, dump.at_ms, || attribution.key_for(s));
                 continue;
             }
-            if *known == Known::Unattributed
-                && let Some(pool) = self.attribution.holder(s)
-            {
+            if let Some(pool) = self.attribution.holder(s) {
                 self.tracker.attribute(s.cookie, pool);
             }
             self.tracker
                 .observe(s, fin, dump.at_ms, || unreachable_key(s));
         }
-        self.known = known;
+        self.waiting = waiting;
         self.counters.sockets_last_poll = samples.len() as u64;
         self.choose_hot_set(&samples);
         self.samples = samples;
@@ -224,6 +228,15 @@ impl Agent {
         self.report_shedding();
         self.counters.polls += 1;
         self.counters.last_poll_micros = started.elapsed().as_micros() as u64;
+    }
+
+    /// Whether a dumped socket's counters include the peer's FIN: judged by the state read
+    /// with them, else by an exact lookup.
+    fn fin_received(&mut self, s: &TcpSample) -> bool {
+        match fin_received_in(s) {
+            Some(f) => f,
+            None => self.sources.fin_received(s),
+        }
     }
 
     /// The poll at stop. Sockets closed just before the signal are missing from its dump, and
@@ -331,22 +344,29 @@ impl Agent {
     fn apply_destroys(&mut self, baseline_poll: bool) {
         for (f, at) in self.sources.finals() {
             let s = &f.sample;
-            if self.tracker.knows(s.cookie) {
-                // An accepted socket that closes before its holder was found has left its file
-                // now: the listener rule applies to it too.
-                if let Some(k) = self.tracker.key_of(s.cookie)
-                    && k.process.is_none()
-                    && k.direction == Direction::Inbound
-                    && let Some(pool) = self.attribution.closed_inbound(s.local)
-                {
-                    self.tracker.attribute(s.cookie, pool);
+            match self.tracker.known(s.cookie) {
+                // Before the baseline, a close is of a socket older than depmap.
+                Known::New if baseline_poll => {}
+                Known::New => {
+                    let attribution = &mut self.attribution;
+                    self.tracker
+                        .closed(s, f.fin_received, at, || attribution.key_for(s));
                 }
-                self.tracker
-                    .closed(s, f.fin_received, at, || unreachable_key(s));
-            } else if !baseline_poll {
-                let attribution = &mut self.attribution;
-                self.tracker
-                    .closed(s, f.fin_received, at, || attribution.key_for(s));
+                known => {
+                    // An accepted socket that closes before its holder was found has left its
+                    // file now: the listener rule applies to it too.
+                    if known == Known::Unattributed
+                        && self
+                            .tracker
+                            .key_of(s.cookie)
+                            .is_some_and(|k| k.direction == Direction::Inbound)
+                        && let Some(pool) = self.attribution.closed_inbound(s.local)
+                    {
+                        self.tracker.attribute(s.cookie, pool);
+                    }
+                    self.tracker
+                        .closed(s, f.fin_received, at, || unreachable_key(s));
+                }
             }
         }
     }

@@ -333,33 +333,44 @@ impl SocketTracker {
                 None => e.insert(Tracked::new(key(), baseline && established_now, generation)),
             },
         };
-        tracked.last_seen = generation;
-        let client = tracked.client();
-        let stats = if tracked.key.process.is_none() {
-            tracked.pending.get_or_insert_default()
-        } else {
-            self.window.of_socket(&tracked.key, &mut tracked.slot)
-        };
-        if established_now && !tracked.established {
-            tracked.established = true;
-            stats.links_established += 1;
+        update(
+            tracked,
+            &mut self.window,
+            &mut self.stats,
+            s,
+            fin_received,
+            at_ms,
+            generation,
+            baseline,
+        );
+    }
+
+    /// [`SocketTracker::observe`] for a socket tracked and credited to a process (the steady
+    /// state: one lookup, done before the poll resolves any process); otherwise nothing is
+    /// done and what the tracker knows of it is returned, for the caller to resolve and
+    /// observe it then.
+    pub fn observe_attributed(&mut self, s: &TcpSample, fin_received: bool, at_ms: u64) -> Known {
+        let (generation, baseline) = (self.generation, !self.baseline_done);
+        match self.sockets.get_mut(&s.cookie) {
+            Some(t) if t.key.process.is_some() => {
+                update(
+                    t,
+                    &mut self.window,
+                    &mut self.stats,
+                    s,
+                    fin_received,
+                    at_ms,
+                    generation,
+                    baseline,
+                );
+                Known::Attributed
+            }
+            Some(_) => Known::Unattributed,
+            // Back after missing from dumps: observed later, like a socket without a process
+            // (observing it moves it back).
+            None if self.awaiting_final.contains_key(&s.cookie) => Known::Unattributed,
+            None => Known::New,
         }
-        let Some(c) = &s.counters else {
-            self.stats.without_counters += 1;
-            return;
-        };
-        let (sent, received) = payload(c, tracked.syn_acked, fin_received);
-        if baseline {
-            tracked.sent = sent;
-            tracked.received = received;
-            tracked.rt = RtEstimator::baseline(at_ms, c, client);
-            return;
-        }
-        tracked.rt.observe(at_ms, c, client, &mut stats.rt);
-        stats.bytes_sent += sent.saturating_sub(tracked.sent);
-        stats.bytes_received += received.saturating_sub(tracked.received);
-        tracked.sent = tracked.sent.max(sent);
-        tracked.received = tracked.received.max(received);
     }
 
     /// Moves a socket's pending (unattributed) activity into the window under its key.
@@ -556,6 +567,49 @@ impl SocketTracker {
     }
 }
 
+/// One dump's sample of a tracked socket: seen now, its link established, its byte and
+/// response-time deltas into the window (or its pending sums while no process is known).
+#[allow(clippy::too_many_arguments)]
+fn update(
+    tracked: &mut Tracked,
+    window: &mut WindowSums,
+    tracker_stats: &mut TrackerStats,
+    s: &TcpSample,
+    fin_received: bool,
+    at_ms: u64,
+    generation: u64,
+    baseline: bool,
+) {
+    let established_now = is_established(s.state);
+    tracked.last_seen = generation;
+    let client = tracked.client();
+    let stats = if tracked.key.process.is_none() {
+        tracked.pending.get_or_insert_default()
+    } else {
+        window.of_socket(&tracked.key, &mut tracked.slot)
+    };
+    if established_now && !tracked.established {
+        tracked.established = true;
+        stats.links_established += 1;
+    }
+    let Some(c) = &s.counters else {
+        tracker_stats.without_counters += 1;
+        return;
+    };
+    let (sent, received) = payload(c, tracked.syn_acked, fin_received);
+    if baseline {
+        tracked.sent = sent;
+        tracked.received = received;
+        tracked.rt = RtEstimator::baseline(at_ms, c, client);
+        return;
+    }
+    tracked.rt.observe(at_ms, c, client, &mut stats.rt);
+    stats.bytes_sent += sent.saturating_sub(tracked.sent);
+    stats.bytes_received += received.saturating_sub(tracked.received);
+    tracked.sent = tracked.sent.max(sent);
+    tracked.received = tracked.received.max(received);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,6 +682,29 @@ mod tests {
         assert_eq!(t.missing_from_last_dump(), 0);
         let w = t.close_window()[&key(Direction::Outbound)];
         assert_eq!((w.bytes_sent, w.links_terminated), (400, 1));
+    }
+
+    #[test]
+    fn only_attributed_sockets_are_observed_before_processes_are_resolved() {
+        let mut t = SocketTracker::new();
+        t.end_dump(true); // baseline: empty
+        let a = sample(1, state::ESTABLISHED, 1, 0, 0);
+        assert_eq!(t.observe_attributed(&a, false, 0), Known::New);
+        assert!(t.is_empty(), "a new socket waits for its key");
+        poll(&mut t, std::slice::from_ref(&a), Direction::Outbound);
+        let more = sample(1, state::ESTABLISHED, 101, 100, 0);
+        assert_eq!(t.observe_attributed(&more, false, 0), Known::Attributed);
+        t.end_dump(true);
+        let w = t.close_window()[&key(Direction::Outbound)];
+        assert_eq!((w.bytes_sent, w.links_established), (100, 1));
+        // No process yet: left for after the resolve.
+        let mut orphan = sample(2, state::ESTABLISHED, 1, 0, 0);
+        t.observe(&orphan, false, 0, || ConnKey {
+            process: None,
+            ..key(Direction::Outbound)
+        });
+        orphan.counters = sample(2, state::ESTABLISHED, 51, 50, 0).counters;
+        assert_eq!(t.observe_attributed(&orphan, false, 0), Known::Unattributed);
     }
 
     #[test]
