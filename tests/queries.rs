@@ -13,7 +13,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -45,6 +45,17 @@ fn python_name() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The kernel's boot time (`btime` of /proc/stat), RFC 3339.
+fn boot_time() -> String {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let secs: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
 fn dpkg_version(package: &str) -> Option<String> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f", "${Version}", package])
@@ -73,26 +84,30 @@ fn the_sample_queries_answer_right_on_depmap_data() {
         c.args(["run", "--config"]).arg(&cfg);
         c
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "depmap wrote no inventory");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_dir(&records)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            > 0),
+        "depmap wrote no inventory"
+    );
 
-    // Servers: one on every address (the link), one on loopback only, one for curl.
+    // Servers: one on every address (the link), one on loopback only, one for curl (which
+    // logs what each connection brought: curl's request is the truth of that connection).
+    let curl_log = dir.0.join("curl-server.log");
+    let curl_log_arg = curl_log.to_string_lossy().into_owned();
     let mut servers = Vec::new();
     for (host, port, delay, tag) in [
         ("0.0.0.0", 7300, 30, "app"),
         ("127.0.0.1", 7301, 0, "fake-mysqld"),
         ("127.0.0.1", 7302, 0, "web"),
     ] {
-        let (p, _) = serve(
-            &srv,
-            "python3",
-            host,
-            port,
-            &["--delay-ms", &delay.to_string(), "--tag", tag],
-        );
+        let delay = delay.to_string();
+        let mut extra = vec!["--delay-ms", &delay, "--tag", tag];
+        if port == 7302 {
+            extra.extend(["--log", &curl_log_arg]);
+        }
+        let (p, _) = serve(&srv, "python3", host, port, &extra);
         servers.push(p);
     }
     let link = client(
@@ -144,6 +159,13 @@ fn the_sample_queries_answer_right_on_depmap_data() {
         Duration::from_secs(10),
     );
     assert!(!curl, "curl must time out against the test server");
+    assert!(
+        wait_until(Duration::from_secs(10), || !text_of(&curl_log).is_empty()),
+        "the curl server logged no connection"
+    );
+    let curl_conn: Value =
+        serde_json::from_str(text_of(&curl_log).lines().next().unwrap()).unwrap();
+    assert!(curl_conn["received"].as_i64().unwrap() > 0, "{curl_conn}");
     // Wait for the window holding the last activity (curl's connection, closed) to be written,
     // then stop depmap (it flushes).
     let curl_written = || {
@@ -193,8 +215,11 @@ fn the_sample_queries_answer_right_on_depmap_data() {
              "bytes_sent": link["received"], "bytes_received": link["sent"], "links_established": 1},
             {"port": 7301, "ip": "127.0.0.1", "process_name": python_name(),
              "bytes_sent": local["received"], "bytes_received": local["sent"], "links_established": 5},
+            {"port": 7302, "ip": "127.0.0.1", "process_name": python_name(),
+             "bytes_sent": curl_conn["sent"], "bytes_received": curl_conn["received"], "links_established": 1},
         ],
         "links_failed": 3,
+        "boot_time": boot_time(),
     });
     let facts_file = dir.0.join("facts.json");
     std::fs::write(&facts_file, facts.to_string()).unwrap();

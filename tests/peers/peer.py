@@ -42,20 +42,46 @@ def recv_exact(sock, n):
 
 
 DELAY_S = 0.0
+# --log: one JSON line per closed connection with the bytes it received and sent (the truth of
+# a connection whose client is not a peer, e.g. curl).
+LOG = None
+LOG_LOCK = threading.Lock()
+
+
+def recv_counted(conn, n, seen):
+    """recv_exact that also counts what arrived, whole message or not."""
+    chunks = []
+    while n > 0:
+        b = conn.recv(min(n, 65536))
+        if not b:
+            seen[0] += sum(len(c) for c in chunks)
+            return None
+        chunks.append(b)
+        n -= len(b)
+    data = b"".join(chunks)
+    seen[0] += len(data)
+    return data
 
 
 def handle(conn):
-    with conn:
-        while True:
-            hdr = recv_exact(conn, 8)
-            if hdr is None:
-                return
-            req, resp = struct.unpack("!II", hdr)
-            if recv_exact(conn, req) is None:
-                return
-            if DELAY_S:
-                time.sleep(DELAY_S)
-            conn.sendall(b"r" * resp)
+    seen, sent = [0], 0
+    try:
+        with conn:
+            while True:
+                hdr = recv_counted(conn, 8, seen)
+                if hdr is None:
+                    return
+                req, resp = struct.unpack("!II", hdr)
+                if recv_counted(conn, req, seen) is None:
+                    return
+                if DELAY_S:
+                    time.sleep(DELAY_S)
+                conn.sendall(b"r" * resp)
+                sent += resp
+    finally:
+        if LOG:
+            with LOG_LOCK, open(LOG, "a") as f:
+                f.write(json.dumps({"received": seen[0], "sent": sent}) + "\n")
 
 
 def settle(args, duration_s):
@@ -84,8 +110,9 @@ def accept_loop(ls):
 
 
 def serve(args):
-    global DELAY_S
+    global DELAY_S, LOG
     DELAY_S = args.delay_ms / 1000.0
+    LOG = args.log or None
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     ls = socket.socket(family, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -213,6 +240,7 @@ def main():
     s.add_argument("--prefork", type=int, default=0)
     s.add_argument("--delay-ms", type=int, default=0)
     s.add_argument("--tag", default="", help="ignored; lets a test put a marker in the command line")
+    s.add_argument("--log", default="", help="append each closed connection's bytes (JSON lines)")
     c = sub.add_parser("client")
     c.add_argument("--host", required=True)
     c.add_argument("--port", type=int, required=True)

@@ -384,6 +384,16 @@ class Ctx:
             return ps
         return [p for p in ps if p["ip"].startswith("127.") == loopback]
 
+    def totals(self) -> tuple[int, int, int]:
+        """The machine's VMConnection totals (bytes sent, received, links established) as the
+        test bed made them: the server end of every port, and the client end of the loopback
+        ports (on the same machine). Every connection of the test bed's namespace is a port's."""
+        ports, lo = self.ports(), self.ports(loopback=True)
+        sent = sum(p["bytes_sent"] for p in ports) + sum(p["bytes_received"] for p in lo)
+        received = sum(p["bytes_received"] for p in ports) + sum(p["bytes_sent"] for p in lo)
+        established = sum(p["links_established"] for p in ports + lo)
+        return sent, received, established
+
 
 def expect(cond: bool, msg: str) -> None:
     if not cond:
@@ -510,6 +520,7 @@ def q2(ctx: Ctx, res: Result, q: str) -> str:
         expect(since == now - row["BootTime"], f"DaysSinceBoot {since} != now - BootTime")
     expect_sorted(res, [("BootTime", False)], "sort by BootTime asc")
     note = "BootTime per machine, DaysSinceBoot = now - BootTime"
+    expect(bool(ctx.facts.get("boot_time")), "the facts lack the kernel's boot time")
     if ctx.facts.get("boot_time"):
         truth = dt.datetime.fromisoformat(ctx.facts["boot_time"].replace("Z", "+00:00"))
         truth = truth.astimezone(dt.timezone.utc).replace(tzinfo=None)
@@ -529,13 +540,17 @@ def q3(ctx: Ctx, res: Result, q: str) -> str:
     want = ctx.sql(f"SELECT DISTINCT {', '.join(AZ_SUMMARY)} FROM VMComputer "
                    "WHERE AzureLocation <> ''")
     same_set(res.tuples(*AZ_SUMMARY), want.tuples(*AZ_SUMMARY), "rows")
-    return "no Azure location: no rows" if not res.rows else "the machines with a location"
+    # The test bed is no Azure VM: no location, no rows.
+    expect(not res.rows, f"{len(res.rows)} rows for machines with an Azure location")
+    return "no Azure location: no rows"
 
 
 def q3_complement(ctx: Ctx, res: Result, q: str) -> str:
     want = ctx.sql(f"SELECT DISTINCT {', '.join(AZ_SUMMARY)} FROM VMComputer "
                    "WHERE AzureLocation = ''")
     same_set(res.tuples(*AZ_SUMMARY), want.tuples(*AZ_SUMMARY), "rows")
+    expect(res.tuples(*AZ_SUMMARY) == [(ctx.computer, "", "", "")],
+           f"rows {res.tuples(*AZ_SUMMARY)} != the machine with empty Azure columns")
     return "the machines without Azure location, Azure columns empty"
 
 
@@ -655,14 +670,10 @@ def q12(ctx: Ctx, res: Result, q: str) -> str:
     mine = [r for r in res.rows if r["Computer"] == ctx.computer]
     sent = sum(r["sum_BytesSent"] for r in mine)
     recv = sum(r["sum_BytesReceived"] for r in mine)
-    # Server side of every port, plus the client side of the loopback ports (same machine).
-    min_sent = sum(p["bytes_sent"] for p in ctx.ports()) + sum(
-        p["bytes_received"] for p in ctx.ports(loopback=True))
-    min_recv = sum(p["bytes_received"] for p in ctx.ports()) + sum(
-        p["bytes_sent"] for p in ctx.ports(loopback=True))
-    expect(sent >= min_sent and recv >= min_recv,
-           f"sent/received {sent}/{recv} < the servers' truth {min_sent}/{min_recv}")
-    return f"sums = SQL; {sent} B sent >= truth {min_sent}"
+    truth_sent, truth_recv, _ = ctx.totals()
+    expect((sent, recv) == (truth_sent, truth_recv),
+           f"sent/received {sent}/{recv} != the test bed's {truth_sent}/{truth_recv}")
+    return f"{sent} B sent, {recv} B received = the test bed's"
 
 
 def q13_corrected(ctx: Ctx, res: Result, q: str) -> str:
@@ -692,8 +703,10 @@ def q13_intended(ctx: Ctx, res: Result, q: str) -> str:
     )
     same_set(res.tuples(*cols), want.tuples(*want.columns), "rows")
     expect_sorted(res, [("BytesSent", True)], "sort by BytesSent desc")
-    total = ctx.one("SELECT sum(BytesSent) FROM VMConnection WHERE Computer = ?", [ctx.computer])
-    return f"{ctx.computer}: {total} B sent"
+    mine = [r["BytesSent"] for r in res.rows if r["Computer"] == ctx.computer]
+    truth = ctx.totals()[0]
+    expect(mine == [truth], f"BytesSent {mine} != the test bed's [{truth}]")
+    return f"{ctx.computer}: {truth} B sent = the test bed's"
 
 
 LAST_DAY = "TimeGenerated >= ?::TIMESTAMP - INTERVAL 24 HOUR AND Computer = ?"
@@ -729,10 +742,11 @@ def q14_corrected(ctx: Ctx, res: Result, q: str) -> str:
     expect(failed == ctx.facts["links_failed"],
            f"sum_LinksFailed {failed} != {ctx.facts['links_failed']} failed attempts")
     est = sum(res.col("sum_LinksEstablished"))
-    min_est = sum(p["links_established"] for p in ctx.ports()) + sum(
-        p["links_established"] for p in ctx.ports(loopback=True))
-    expect(est >= min_est, f"sum_LinksEstablished {est} < truth {min_est}")
-    return f"{failed} failed = the refused attempts; {est} established >= {min_est}"
+    truth = ctx.totals()[2]
+    expect(est == truth, f"sum_LinksEstablished {est} != the test bed's {truth}")
+    terminated = sum(res.col("sum_LinksTerminated"))
+    expect(terminated == truth, f"sum_LinksTerminated {terminated} != {truth}: all closed")
+    return f"{failed} failed = the refused attempts; {est} established, {terminated} terminated"
 
 
 def q15_substituted(ctx: Ctx, res: Result, q: str) -> str:
@@ -761,8 +775,8 @@ def q16(ctx: Ctx, res: Result, q: str) -> str:
                    [ctx.now, ctx.computer])
     same_set(res.tuples("Port", "ProcessName"), want.tuples("Port", "ProcessName"), "ports")
     got = set(res.tuples("Port", "ProcessName"))
-    for p in ctx.ports():
-        expect((p["port"], p["process_name"]) in got, f"port {p['port']} missing")
+    truth = {(p["port"], p["process_name"]) for p in ctx.ports()}
+    expect(got == truth, f"ports {sorted(got)} != the servers' {sorted(truth)}")
     return "the servers' ports " + ", ".join(str(p["port"]) for p in ctx.ports())
 
 
@@ -774,8 +788,8 @@ def q17(ctx: Ctx, res: Result, q: str) -> str:
     expect_sorted(res, [("OpenPorts", True)], "order by OpenPorts desc")
     mine = [r["OpenPorts"] for r in res.rows if r["Machine"] == ctx.machine]
     truth = len({p["port"] for p in ctx.ports(loopback=False)})
-    expect(len(mine) == 1 and mine[0] >= truth, f"OpenPorts {mine} < {truth} servers off loopback")
-    return f"OpenPorts = {mine[0]} (>= {truth} server off loopback)"
+    expect(mine == [truth], f"OpenPorts {mine} != [{truth}] servers off loopback")
+    return f"OpenPorts = {truth} server(s) off loopback"
 
 
 def q18(ctx: Ctx, res: Result, q: str) -> str:
@@ -784,10 +798,12 @@ def q18(ctx: Ctx, res: Result, q: str) -> str:
                    "FROM VMBoundPort WHERE Ip <> '127.0.0.1') GROUP BY ALL")
     same_set(res.tuples("ProcessName", "OpenPorts"), want.tuples(*want.columns), "rows")
     expect_sorted(res, [("OpenPorts", True)], "order by OpenPorts desc")
-    names = set(res.col("ProcessName"))
+    truth: dict[str, int] = {}
     for p in ctx.ports(loopback=False):
-        expect(p["process_name"] in names, f"{p['process_name']} (port {p['port']}) missing")
-    return "per process = SQL"
+        truth[p["process_name"]] = truth.get(p["process_name"], 0) + 1
+    got = dict(res.tuples("ProcessName", "OpenPorts"))
+    expect(got == truth, f"open ports per process {got} != the servers' {truth}")
+    return ", ".join(f"{n}: {k}" for n, k in truth.items())
 
 
 Q19_KEYS = ["Machine", "Computer", "ProcessName", "Ip", "Port", "IsWildcardBind"]
