@@ -2,6 +2,11 @@
 //! tokens): the client with depmap's TLS choices, the answer reader that never follows a
 //! redirect, `Retry-After`, gzip. Below both `collect` and `sink`, so neither imports the
 //! other for it.
+//!
+//! ureq, not reqwest (the spec's first choice): each remote sink sends from a plain thread of
+//! its own, one request at a time; ureq 3 is a blocking client on rustls with no async
+//! runtime, where reqwest's blocking client runs a tokio runtime on a further thread per
+//! client. (The metrics endpoint, which serves many clients at once, is on tokio.)
 
 use std::fs;
 use std::io::Write as _;

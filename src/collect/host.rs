@@ -10,6 +10,11 @@
 //! Every read can fail (missing file, permission denied, non-UTF-8) and then yields `None` or an
 //! empty list; nothing here panics on system input.
 //!
+//! Not sysinfo: it would give memory, CPUs, the host and OS names, but none of the DMI asset
+//! tag, virtualization, default gateways, subnet masks or DNS names the record needs — those
+//! are read here from the same files anyway — and its `System` refreshes every process, which
+//! the agent's fd cache already follows.
+//!
 //! Virtualization values:
 //! * `virtualization_state` is `"virtual"`, `"physical"` or `"unknown"`. `"hypervisor"` (the
 //!   Windows agent's value for a Hyper-V host) is never reported. Containers (`/.dockerenv`,

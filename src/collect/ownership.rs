@@ -18,6 +18,10 @@
 //! An inode is only ever mapped to a pid whose fd table held it when last read, so a socket is
 //! never attributed to a process that does not hold it. Each pid is kept with its start time;
 //! a reused pid is reported as exited and read afresh.
+//!
+//! Not the procfs crate: its fd listing makes three system calls per fd (`openat(O_PATH)`,
+//! `readlinkat`, `statat`) where this walk makes one `readlink`: 318–324 ms against
+//! 228–312 ms for the same 57,344 fds (research/linux-and-crates.md §2.1).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;

@@ -2,6 +2,11 @@
 //!
 //! Every read may fail: the process can exit between two reads, or belong to a user whose
 //! files we may not read. A process that vanished yields `None`; an unreadable field is `None`.
+//!
+//! Hand-written rather than with procfs: depmap reads three fields of `stat`, the `Uid:` line
+//! of `status`, `cgroup` and the NUL-separated `cmdline`, all as bytes (names and paths are not
+//! UTF-8 by promise) — a few dozen unit-tested lines; procfs is already ruled out for the fd
+//! walk (`ownership`), and would be a second way of reading the same directory.
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
