@@ -23,6 +23,10 @@ use crate::track::attribution::Attribution;
 use crate::track::ports::bound_ports;
 use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
 
+/// A socket of this poll waiting for its process: (index in the dump, what the tracker knew,
+/// FIN received).
+type Waiting = (usize, Known, bool);
+
 /// Longest wait at stop for the destroy notifications of sockets closed just before it.
 const LAST_FINALS_WAIT: Duration = Duration::from_millis(500);
 
@@ -68,10 +72,9 @@ pub struct Agent {
     inventory: Inventory,
     /// The latest dump's sockets (a buffer reused from poll to poll).
     samples: Vec<TcpSample>,
-    /// What the tracker knew of each of `samples` before this poll (reused buffer).
     /// This poll's sockets waiting for their process: (index in the dump, what the tracker
     /// knew, FIN received). Kept to reuse its allocation.
-    waiting: Vec<(usize, Known, bool)>,
+    waiting: Vec<Waiting>,
     /// Sockets re-read between full dumps for response times (active in the last dump).
     hot: Vec<TcpSample>,
     /// When full and hot polls happen, within the CPU budget.
@@ -172,48 +175,9 @@ impl Agent {
         let baseline_poll = !self.tracker.baseline_done();
         let mut samples = std::mem::take(&mut self.samples);
         let dump = self.sources.dump(&mut samples);
-        // Sockets tracked and credited to a process are observed at once (one lookup each);
-        // the others wait for their process: new sockets, those no process was found for yet.
-        let mut waiting = std::mem::take(&mut self.waiting);
-        waiting.clear();
-        for (i, s) in samples.iter().enumerate().filter(|(_, s)| !s.is_listener()) {
-            let fin = self.fin_received(s);
-            match self.tracker.observe_attributed(s, fin, dump.at_ms) {
-                Known::Attributed => {}
-                known => waiting.push((i, known, fin)),
-            }
-        }
-        // Inodes whose holders matter (with the socket's uid, to narrow the search):
-        // listeners and the waiting sockets.
-        let wanted: HashMap<u32, u32> = samples
-            .iter()
-            .filter(|s| s.is_listener())
-            .chain(waiting.iter().map(|(i, ..)| &samples[*i]))
-            .filter(|s| s.inode != 0)
-            .map(|s| (s.inode, s.uid))
-            .collect();
-        if wanted.is_empty() {
-            hints.clear();
-        }
-        self.attribution.resolve(&wanted, &hints, Instant::now());
-        self.attribution
-            .set_listeners(samples.iter().filter(|s| s.is_listener()));
-        for &(i, known, fin) in &waiting {
-            let s = &samples[i];
-            if known == Known::New {
-                // Keyed only if the tracker really starts tracking it (not one missing from a
-                // failed dump and back, not one past the cap).
-                let attribution = &mut self.attribution;
-                self.tracker
-                    .observe(s, fin, dump.at_ms, || attribution.key_for(s));
-                continue;
-            }
-            if let Some(pool) = self.attribution.holder(s) {
-                self.tracker.attribute(s.cookie, pool);
-            }
-            self.tracker
-                .observe(s, fin, dump.at_ms, || unreachable_key(s));
-        }
+        let waiting = self.observe_attributed(&samples, dump.at_ms);
+        self.resolve_processes(&samples, &waiting, hints);
+        self.observe_waiting(&samples, &waiting, dump.at_ms);
         self.waiting = waiting;
         self.counters.sockets_last_poll = samples.len() as u64;
         self.choose_hot_set(&samples);
@@ -228,6 +192,64 @@ impl Agent {
         self.report_shedding();
         self.counters.polls += 1;
         self.counters.last_poll_micros = started.elapsed().as_micros() as u64;
+    }
+
+    /// Observes at once the sockets tracked and credited to a process (one lookup each);
+    /// returns the others, which wait for their process: new sockets, and those no process was
+    /// found for yet — (index in `samples`, what the tracker knew, FIN received).
+    fn observe_attributed(&mut self, samples: &[TcpSample], at_ms: u64) -> Vec<Waiting> {
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.clear();
+        for (i, s) in samples.iter().enumerate().filter(|(_, s)| !s.is_listener()) {
+            let fin = self.fin_received(s);
+            match self.tracker.observe_attributed(s, fin, at_ms) {
+                Known::Attributed => {}
+                known => waiting.push((i, known, fin)),
+            }
+        }
+        waiting
+    }
+
+    /// Finds the holders of the listeners and of the waiting sockets (with each socket's uid,
+    /// to narrow the /proc search), and this dump's listeners with their processes.
+    fn resolve_processes(
+        &mut self,
+        samples: &[TcpSample],
+        waiting: &[Waiting],
+        mut hints: Vec<u32>,
+    ) {
+        let wanted: HashMap<u32, u32> = samples
+            .iter()
+            .filter(|s| s.is_listener())
+            .chain(waiting.iter().map(|(i, ..)| &samples[*i]))
+            .filter(|s| s.inode != 0)
+            .map(|s| (s.inode, s.uid))
+            .collect();
+        if wanted.is_empty() {
+            hints.clear();
+        }
+        self.attribution.resolve(&wanted, &hints, Instant::now());
+        self.attribution
+            .set_listeners(samples.iter().filter(|s| s.is_listener()));
+    }
+
+    /// Observes the waiting sockets now that their processes are known: a new one is keyed
+    /// (only if the tracker really starts tracking it: not one missing from a failed dump and
+    /// back, not one past the cap), one without a process is credited to its holder if found.
+    fn observe_waiting(&mut self, samples: &[TcpSample], waiting: &[Waiting], at_ms: u64) {
+        for &(i, known, fin) in waiting {
+            let s = &samples[i];
+            if known == Known::New {
+                let attribution = &mut self.attribution;
+                self.tracker
+                    .observe(s, fin, at_ms, || attribution.key_for(s));
+                continue;
+            }
+            if let Some(pool) = self.attribution.holder(s) {
+                self.tracker.attribute(s.cookie, pool);
+            }
+            self.tracker.observe(s, fin, at_ms, || unreachable_key(s));
+        }
     }
 
     /// Whether a dumped socket's counters include the peer's FIN: judged by the state read
