@@ -50,7 +50,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 try:
     import duckdb
@@ -533,25 +533,46 @@ def q2(ctx: Ctx, res: Result, q: str) -> str:
     return note
 
 
-AZ_SUMMARY = "Computer", "AzureImageOffering", "AzureLocation", "AzureImageSku"
+AZ_SUMMARY = ["Computer", "AzureImageOffering", "AzureLocation", "AzureImageSku"]
 
 
-def q3(ctx: Ctx, res: Result, q: str) -> str:
-    want = ctx.sql(f"SELECT DISTINCT {', '.join(AZ_SUMMARY)} FROM VMComputer "
-                   "WHERE AzureLocation <> ''")
-    same_set(res.tuples(*AZ_SUMMARY), want.tuples(*AZ_SUMMARY), "rows")
-    # The test bed is no Azure VM: no location, no rows.
+@dataclass
+class Rows:
+    """A block checked as data: its columns, the same rows by plain DuckDB SQL over the same
+    tables (what the query means, independent of the KQL engine), its order, and then the test
+    bed's truth (`truth` raises CheckFailed or returns the note). Blocks without a truth are
+    the samples whose answer is about records (counts of them), not about the traffic."""
+    columns: list[str]
+    sql: str
+    params: Callable[[Ctx], list[Any]] | None = None
+    order: list[tuple[str, bool]] = field(default_factory=list)
+    truth: Callable[[Ctx, Result], str] | None = None
+    check_columns: bool = True
+
+    def __call__(self, ctx: Ctx, res: Result, q: str) -> str:
+        if self.check_columns:
+            expect(res.columns == self.columns, f"columns {res.columns}, expected {self.columns}")
+        want = ctx.sql(self.sql, self.params(ctx) if self.params else None)
+        same_set(res.tuples(*self.columns), want.tuples(*want.columns), "rows against SQL")
+        if self.order:
+            expect_sorted(res, self.order, f"order {self.order}")
+        return self.truth(ctx, res) if self.truth else "= SQL (records, not traffic)"
+
+
+def only(ctx: Ctx, res: Result, column: str) -> list[Any]:
+    """`column` of the test bed machine's rows."""
+    return [r[column] for r in res.rows if r["Computer"] == ctx.computer]
+
+
+def truth_no_azure(ctx: Ctx, res: Result) -> str:
     expect(not res.rows, f"{len(res.rows)} rows for machines with an Azure location")
     return "no Azure location: no rows"
 
 
-def q3_complement(ctx: Ctx, res: Result, q: str) -> str:
-    want = ctx.sql(f"SELECT DISTINCT {', '.join(AZ_SUMMARY)} FROM VMComputer "
-                   "WHERE AzureLocation = ''")
-    same_set(res.tuples(*AZ_SUMMARY), want.tuples(*AZ_SUMMARY), "rows")
+def truth_not_azure(ctx: Ctx, res: Result) -> str:
     expect(res.tuples(*AZ_SUMMARY) == [(ctx.computer, "", "", "")],
            f"rows {res.tuples(*AZ_SUMMARY)} != the machine with empty Azure columns")
-    return "the machines without Azure location, Azure columns empty"
+    return "the machine, Azure columns empty"
 
 
 def q4(ctx: Ctx, res: Result, q: str) -> str:
@@ -646,9 +667,12 @@ def q10(ctx: Ctx, res: Result, q: str, key: str) -> str:
     return f"= SQL ({rows_note(res)})"
 
 
-def q11(ctx: Ctx, res: Result, q: str) -> str:
-    want = ctx.sql("SELECT DISTINCT ProductVersion FROM VMProcess WHERE ExecutableName = 'curl'")
-    same_set(res.tuples("ProductVersion"), want.tuples("ProductVersion"), "versions")
+def truth_some_rows(ctx: Ctx, res: Result) -> str:
+    expect(bool(res.rows), "no rows for the machine in the last 24 h")
+    return "distinct counter values per hour = SQL (values, not traffic)"
+
+
+def truth_curl(ctx: Ctx, res: Result) -> str:
     version = ctx.facts.get("curl_version")
     if version:
         expect(res.col("ProductVersion") == [version],
@@ -658,152 +682,133 @@ def q11(ctx: Ctx, res: Result, q: str) -> str:
     return "no curl ran: no rows"
 
 
-def q12(ctx: Ctx, res: Result, q: str) -> str:
-    cols = ["TimeGenerated", "Computer", "sum_BytesSent", "sum_BytesReceived"]
-    expect(res.columns == cols, f"columns {res.columns}")
-    want = ctx.sql(
-        "SELECT time_bucket(INTERVAL 1 hour, TimeGenerated) AS t, Computer, "
-        "sum(BytesSent), sum(BytesReceived) FROM VMConnection GROUP BY ALL"
-    )
-    same_set(res.tuples(*cols), want.tuples(*want.columns), "hourly sums")
-    expect_sorted(res, [("Computer", True)], "order by Computer desc")
-    mine = [r for r in res.rows if r["Computer"] == ctx.computer]
-    sent = sum(r["sum_BytesSent"] for r in mine)
-    recv = sum(r["sum_BytesReceived"] for r in mine)
+def truth_bytes(ctx: Ctx, res: Result) -> str:
+    sent, recv = sum(only(ctx, res, "sum_BytesSent")), sum(only(ctx, res, "sum_BytesReceived"))
     truth_sent, truth_recv, _ = ctx.totals()
     expect((sent, recv) == (truth_sent, truth_recv),
            f"sent/received {sent}/{recv} != the test bed's {truth_sent}/{truth_recv}")
     return f"{sent} B sent, {recv} B received = the test bed's"
 
 
-def q13_corrected(ctx: Ctx, res: Result, q: str) -> str:
-    cols = ["Computer", "AzureSize", "count_BytesSent"]
-    expect(res.columns == cols, f"columns {res.columns}")
-    want = ctx.sql(
-        "SELECT c.Computer, m.AzureSize, count(*) FROM VMConnection c "
-        "FULL OUTER JOIN VMComputer m ON c.Computer = m.Computer GROUP BY ALL"
-    )
-    same_set(res.tuples(*cols), want.tuples(*want.columns), "rows")
-    expect_sorted(res, [("count_BytesSent", True)], "sort by count_BytesSent desc")
+def truth_join_count(ctx: Ctx, res: Result) -> str:
     n_conn = ctx.one("SELECT count(*) FROM VMConnection WHERE Computer = ?", [ctx.computer])
     n_comp = ctx.one("SELECT count(*) FROM VMComputer WHERE Computer = ?", [ctx.computer])
-    mine = [r["count_BytesSent"] for r in res.rows if r["Computer"] == ctx.computer]
-    expect(sum(mine) == n_conn * n_comp,
-           f"count_BytesSent {sum(mine)} != {n_conn} connection x {n_comp} computer records")
-    return f"count_BytesSent = {n_conn} connection x {n_comp} computer records"
+    got = sum(only(ctx, res, "count_BytesSent"))
+    expect(got == n_conn * n_comp,
+           f"count_BytesSent {got} != {n_conn} connection x {n_comp} computer records")
+    return f"count_BytesSent = {n_conn} connection x {n_comp} computer records (a join, not bytes)"
 
 
-def q13_intended(ctx: Ctx, res: Result, q: str) -> str:
-    cols = ["Computer", "AzureSize", "BytesSent"]
-    expect(res.columns == cols, f"columns {res.columns}")
-    want = ctx.sql(
-        "SELECT c.Computer, (SELECT m.AzureSize FROM VMComputer m WHERE m.Computer = c.Computer "
-        " ORDER BY m.TimeGenerated DESC LIMIT 1), sum(c.BytesSent) "
-        "FROM VMConnection c GROUP BY c.Computer"
-    )
-    same_set(res.tuples(*cols), want.tuples(*want.columns), "rows")
-    expect_sorted(res, [("BytesSent", True)], "sort by BytesSent desc")
-    mine = [r["BytesSent"] for r in res.rows if r["Computer"] == ctx.computer]
-    truth = ctx.totals()[0]
+def truth_bytes_sent(ctx: Ctx, res: Result) -> str:
+    mine, truth = only(ctx, res, "BytesSent"), ctx.totals()[0]
     expect(mine == [truth], f"BytesSent {mine} != the test bed's [{truth}]")
     return f"{ctx.computer}: {truth} B sent = the test bed's"
 
 
-LAST_DAY = "TimeGenerated >= ?::TIMESTAMP - INTERVAL 24 HOUR AND Computer = ?"
-
-
-def q14_substituted(ctx: Ctx, res: Result, q: str) -> str:
-    names = ["LinksEstablished", "LinksLive", "LinksFailed", "LinksTerminated"]
-    cols = ["TimeGenerated"] + [f"dcount_{n}" for n in names]
-    expect(res.columns == cols, f"columns {res.columns}")
-    want = ctx.sql(
-        "SELECT time_bucket(INTERVAL 1 hour, TimeGenerated), "
-        + ", ".join(f"count(DISTINCT {n})" for n in names)
-        + f" FROM VMConnection WHERE {LAST_DAY} GROUP BY 1",
-        [ctx.now, ctx.computer],
-    )
-    same_set(res.tuples(*cols), want.tuples(*want.columns), "hourly dcounts")
-    expect(bool(res.rows), "no rows for the machine in the last 24 h")
-    return "distinct counter values per hour = SQL"
-
-
-def q14_corrected(ctx: Ctx, res: Result, q: str) -> str:
-    names = ["LinksEstablished", "LinksFailed", "LinksTerminated"]
-    cols = ["TimeGenerated"] + [f"sum_{n}" for n in names]
-    expect(res.columns == cols, f"columns {res.columns}")
-    want = ctx.sql(
-        "SELECT time_bucket(INTERVAL 1 hour, TimeGenerated), "
-        + ", ".join(f"coalesce(sum({n}), 0)" for n in names)
-        + f" FROM VMConnection WHERE {LAST_DAY} GROUP BY 1",
-        [ctx.now, ctx.computer],
-    )
-    same_set(res.tuples(*cols), want.tuples(*want.columns), "hourly sums")
+def truth_links(ctx: Ctx, res: Result) -> str:
     failed = sum(res.col("sum_LinksFailed"))
     expect(failed == ctx.facts["links_failed"],
            f"sum_LinksFailed {failed} != {ctx.facts['links_failed']} failed attempts")
-    est = sum(res.col("sum_LinksEstablished"))
+    est, terminated = sum(res.col("sum_LinksEstablished")), sum(res.col("sum_LinksTerminated"))
     truth = ctx.totals()[2]
-    expect(est == truth, f"sum_LinksEstablished {est} != the test bed's {truth}")
-    terminated = sum(res.col("sum_LinksTerminated"))
-    expect(terminated == truth, f"sum_LinksTerminated {terminated} != {truth}: all closed")
+    expect((est, terminated) == (truth, truth),
+           f"established/terminated {est}/{terminated} != the test bed's {truth} (all closed)")
     return f"{failed} failed = the refused attempts; {est} established, {terminated} terminated"
 
 
-def q15_substituted(ctx: Ctx, res: Result, q: str) -> str:
-    expect(res.columns == ["bythehour", "failCount"], f"columns {res.columns}")
-    want = ctx.sql("SELECT hour(TimeGenerated), count(*) FROM VMConnection "
-                   "WHERE Computer = ? GROUP BY 1", [ctx.computer])
-    same_set(res.tuples("bythehour", "failCount"), want.tuples(*want.columns), "records per hour")
-    expect_sorted(res, [("bythehour", False)], "sort by bythehour asc")
-    return f"failCount = {sum(res.col('failCount'))} records, not failures"
-
-
-def q15_corrected(ctx: Ctx, res: Result, q: str) -> str:
-    expect(res.columns == ["bythehour", "failCount"], f"columns {res.columns}")
-    want = ctx.sql("SELECT hour(TimeGenerated), coalesce(sum(LinksFailed), 0) FROM VMConnection "
-                   "WHERE Computer = ? GROUP BY 1", [ctx.computer])
-    same_set(res.tuples("bythehour", "failCount"), want.tuples(*want.columns), "failures per hour")
-    expect_sorted(res, [("bythehour", False)], "sort by bythehour asc")
+def truth_failures(ctx: Ctx, res: Result) -> str:
     failed = sum(res.col("failCount"))
     expect(failed == ctx.facts["links_failed"],
            f"failCount {failed} != {ctx.facts['links_failed']} failed attempts")
     return f"failCount = {failed} = the refused attempts"
 
 
-def q16(ctx: Ctx, res: Result, q: str) -> str:
-    want = ctx.sql(f"SELECT DISTINCT Port, ProcessName FROM VMBoundPort WHERE {LAST_DAY}",
-                   [ctx.now, ctx.computer])
-    same_set(res.tuples("Port", "ProcessName"), want.tuples("Port", "ProcessName"), "ports")
+def truth_ports(ctx: Ctx, res: Result) -> str:
     got = set(res.tuples("Port", "ProcessName"))
     truth = {(p["port"], p["process_name"]) for p in ctx.ports()}
     expect(got == truth, f"ports {sorted(got)} != the servers' {sorted(truth)}")
     return "the servers' ports " + ", ".join(str(p["port"]) for p in ctx.ports())
 
 
-def q17(ctx: Ctx, res: Result, q: str) -> str:
-    expect(res.columns == ["Computer", "Machine", "OpenPorts"], f"columns {res.columns}")
-    want = ctx.sql("SELECT Computer, Machine, count(*) FROM (SELECT DISTINCT Computer, Machine, "
-                   "Port, Protocol FROM VMBoundPort WHERE Ip <> '127.0.0.1') GROUP BY ALL")
-    same_set(res.tuples("Computer", "Machine", "OpenPorts"), want.tuples(*want.columns), "rows")
-    expect_sorted(res, [("OpenPorts", True)], "order by OpenPorts desc")
+def truth_open_ports(ctx: Ctx, res: Result) -> str:
     mine = [r["OpenPorts"] for r in res.rows if r["Machine"] == ctx.machine]
     truth = len({p["port"] for p in ctx.ports(loopback=False)})
     expect(mine == [truth], f"OpenPorts {mine} != [{truth}] servers off loopback")
     return f"OpenPorts = {truth} server(s) off loopback"
 
 
-def q18(ctx: Ctx, res: Result, q: str) -> str:
-    expect(res.columns == ["ProcessName", "OpenPorts"], f"columns {res.columns}")
-    want = ctx.sql("SELECT ProcessName, count(*) FROM (SELECT DISTINCT ProcessName, Port, Protocol "
-                   "FROM VMBoundPort WHERE Ip <> '127.0.0.1') GROUP BY ALL")
-    same_set(res.tuples("ProcessName", "OpenPorts"), want.tuples(*want.columns), "rows")
-    expect_sorted(res, [("OpenPorts", True)], "order by OpenPorts desc")
+def truth_ports_per_process(ctx: Ctx, res: Result) -> str:
     truth: dict[str, int] = {}
     for p in ctx.ports(loopback=False):
         truth[p["process_name"]] = truth.get(p["process_name"], 0) + 1
     got = dict(res.tuples("ProcessName", "OpenPorts"))
     expect(got == truth, f"open ports per process {got} != the servers' {truth}")
     return ", ".join(f"{n}: {k}" for n, k in truth.items())
+
+
+LAST_DAY = "TimeGenerated >= ?::TIMESTAMP - INTERVAL 24 HOUR AND Computer = ?"
+
+
+def last_day(ctx: Ctx) -> list[Any]:
+    return [ctx.now, ctx.computer]
+
+
+def of_machine(ctx: Ctx) -> list[Any]:
+    return [ctx.computer]
+
+
+LINKS = ["LinksEstablished", "LinksFailed", "LinksTerminated"]
+DCOUNTED = ["LinksEstablished", "LinksLive", "LinksFailed", "LinksTerminated"]
+OFF_LOOPBACK = "FROM VMBoundPort WHERE Ip <> '127.0.0.1'"
+
+Q3 = Rows(AZ_SUMMARY, f"SELECT DISTINCT {', '.join(AZ_SUMMARY)} FROM VMComputer "
+          "WHERE AzureLocation <> ''", truth=truth_no_azure, check_columns=False)
+Q3_COMPLEMENT = Rows(AZ_SUMMARY, f"SELECT DISTINCT {', '.join(AZ_SUMMARY)} FROM VMComputer "
+                     "WHERE AzureLocation = ''", truth=truth_not_azure, check_columns=False)
+Q11 = Rows(["ProductVersion"], "SELECT DISTINCT ProductVersion FROM VMProcess "
+           "WHERE ExecutableName = 'curl'", truth=truth_curl, check_columns=False)
+Q12 = Rows(["TimeGenerated", "Computer", "sum_BytesSent", "sum_BytesReceived"],
+           "SELECT time_bucket(INTERVAL 1 hour, TimeGenerated), Computer, sum(BytesSent), "
+           "sum(BytesReceived) FROM VMConnection GROUP BY ALL",
+           order=[("Computer", True)], truth=truth_bytes)
+Q13_CORRECTED = Rows(["Computer", "AzureSize", "count_BytesSent"],
+                     "SELECT c.Computer, m.AzureSize, count(*) FROM VMConnection c "
+                     "FULL OUTER JOIN VMComputer m ON c.Computer = m.Computer GROUP BY ALL",
+                     order=[("count_BytesSent", True)], truth=truth_join_count)
+Q13_INTENDED = Rows(["Computer", "AzureSize", "BytesSent"],
+                    "SELECT c.Computer, (SELECT m.AzureSize FROM VMComputer m WHERE m.Computer = "
+                    "c.Computer ORDER BY m.TimeGenerated DESC LIMIT 1), sum(c.BytesSent) "
+                    "FROM VMConnection c GROUP BY c.Computer",
+                    order=[("BytesSent", True)], truth=truth_bytes_sent)
+Q14_SUBSTITUTED = Rows(["TimeGenerated"] + [f"dcount_{n}" for n in DCOUNTED],
+                       "SELECT time_bucket(INTERVAL 1 hour, TimeGenerated), "
+                       + ", ".join(f"count(DISTINCT {n})" for n in DCOUNTED)
+                       + f" FROM VMConnection WHERE {LAST_DAY} GROUP BY 1", params=last_day,
+                       truth=truth_some_rows)
+Q14_CORRECTED = Rows(["TimeGenerated"] + [f"sum_{n}" for n in LINKS],
+                     "SELECT time_bucket(INTERVAL 1 hour, TimeGenerated), "
+                     + ", ".join(f"coalesce(sum({n}), 0)" for n in LINKS)
+                     + f" FROM VMConnection WHERE {LAST_DAY} GROUP BY 1",
+                     params=last_day, truth=truth_links)
+Q15_SUBSTITUTED = Rows(["bythehour", "failCount"],
+                       "SELECT hour(TimeGenerated), count(*) FROM VMConnection "
+                       "WHERE Computer = ? GROUP BY 1", params=of_machine,
+                       order=[("bythehour", False)])
+Q15_CORRECTED = Rows(["bythehour", "failCount"],
+                     "SELECT hour(TimeGenerated), coalesce(sum(LinksFailed), 0) FROM VMConnection "
+                     "WHERE Computer = ? GROUP BY 1", params=of_machine,
+                     order=[("bythehour", False)], truth=truth_failures)
+Q16 = Rows(["Port", "ProcessName"],
+           f"SELECT DISTINCT Port, ProcessName FROM VMBoundPort WHERE {LAST_DAY}",
+           params=last_day, truth=truth_ports, check_columns=False)
+Q17 = Rows(["Computer", "Machine", "OpenPorts"],
+           "SELECT Computer, Machine, count(*) FROM (SELECT DISTINCT Computer, Machine, Port, "
+           f"Protocol {OFF_LOOPBACK}) GROUP BY ALL",
+           order=[("OpenPorts", True)], truth=truth_open_ports)
+Q18 = Rows(["ProcessName", "OpenPorts"],
+           f"SELECT ProcessName, count(*) FROM (SELECT DISTINCT ProcessName, Port, Protocol "
+           f"{OFF_LOOPBACK}) GROUP BY ALL",
+           order=[("OpenPorts", True)], truth=truth_ports_per_process)
 
 
 Q19_KEYS = ["Machine", "Computer", "ProcessName", "Ip", "Port", "IsWildcardBind"]
@@ -919,7 +924,7 @@ SEARCH = Fails("SearchOperator", "search is not implemented")
 EXPECTATIONS: dict[str, dict[str, Any]] = {
     "Q1": {"original": q1},
     "Q2": {"original": q2},
-    "Q3": {"original": q3, "complement": q3_complement},
+    "Q3": {"original": Q3, "complement": Q3_COMPLEMENT},
     "Q4": {"original": q4},
     "Q5": {"original": q5},
     "Q6": {"original": q6},
@@ -931,22 +936,22 @@ EXPECTATIONS: dict[str, dict[str, Any]] = {
     "Q10": {"original": SEARCH,
             "translated": lambda c, r, q: q10(c, r, q, "AzureResourceName"),
             "corrected": lambda c, r, q: q10(c, r, q, "Machine")},
-    "Q11": {"original": q11},
-    "Q12": {"original": q12},
+    "Q11": {"original": Q11},
+    "Q12": {"original": Q12},
     "Q13": {"original": Fails("aggregate:BytesSent", "count(Expr) has no mapping"),
             "translated": Fails("AzureVMSize", "no column AzureVMSize"),
-            "corrected": q13_corrected, "intended": q13_intended},
+            "corrected": Q13_CORRECTED, "intended": Q13_INTENDED},
     "Q14": {"original": Empty("SELECT count(*) FROM VMConnection WHERE Computer = 'acme-demo'",
                               "the sample's computer"),
-            "substituted": q14_substituted, "corrected": q14_corrected},
+            "substituted": Q14_SUBSTITUTED, "corrected": Q14_CORRECTED},
     "Q15": {"original": Empty("SELECT count(*) FROM VMConnection WHERE Computer = 'acme-demo'",
                               "the sample's computer"),
-            "substituted": q15_substituted, "corrected": q15_corrected},
+            "substituted": Q15_SUBSTITUTED, "corrected": Q15_CORRECTED},
     "Q16": {"original": Empty("SELECT count(*) FROM VMBoundPort WHERE Computer = 'admdemo-appsvr'",
                               "the sample's computer"),
-            "substituted": q16},
-    "Q17": {"original": q17},
-    "Q18": {"original": q18},
+            "substituted": Q16},
+    "Q17": {"original": Q17},
+    "Q18": {"original": Q18},
     "Q19": {"original": q19, "complement": lambda c, r, q: q19(c, r, q, loopback=True)},
     "Q20": {"original": Fails("makeset", "makeset has no mapping"),
             "translated": lambda c, r, q: q20(c, r, q, "AzureResourceName"),
