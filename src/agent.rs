@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::collect::host::HostFacts;
 use crate::collect::sockdiag::TcpSample;
-use crate::collect::sources::Sources;
+use crate::collect::sources::{Availability, Sources};
 use crate::config::{Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
 use crate::identity::{self, Identity};
@@ -35,18 +35,18 @@ pub use crate::collect::sources::StartError;
 /// What depmap can see on this host, and why not where it cannot.
 #[derive(Debug, Clone)]
 pub struct Capabilities {
-    pub sock_diag: Result<(), String>,
-    pub sock_diag_v6: Result<(), String>,
-    pub destroy_events: Result<(), String>,
-    pub proc_connector: Result<(), String>,
+    pub sock_diag: Availability,
+    pub sock_diag_v6: Availability,
+    pub destroy_events: Availability,
+    pub proc_connector: Availability,
     /// Processes whose fd table we could read, of all processes.
     pub proc_fd_readable: (usize, usize),
     /// Receive buffer of the destroy-notification socket (0: no subscription).
     pub destroy_rcvbuf: usize,
     /// Azure Instance Metadata: what was found, or why it was not asked or did not answer.
-    pub azure_metadata: Result<String, String>,
+    pub azure_metadata: Availability,
     /// Passive DNS capture, or why it does not run.
-    pub dns_capture: Result<(), String>,
+    pub dns_capture: Availability,
 }
 
 /// Counters of the agent's own work and losses.

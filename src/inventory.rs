@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::collect::host::HostFacts;
 use crate::collect::imds::{self, Compute, non_empty};
 use crate::collect::packages::PackageDb;
+use crate::collect::sources::Availability;
 use crate::config::{AzureMetadata, EnrichConfig};
 use crate::identity::Identity;
 use crate::records::{Origin, Record, VmComputer, VmProcess, datetime};
@@ -28,7 +29,7 @@ pub struct Inventory {
     imds_asked: Instant,
     imds_endpoint: String,
     /// What IMDS said at start, or why it was not asked or did not answer (the report).
-    pub azure_metadata: Result<String, String>,
+    pub azure_metadata: Availability,
 }
 
 impl Inventory {
@@ -48,15 +49,19 @@ impl Inventory {
             ask_imds,
             imds_asked: Instant::now(),
             imds_endpoint: config.imds_endpoint.clone(),
-            azure_metadata: Err(match config.azure_metadata {
+            azure_metadata: Availability::Unavailable(match config.azure_metadata {
                 AzureMetadata::Never => "not queried (enrich.azure_metadata = \"never\")".into(),
                 _ => "not queried: not an Azure VM (DMI chassis asset tag)".into(),
             }),
         };
         if ask_imds {
             inv.azure_metadata = match inv.query_imds(identity) {
-                Ok(c) => Ok(format!("{} in {} ({})", c.name, c.location, c.vm_size)),
-                Err(e) => Err(format!("no answer ({e}); asked again at each inventory")),
+                Ok(c) => {
+                    Availability::Available(format!("{} in {} ({})", c.name, c.location, c.vm_size))
+                }
+                Err(e) => Availability::Unavailable(format!(
+                    "no answer ({e}); asked again at each inventory"
+                )),
             };
         }
         inv

@@ -5,15 +5,16 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use crate::agent::Capabilities;
+use crate::collect::sources::Availability;
 use crate::records::{Record, Table};
 
 /// The capability report: what depmap can see on this host, and what is missing and why.
 pub fn capabilities(c: &Capabilities) -> String {
     let mut out = String::from("depmap capability report\n");
-    let line = |out: &mut String, name: &str, r: &Result<(), String>, cost: &str, fix: &str| {
+    let line = |out: &mut String, name: &str, r: &Availability, cost: &str, fix: &str| {
         let _ = match r {
-            Ok(()) => writeln!(out, "  [ok]   {name}"),
-            Err(e) => writeln!(
+            Availability::Available(_) => writeln!(out, "  [ok]   {name}"),
+            Availability::Unavailable(e) => writeln!(
                 out,
                 "  [--]   {name}: {e}\n         missing: {cost}\n         fix: {fix}"
             ),
@@ -59,7 +60,7 @@ pub fn capabilities(c: &Capabilities) -> String {
             "  [--]   /proc/PID/fd readable for {readable} of {total} processes\n         missing: Process/ProcessName of the sockets the others hold (and their VMProcess records; inbound ones still credited by the listener rule when a readable process listens)\n         fix: run as root, or grant both CAP_DAC_READ_SEARCH (to open /proc/PID/fd) and CAP_SYS_PTRACE (to read its links, exe and cwd) — systemd/depmap.service does"
         );
     }
-    if c.destroy_events.is_ok() && c.destroy_rcvbuf < crate::collect::destroy::RCVBUF {
+    if c.destroy_events.is_available() && c.destroy_rcvbuf < crate::collect::destroy::RCVBUF {
         let _ = writeln!(
             out,
             "  [--]   destroy-notification buffer {} KiB (8 MiB asked; without CAP_NET_ADMIN the kernel caps it at net.core.rmem_max)\n         missing: in a burst of closes beyond the buffer, the notifications the kernel drops (counted as destroy_overruns; those sockets' bytes after their last poll)\n         fix: sysctl -w net.core.rmem_max=8388608 (the packages install /usr/lib/sysctl.d/60-depmap.conf)",
@@ -67,15 +68,17 @@ pub fn capabilities(c: &Capabilities) -> String {
         );
     }
     let _ = match &c.dns_capture {
-        Ok(()) => writeln!(out, "  [ok]   passive DNS capture"),
-        Err(why) => writeln!(
+        Availability::Available(_) => writeln!(out, "  [ok]   passive DNS capture"),
+        Availability::Unavailable(why) => writeln!(
             out,
             "  [--]   passive DNS capture: {why}\n         missing: RemoteDnsQuestions, RemoteDnsCanonicalNames\n         fix: enrich.dns_capture = true with CAP_NET_RAW (under systemd: a drop-in adding CAP_NET_RAW to CapabilityBoundingSet and AmbientCapabilities)"
         ),
     };
     let _ = match &c.azure_metadata {
-        Ok(found) => writeln!(out, "  [ok]   Azure Instance Metadata: {found}"),
-        Err(why) => writeln!(
+        Availability::Available(found) => {
+            writeln!(out, "  [ok]   Azure Instance Metadata: {found}")
+        }
+        Availability::Unavailable(why) => writeln!(
             out,
             "  [--]   Azure Instance Metadata: {why}\n         missing: HostingProvider, the Azure* columns of VMComputer; _ResourceId is the machine id\n         fix: on an Azure VM, nothing (it is recognised); elsewhere it does not apply (enrich.azure_metadata = \"always\" forces it)"
         ),

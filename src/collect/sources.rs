@@ -27,13 +27,31 @@ pub enum StartError {
     Dump(std::io::Error),
 }
 
+/// Whether a source works here: what it found, or why it does not (a line of the capability
+/// report).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// It works; what it found, where there is something to say (else empty).
+    Available(String),
+    /// It does not work here, and why.
+    Unavailable(String),
+}
+
+impl Availability {
+    pub const YES: Availability = Availability::Available(String::new());
+
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available(_))
+    }
+}
+
 /// What each reader can do here, and why not where it cannot.
 #[derive(Debug, Clone)]
 pub struct SourceStatus {
-    pub sock_diag: Result<(), String>,
-    pub sock_diag_v6: Result<(), String>,
-    pub destroy_events: Result<(), String>,
-    pub proc_connector: Result<(), String>,
+    pub sock_diag: Availability,
+    pub sock_diag_v6: Availability,
+    pub destroy_events: Availability,
+    pub proc_connector: Availability,
     /// Receive buffer of the destroy-notification socket (0: no subscription).
     pub destroy_rcvbuf: usize,
 }
@@ -94,26 +112,32 @@ impl Sources {
         diag.dump(Family::V4, |_| {}).map_err(StartError::Dump)?;
         // IPv6 sockets are dumped even with `ipv6 = false`: a dual-stack (`::`) socket carries
         // IPv4 traffic too. The setting only drops connections with real IPv6 addresses.
-        let sock_diag_v6 = diag
-            .dump(Family::V6, |_| {})
-            .map(|_| ())
-            .map_err(|e| format!("IPv6 dump failed: {e}"));
-        let (destroys, destroy_events) = match DestroyListener::start(sock_diag_v6.is_ok()) {
-            Ok(d) => (Some(d), Ok(())),
+        let sock_diag_v6 = match diag.dump(Family::V6, |_| {}) {
+            Ok(_) => Availability::YES,
+            Err(e) => Availability::Unavailable(format!("IPv6 dump failed: {e}")),
+        };
+        let (destroys, destroy_events) = match DestroyListener::start(sock_diag_v6.is_available()) {
+            Ok(d) => (Some(d), Availability::YES),
             Err(e) => (
                 None,
-                Err(format!("cannot join the TCP destroy groups: {e}")),
+                Availability::Unavailable(format!("cannot join the TCP destroy groups: {e}")),
             ),
         };
         // Subscribing goes on on its own thread (see proc_events); `proc_changes` takes its
         // outcome into the status.
         let (proc_events, proc_connector) = match ProcEvents::start() {
-            Ok(p) => (Some(p), Err(PROC_EVENTS_STARTING.to_string())),
-            Err(e) => (None, Err(proc_connector_unavailable(&e.to_string()))),
+            Ok(p) => (
+                Some(p),
+                Availability::Unavailable(PROC_EVENTS_STARTING.to_string()),
+            ),
+            Err(e) => (
+                None,
+                Availability::Unavailable(proc_connector_unavailable(&e.to_string())),
+            ),
         };
         Ok(Sources {
             status: SourceStatus {
-                sock_diag: Ok(()),
+                sock_diag: Availability::YES,
                 sock_diag_v6,
                 destroy_events,
                 proc_connector,
@@ -164,13 +188,14 @@ impl Sources {
         match events.status() {
             ProcStatus::Starting => {}
             ProcStatus::Live => {
-                if self.status.proc_connector.is_err() {
+                if !self.status.proc_connector.is_available() {
                     tracing::debug!("process events from the proc connector arrive");
-                    self.status.proc_connector = Ok(());
+                    self.status.proc_connector = Availability::YES;
                 }
             }
             ProcStatus::Unavailable(why) => {
-                self.status.proc_connector = Err(proc_connector_unavailable(&why));
+                self.status.proc_connector =
+                    Availability::Unavailable(proc_connector_unavailable(&why));
                 self.proc_events = None;
             }
         }
@@ -183,7 +208,7 @@ impl Sources {
         let mut complete = true;
         samples.clear();
         let mut families = vec![Family::V4];
-        if self.status.sock_diag_v6.is_ok() {
+        if self.status.sock_diag_v6.is_available() {
             families.push(Family::V6);
         }
         let ipv6 = self.ipv6;

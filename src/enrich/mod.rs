@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use crate::collect::dns_capture::DnsCapture;
+use crate::collect::sources::Availability;
 use crate::config::EnrichConfig;
 use crate::records::VmConnection;
 use dns::{DnsCache, DnsCounters};
@@ -41,7 +42,7 @@ pub struct Enricher {
     /// The capture (kept running while it lives) and the cache it fills.
     dns: Option<(DnsCapture, Arc<Mutex<DnsCache>>)>,
     /// Whether DNS capture runs, or why not.
-    pub dns_status: Result<(), String>,
+    pub dns_status: Availability,
     reverse: Option<ReverseLookups>,
 }
 
@@ -74,7 +75,7 @@ impl Enricher {
                 .then(|| config.geoip_database.clone()),
             geo: None,
             dns: None,
-            dns_status: Err("off (enrich.dns_capture = false)".into()),
+            dns_status: Availability::Unavailable("off (enrich.dns_capture = false)".into()),
             reverse: None,
         };
         e.open_geo();
@@ -83,7 +84,7 @@ impl Enricher {
             match DnsCapture::start(on_message) {
                 Ok(c) => {
                     e.dns = Some((c, cache));
-                    e.dns_status = Ok(());
+                    e.dns_status = Availability::YES;
                 }
                 Err(err) => {
                     let why = if err.raw_os_error() == Some(libc::EPERM) {
@@ -92,7 +93,8 @@ impl Enricher {
                         err.to_string()
                     };
                     tracing::warn!(error = %why, "passive DNS capture unavailable; falling back to reverse lookups (RemoteDnsQuestions stays null)");
-                    e.dns_status = Err(format!("{why}; reverse lookups instead"));
+                    e.dns_status =
+                        Availability::Unavailable(format!("{why}; reverse lookups instead"));
                 }
             }
         }
