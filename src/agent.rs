@@ -72,8 +72,7 @@ pub struct Agent {
     inventory: Inventory,
     /// The latest dump's sockets (a buffer reused from poll to poll).
     samples: Vec<TcpSample>,
-    /// This poll's sockets waiting for their process: (index in the dump, what the tracker
-    /// knew, FIN received). Kept to reuse its allocation.
+    /// This poll's sockets waiting for their process (a buffer reused from poll to poll).
     waiting: Vec<Waiting>,
     /// Sockets re-read between full dumps for response times (active in the last dump).
     hot: Vec<TcpSample>,
@@ -196,7 +195,7 @@ impl Agent {
 
     /// Observes at once the sockets tracked and credited to a process (one lookup each);
     /// returns the others, which wait for their process: new sockets, and those no process was
-    /// found for yet — (index in `samples`, what the tracker knew, FIN received).
+    /// found for yet.
     fn observe_attributed(&mut self, samples: &[TcpSample], at_ms: u64) -> Vec<Waiting> {
         let mut waiting = std::mem::take(&mut self.waiting);
         waiting.clear();
