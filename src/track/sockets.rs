@@ -316,8 +316,8 @@ impl SocketTracker {
         at_ms: u64,
         key: impl FnOnce() -> ConnKey,
     ) {
-        let generation = self.generation;
-        let baseline = !self.baseline_done;
+        let seen = self.seen(fin_received, at_ms);
+        let (generation, baseline) = (seen.generation, seen.baseline);
         let established_now = is_established(s.state);
         let full = self.full();
         let tracked = match self.sockets.entry(s.cookie) {
@@ -333,16 +333,16 @@ impl SocketTracker {
                 None => e.insert(Tracked::new(key(), baseline && established_now, generation)),
             },
         };
-        update(
-            tracked,
-            &mut self.window,
-            &mut self.stats,
-            s,
-            fin_received,
+        update(tracked, &mut self.window, &mut self.stats, s, seen);
+    }
+
+    fn seen(&self, fin_received: bool, at_ms: u64) -> Seen {
+        Seen {
+            generation: self.generation,
+            baseline: !self.baseline_done,
             at_ms,
-            generation,
-            baseline,
-        );
+            fin_received,
+        }
     }
 
     /// [`SocketTracker::observe`] for a socket tracked and credited to a process (the steady
@@ -350,19 +350,10 @@ impl SocketTracker {
     /// done and what the tracker knows of it is returned, for the caller to resolve and
     /// observe it then.
     pub fn observe_attributed(&mut self, s: &TcpSample, fin_received: bool, at_ms: u64) -> Known {
-        let (generation, baseline) = (self.generation, !self.baseline_done);
+        let seen = self.seen(fin_received, at_ms);
         match self.sockets.get_mut(&s.cookie) {
             Some(t) if t.key.process.is_some() => {
-                update(
-                    t,
-                    &mut self.window,
-                    &mut self.stats,
-                    s,
-                    fin_received,
-                    at_ms,
-                    generation,
-                    baseline,
-                );
+                update(t, &mut self.window, &mut self.stats, s, seen);
                 Known::Attributed
             }
             Some(_) => Known::Unattributed,
@@ -567,19 +558,31 @@ impl SocketTracker {
     }
 }
 
+/// When and how a dump saw a sample, beside its counters.
+#[derive(Clone, Copy)]
+struct Seen {
+    generation: u64,
+    /// The baseline dump: counters are the starting point, not activity.
+    baseline: bool,
+    at_ms: u64,
+    fin_received: bool,
+}
+
 /// One dump's sample of a tracked socket: seen now, its link established, its byte and
 /// response-time deltas into the window (or its pending sums while no process is known).
-#[allow(clippy::too_many_arguments)]
 fn update(
     tracked: &mut Tracked,
     window: &mut WindowSums,
     tracker_stats: &mut TrackerStats,
     s: &TcpSample,
-    fin_received: bool,
-    at_ms: u64,
-    generation: u64,
-    baseline: bool,
+    seen: Seen,
 ) {
+    let Seen {
+        generation,
+        baseline,
+        at_ms,
+        fin_received,
+    } = seen;
     let established_now = is_established(s.state);
     tracked.last_seen = generation;
     let client = tracked.client();
