@@ -154,6 +154,7 @@ pub fn run_loop(
                 ));
                 continue;
             }
+            // (No deadline is given here: `Deadline` cannot come.)
             Woke::Message(Control::Stop) | Woke::Disconnected | Woke::Deadline => {
                 (true, SystemTime::now())
             }

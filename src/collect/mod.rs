@@ -12,13 +12,3 @@ pub mod queue;
 pub mod reader;
 pub mod sockdiag;
 pub mod sources;
-
-use std::io;
-use std::os::fd::AsFd;
-use std::time::Duration;
-
-/// `SO_RCVTIMEO` on a socket: the longest a blocking receive waits (the proc connector's
-/// acknowledgement).
-pub(crate) fn set_recv_timeout(socket: &impl AsFd, timeout: Duration) -> io::Result<()> {
-    socket2::SockRef::from(socket).set_read_timeout(Some(timeout))
-}

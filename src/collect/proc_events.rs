@@ -243,7 +243,8 @@ fn subscribe() -> io::Result<ProcConnector> {
         }
         e => to_io(e),
     })?;
-    super::set_recv_timeout(&conn, ACK_WAIT)?;
+    // SO_RCVTIMEO: the longest the subscription's blocking receive waits for its ack.
+    socket2::SockRef::from(&conn).set_read_timeout(Some(ACK_WAIT))?;
     let mask = EventMask(EventMask::FORK.0 | EventMask::EXEC.0 | EventMask::EXIT.0);
     match conn.subscribe_filtered(mask) {
         Ok(()) | Err(proc_connector::Error::WouldBlock) => {}

@@ -1,4 +1,5 @@
-//! Each remote sink's wire form of a record, written once: when the record joins a batch.
+//! Each sink's wire form of a record, written once: when the record joins a batch (the file
+//! sink writes `records`).
 //! The spool holds batches in that form, so a send — and every retry of it — only frames the
 //! lines (an HTTP body, a JSON array, Azure's chunks); no sink parses JSON it wrote itself.
 //!
@@ -68,7 +69,7 @@ impl Encoding {
             return body.to_vec();
         }
         let mut out = Vec::with_capacity(body.len());
-        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        for line in lines(body) {
             match serde_json::from_slice::<Map<String, Value>>(line) {
                 Ok(mut columns) => {
                     self.shape(&mut columns);

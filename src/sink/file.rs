@@ -16,6 +16,7 @@ use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::encoding::Encoding;
 use super::{Sink, WriteFailure};
 use crate::records::Record;
 
@@ -178,9 +179,9 @@ impl Sink for FileSink {
         let mut by_table: HashMap<&'static str, (usize, Vec<u8>)> = HashMap::new();
         for r in batch {
             let (records, buf) = by_table.entry(r.table().name()).or_default();
-            *records += 1;
-            buf.extend_from_slice(r.to_json().as_bytes());
-            buf.push(b'\n');
+            if Encoding::Records.encode(r, buf) {
+                *records += 1;
+            }
         }
         // Every table is tried; the records of those that could not be written are lost.
         let mut failure: Option<WriteFailure> = None;
