@@ -113,6 +113,18 @@ pub enum ProcessScope {
     All,
 }
 
+/// Whether the kernel event source (eBPF) is used (`collect.events`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventsMode {
+    /// Used where the kernel and the privileges allow, else polling alone.
+    Auto,
+    /// Required: depmap does not start without it.
+    Ebpf,
+    /// Polling alone.
+    Off,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectConfig {
@@ -141,6 +153,8 @@ pub struct CollectConfig {
     /// Dump IPv6 sockets too.
     pub ipv6: bool,
     pub processes: ProcessScope,
+    /// The kernel event source: owners of short connections, exact response times.
+    pub events: EventsMode,
 }
 
 impl CollectConfig {
@@ -167,6 +181,7 @@ impl Default for CollectConfig {
             cpu_budget: CpuBudget(1.0),
             ipv6: true,
             processes: ProcessScope::Connected,
+            events: EventsMode::Auto,
         }
     }
 }

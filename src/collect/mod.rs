@@ -2,6 +2,7 @@
 //! for the records; the tracking layer does.
 pub mod destroy;
 pub mod dns_capture;
+pub mod ebpf;
 pub mod host;
 pub mod imds;
 pub mod ownership;

@@ -59,9 +59,9 @@ pub fn records(
             protocol: "tcp".into(),
             remote_ip: remote,
             responses: Some(st.rt.responses as i64),
-            response_time_max: rt_value(&st.rt, st.rt.max_ms),
-            response_time_min: rt_value(&st.rt, st.rt.min_ms),
-            response_time_sum: rt_value(&st.rt, st.rt.sum_ms),
+            response_time_max: rt_value(&st.rt, st.rt.max_us),
+            response_time_min: rt_value(&st.rt, st.rt.min_us),
+            response_time_sum: rt_value(&st.rt, st.rt.sum_us),
             source_ip: src,
             ..Default::default()
         };
@@ -86,17 +86,18 @@ pub fn records(
             process_name: name_of(&key.process),
             protocol: "tcp".into(),
             responses: Some(p.stats.rt.responses as i64),
-            response_time_max: rt_value(&p.stats.rt, p.stats.rt.max_ms),
-            response_time_min: rt_value(&p.stats.rt, p.stats.rt.min_ms),
-            response_time_sum: rt_value(&p.stats.rt, p.stats.rt.sum_ms),
+            response_time_max: rt_value(&p.stats.rt, p.stats.rt.max_us),
+            response_time_min: rt_value(&p.stats.rt, p.stats.rt.min_us),
+            response_time_sum: rt_value(&p.stats.rt, p.stats.rt.sum_us),
         })));
     }
     out
 }
 
 /// A response-time column: null when no response was measured.
-fn rt_value(rt: &RtStats, v: u64) -> Option<i64> {
-    (rt.responses > 0).then_some(v as i64)
+/// A response-time column in milliseconds (rounded), from microseconds.
+fn rt_value(rt: &RtStats, us: u64) -> Option<i64> {
+    (rt.responses > 0).then_some(us.saturating_add(500) as i64 / 1000)
 }
 
 #[cfg(test)]

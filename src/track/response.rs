@@ -31,29 +31,36 @@ use crate::collect::sockdiag::TcpCounters;
 /// One jiffy at HZ=250, the coarsest kernel clock in use: `tcp_info` times are this exact.
 pub const JIFFY_MS: u64 = 4;
 
-/// Sums of measured response times (milliseconds).
+/// Sums of measured response times, in microseconds (the kernel events measure to the
+/// microsecond; the tcp_info estimators to the millisecond). Records carry milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RtStats {
     pub responses: u64,
-    pub sum_ms: u64,
-    pub min_ms: u64,
-    pub max_ms: u64,
+    pub sum_us: u64,
+    pub min_us: u64,
+    pub max_us: u64,
 }
 
 impl RtStats {
+    /// `count` exchanges of `rt_ms` milliseconds each (an estimator's measurement).
     pub fn record(&mut self, rt_ms: u64, count: u64) {
+        self.record_us(rt_ms.saturating_mul(1000), count);
+    }
+
+    /// `count` exchanges of `rt_us` microseconds each.
+    pub fn record_us(&mut self, rt_us: u64, count: u64) {
         if count == 0 {
             return;
         }
         if self.responses == 0 {
-            self.min_ms = rt_ms;
-            self.max_ms = rt_ms;
+            self.min_us = rt_us;
+            self.max_us = rt_us;
         } else {
-            self.min_ms = self.min_ms.min(rt_ms);
-            self.max_ms = self.max_ms.max(rt_ms);
+            self.min_us = self.min_us.min(rt_us);
+            self.max_us = self.max_us.max(rt_us);
         }
         self.responses += count;
-        self.sum_ms += rt_ms * count;
+        self.sum_us = self.sum_us.saturating_add(rt_us.saturating_mul(count));
     }
 
     pub fn add(&mut self, o: &RtStats) {
@@ -65,9 +72,9 @@ impl RtStats {
             return;
         }
         self.responses += o.responses;
-        self.sum_ms += o.sum_ms;
-        self.min_ms = self.min_ms.min(o.min_ms);
-        self.max_ms = self.max_ms.max(o.max_ms);
+        self.sum_us = self.sum_us.saturating_add(o.sum_us);
+        self.min_us = self.min_us.min(o.min_us);
+        self.max_us = self.max_us.max(o.max_us);
     }
 }
 
@@ -230,9 +237,9 @@ mod tests {
             s,
             RtStats {
                 responses: 1,
-                sum_ms: 120,
-                min_ms: 120,
-                max_ms: 120
+                sum_us: 120000,
+                min_us: 120000,
+                max_us: 120000
             }
         );
     }
@@ -273,9 +280,9 @@ mod tests {
             s,
             RtStats {
                 responses: 1,
-                sum_ms: 120,
-                min_ms: 120,
-                max_ms: 120
+                sum_us: 120000,
+                min_us: 120000,
+                max_us: 120000
             }
         );
     }
@@ -291,9 +298,9 @@ mod tests {
             s,
             RtStats {
                 responses: 8,
-                sum_ms: 1000,
-                min_ms: 125,
-                max_ms: 125
+                sum_us: 1000000,
+                min_us: 125000,
+                max_us: 125000
             }
         );
         // Think time between exchanges (not back-to-back) and several exchanges between
@@ -317,7 +324,7 @@ mod tests {
             ..Default::default()
         };
         e.observe(1_000, &server, false, &mut s);
-        assert_eq!((s.responses, s.sum_ms), (1, 20));
+        assert_eq!((s.responses, s.sum_us), (1, 20000));
     }
 
     #[test]
@@ -327,7 +334,7 @@ mod tests {
         e.observe(2_000, &client(1300, 1180, 1, 2000), true, &mut s);
         assert_eq!(s.responses, 0);
         e.observe(3_000, &client(100, 40, 2, 4000), true, &mut s);
-        assert_eq!((s.responses, s.sum_ms), (1, 60));
+        assert_eq!((s.responses, s.sum_us), (1, 60000));
     }
 
     #[test]
@@ -342,9 +349,9 @@ mod tests {
             a,
             RtStats {
                 responses: 3,
-                sum_ms: 70,
-                min_ms: 10,
-                max_ms: 30
+                sum_us: 70000,
+                min_us: 10000,
+                max_us: 30000
             }
         );
     }

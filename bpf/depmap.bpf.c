@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: GPL-2.0
+// depmap's kernel event source (README "Kernel events"): who opened each TCP connection of
+// depmap's network namespace, and the time between a request and its answer on it.
+//
+// Three BTF tracepoints (tp_btf: no tracefs, and the socket cookie that sock_diag reports):
+//   inet_sock_set_state  CLOSE -> SYN_SENT runs in the connecting task: a CONNECT event with
+//                        its tgid, comm, uid, cgroup and start time, and the socket is
+//                        remembered as a client. SYN_RECV -> ESTABLISHED runs in softirq (the
+//                        task is meaningless): the socket is remembered as a server whose
+//                        owner is still to come. -> CLOSE forgets it.
+//   sock_send_length     run in the task that sends or receives, after the call returned: the
+//   sock_recv_length     first one on a server socket gives its OWNER event, and
+//                        the last send of a request and the first receive of its answer give
+//                        a RESPONSE event (client), or the mirror on a server socket.
+//
+// Built by bpf/build.sh (clang -target bpf); the object is committed beside this file and the
+// test suite checks that it matches. The kernel types below are declared with only the fields
+// read, and `preserve_access_index`: the loader relocates every offset against the running
+// kernel's BTF (CO-RE), so no vmlinux.h is needed and one object runs on every kernel with BTF.
+
+// The fixed-width types the libbpf headers use (not linux/types.h: it pulls in the host's
+// asm/ headers, which a BPF target need not have).
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed int __s32;
+typedef signed long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+// From the kernel's UAPI (include/uapi/linux/bpf.h), which is ABI: these values never change.
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_RINGBUF 27
+#define BPF_F_NO_PREALLOC 1
+#define BPF_ANY 0
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+
+// BPF_RB_NO_WAKEUP: the reader drains the ring on its own timer.
+#define NO_WAKEUP 1
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	unsigned short skc_family;
+	possible_net_t skc_net;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct task_struct *group_leader;
+	__u64 start_boottime;
+} __attribute__((preserve_access_index));
+
+// Event kinds; the first field of every event (src/collect/ebpf.rs decodes them).
+enum kind { CONNECT = 1, OWNER = 2, RESPONSE = 3 };
+
+// CONNECT and OWNER: the process that opened, or first used, the socket.
+struct owner_event {
+	__u32 kind;
+	__u32 tgid;
+	__u32 uid;
+	__u32 _pad;
+	__u64 cookie;
+	// The thread group leader's start, boot clock, nanoseconds (/proc/PID/stat's start time
+	// is this in clock ticks): the process's identity across pid reuse.
+	__u64 start_ns;
+	__u64 cgroup;
+	char comm[16];
+};
+
+// RESPONSE: one exchange's response time.
+struct response_event {
+	__u32 kind;
+	__u32 _pad;
+	__u64 cookie;
+	__u64 nanos;
+};
+
+enum role { CLIENT = 1, SERVER = 2 };
+enum phase { IDLE = 0, REQUEST = 1, ANSWER = 2 };
+
+// A socket opened after the programs were attached.
+struct conn {
+	__u64 last_ns; // the last send (client) or receive (server) of the current request
+	__u8 role;
+	__u8 phase;
+	__u8 owner_known;
+	__u8 _pad[5];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); // set by the loader (collect::ebpf::RING_BYTES)
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); // set by the loader (collect::ebpf::MAX_SOCKETS)
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64); // socket cookie
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+// Losses, per CPU: the loader sums them.
+enum loss { RING_FULL = 0, MAP_FULL = 1, LOSSES = 2 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LOSSES);
+	__type(key, __u32);
+	__type(value, __u64);
+} losses SEC(".maps");
+
+// Set at load: the network namespace (inode) whose sockets are followed.
+const volatile __u32 netns_ino = 0;
+
+static __always_inline void lost(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&losses, &which);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline int followed(const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == netns_ino;
+}
+
+static __always_inline int owner(__u32 kind, __u64 cookie)
+{
+	struct owner_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		lost(RING_FULL);
+		return 0;
+	}
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	e->kind = kind;
+	e->tgid = pid_tgid >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->_pad = 0;
+	e->cookie = cookie;
+	e->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	// An owner is wanted promptly (the reader reads /proc for it while the process lives):
+	// the kernel wakes the reader only when the ring was empty, so bursts cost one wake-up.
+	bpf_ringbuf_submit(e, 0);
+	return 1;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(set_state, struct sock *sk, int old, int new)
+{
+	if (!followed(sk))
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	if (new == TCP_CLOSE) {
+		bpf_map_delete_elem(&conns, &cookie);
+		return 0;
+	}
+	struct conn c = {};
+	if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
+		c.role = CLIENT;
+		c.owner_known = 1;
+		owner(CONNECT, cookie);
+	} else if (old == TCP_SYN_RECV && new == TCP_ESTABLISHED) {
+		c.role = SERVER;
+	} else {
+		return 0;
+	}
+	if (bpf_map_update_elem(&conns, &cookie, &c, BPF_ANY))
+		lost(MAP_FULL);
+	return 0;
+}
+
+static __always_inline void response(__u64 cookie, __u64 nanos)
+{
+	struct response_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		lost(RING_FULL);
+		return;
+	}
+	e->kind = RESPONSE;
+	e->_pad = 0;
+	e->cookie = cookie;
+	e->nanos = nanos;
+	bpf_ringbuf_submit(e, NO_WAKEUP);
+}
+
+// One send (sending = 1) or receive of `ret` bytes on `sk`, in the task that made it.
+static __always_inline int moved(struct sock *sk, int ret, int sending)
+{
+	if (ret <= 0)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	if (!c)
+		return 0;
+	if (!c->owner_known)
+		c->owner_known = owner(OWNER, cookie);
+	__u64 now = bpf_ktime_get_ns();
+	// The request is what the client sends; a server receives it.
+	int request = (c->role == CLIENT) == sending;
+	if (request) {
+		c->last_ns = now;
+		c->phase = REQUEST;
+	} else if (c->phase == REQUEST) {
+		c->phase = ANSWER;
+		response(cookie, now - c->last_ns);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(send_length, struct sock *sk, int ret, int flags)
+{
+	return moved(sk, ret, 1);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(recv_length, struct sock *sk, int ret, int flags)
+{
+	return moved(sk, ret, 0);
+}
