@@ -1,7 +1,9 @@
 //! The agent: one poll of the kernel and the window it fills (`daemon` runs the loop).
 //!
-//! A poll is: process events → sock_diag dump (IPv4, IPv6) → map new socket inodes to
-//! processes → update the socket tracker → apply destroy notifications. At each window
+//! A poll is: kernel events (owners, response times) → process events → sock_diag dump
+//! (IPv4, IPv6) → map new socket inodes to processes → update the socket tracker → apply
+//! destroy notifications. With the kernel event source, the ticks between full dumps are
+//! light polls (events, process events, destroy notifications: no dump). At each window
 //! boundary the tracker's sums become VMConnection and VMBoundPort records; inventory records
 //! are produced at start, every `inventory_interval`, and when a new process pool appears.
 
@@ -9,6 +11,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::collect::destroy::Final;
+use crate::collect::ebpf::KernelEvent;
 use crate::collect::host::HostFacts;
 use crate::collect::sockdiag::TcpSample;
 use crate::collect::sources::{Availability, Sources};
@@ -30,6 +34,14 @@ type Waiting = (usize, Known, bool);
 /// Longest wait at stop for the destroy notifications of sockets closed just before it.
 const LAST_FINALS_WAIT: Duration = Duration::from_millis(500);
 
+/// With the event source, how old a destroy notification must be before it is applied: by
+/// then the events of its socket (its owner, its last response times) have been drained
+/// (the reader drains at least every 100 ms), so a close never overtakes its socket's events.
+const FINAL_SETTLE_MS: u64 = 250;
+
+/// Most process-event pids kept between full dumps as hints for the next /proc walk.
+const HINTS_MAX: usize = 4096;
+
 pub use crate::collect::sources::StartError;
 
 /// What depmap can see on this host, and why not where it cannot.
@@ -39,6 +51,9 @@ pub struct Capabilities {
     pub sock_diag_v6: Availability,
     pub destroy_events: Availability,
     pub proc_connector: Availability,
+    /// The eBPF event source, and its response timing.
+    pub kernel_events: Availability,
+    pub event_timing: Availability,
     /// Processes whose fd table we could read, of all processes.
     pub proc_fd_readable: (usize, usize),
     /// Receive buffer of the destroy-notification socket (0: no subscription).
@@ -82,6 +97,10 @@ pub struct Agent {
     enricher: Enricher,
     /// CPU time spent applying destroy notifications since the last full poll was scheduled.
     destroys_cpu: Duration,
+    /// Pids that started since the last full dump (read first by its /proc walk).
+    hints: Vec<u32>,
+    /// Destroy notifications waiting for their socket's events (see [`FINAL_SETTLE_MS`]).
+    settling: Vec<(Final, u64)>,
     /// Processes whose fd table could be read at start, of all processes.
     proc_fd_readable: (usize, usize),
     pub counters: AgentCounters,
@@ -95,7 +114,7 @@ impl Agent {
     /// Opens the kernel interfaces. Fails only when sock_diag itself is unusable; everything
     /// else degrades and is reported in [`Capabilities`].
     pub fn start(config: Config) -> Result<Agent, StartError> {
-        let sources = Sources::open(config.collect.ipv6)?;
+        let sources = Sources::open(config.collect.ipv6, config.collect.events)?;
         let facts = HostFacts::read();
         let agent_id = identity::agent_id(
             &config.agent.agent_id,
@@ -109,6 +128,9 @@ impl Agent {
         let inventory = Inventory::start(&config.enrich, &facts, &mut identity);
         let proc_root = PathBuf::from("/proc");
         let enricher = Enricher::new(&config.enrich);
+        let mut tracker = SocketTracker::with_cap(config.collect.max_connections);
+        tracker.time_by_events(sources.events_timing());
+        let schedule = schedule(&config.collect, &sources);
         Ok(Agent {
             proc_fd_readable: proc_fd_readable(&proc_root),
             sources,
@@ -118,15 +140,17 @@ impl Agent {
                 config.collect.max_pools,
             ),
             identity,
-            tracker: SocketTracker::with_cap(config.collect.max_connections),
+            tracker,
             inventory,
             samples: Vec::new(),
             waiting: Vec::new(),
             hot: Vec::new(),
             counters: AgentCounters::default(),
-            schedule: PollSchedule::new(&config.collect),
+            schedule,
             enricher,
             destroys_cpu: Duration::ZERO,
+            hints: Vec::new(),
+            settling: Vec::new(),
             period_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             reported_shed: (0, 0),
             shed_log: Throttle::new(PROBLEM_LOG_INTERVAL),
@@ -151,6 +175,8 @@ impl Agent {
             sock_diag_v6: s.sock_diag_v6.clone(),
             destroy_events: s.destroy_events.clone(),
             proc_connector: s.proc_connector.clone(),
+            kernel_events: s.kernel_events.clone(),
+            event_timing: s.event_timing.clone(),
             proc_fd_readable: self.proc_fd_readable,
             destroy_rcvbuf: s.destroy_rcvbuf,
             azure_metadata: self.inventory.azure_metadata.clone(),
@@ -164,13 +190,66 @@ impl Agent {
         self.sources.settle_proc_events(limit);
     }
 
+    /// The loop's tick (hot polls, or full and light polls, happen on its multiples).
+    pub fn tick(&self) -> Duration {
+        self.schedule.tick()
+    }
+
+    /// Applies the kernel events queued since the last poll: an owner goes to its socket if
+    /// it is tracked without one, else waits for it (a socket not seen yet); a response time
+    /// goes to its socket's window.
+    fn apply_kernel_events(&mut self) {
+        let now = Instant::now();
+        for event in self.sources.kernel_events() {
+            match event {
+                KernelEvent::Owner {
+                    cookie,
+                    role,
+                    process,
+                } => {
+                    let pool = self.attribution.event_pool(&process);
+                    match self.tracker.known(cookie) {
+                        Known::New => self.attribution.remember_owner(cookie, role, pool, now),
+                        Known::Unattributed => {
+                            if let Some(pool) = pool {
+                                self.tracker.attribute(cookie, pool);
+                            }
+                        }
+                        Known::Attributed => {}
+                    }
+                }
+                KernelEvent::Response { cookie, micros } => {
+                    self.tracker.response_measured(cookie, micros)
+                }
+            }
+        }
+    }
+
+    /// The process changes since the last poll: exits leave the caches, starts are hints.
+    fn apply_proc_changes(&mut self) {
+        for change in self.sources.proc_changes() {
+            self.attribution.process_changed(change, &mut self.hints);
+        }
+        if self.hints.len() > HINTS_MAX {
+            self.hints.drain(..self.hints.len() - HINTS_MAX);
+        }
+    }
+
+    /// A light poll (with the event source, between full dumps): events, process changes and
+    /// destroy notifications, no dump.
+    pub fn poll_light(&mut self) {
+        self.apply_kernel_events();
+        self.apply_proc_changes();
+        self.apply_destroys(false, true);
+        self.report_shedding();
+    }
+
     /// One poll; see the module comment for the steps.
     pub fn poll(&mut self) {
         let started = Instant::now();
-        let mut hints = Vec::new();
-        for change in self.sources.proc_changes() {
-            self.attribution.process_changed(change, &mut hints);
-        }
+        self.apply_kernel_events();
+        self.apply_proc_changes();
+        let hints = std::mem::take(&mut self.hints);
         let baseline_poll = !self.tracker.baseline_done();
         let mut samples = std::mem::take(&mut self.samples);
         let dump = self.sources.dump(&mut samples);
@@ -185,7 +264,7 @@ impl Agent {
         // Applying queued closes costs what the churn costs, whatever the dump period: it is
         // not counted as the dump's cost (the schedule sees it as the rest of the process).
         let cpu = thread_cpu();
-        self.apply_destroys(baseline_poll);
+        self.apply_destroys(baseline_poll, true);
         self.destroys_cpu += thread_cpu().saturating_sub(cpu);
         self.attribution.end_poll();
         self.report_shedding();
@@ -203,6 +282,12 @@ impl Agent {
             let fin = self.fin_received(s);
             match self.tracker.observe_attributed(s, fin, at_ms) {
                 Known::Attributed => {}
+                // A kernel event named its owner: no /proc walk for it.
+                Known::New if self.attribution.has_event_owner(s.cookie) => {
+                    let attribution = &mut self.attribution;
+                    self.tracker
+                        .observe(s, fin, at_ms, || attribution.key_for(s));
+                }
                 known => waiting.push((i, known, fin)),
             }
         }
@@ -272,8 +357,13 @@ impl Agent {
             if left.is_zero() || !self.sources.wait_for_final(left) {
                 break;
             }
-            self.apply_destroys(!self.tracker.baseline_done());
+            self.apply_destroys(!self.tracker.baseline_done(), false);
         }
+        // The events of the sockets closed last, then every close still settling.
+        if self.sources.wait_events_drained(LAST_FINALS_WAIT) {
+            self.apply_kernel_events();
+        }
+        self.apply_destroys(!self.tracker.baseline_done(), false);
     }
 
     /// The hot set: established sockets that moved data during the last poll interval, most
@@ -331,6 +421,9 @@ impl Agent {
             self.schedule.process_usage(process_cpu(), Instant::now());
             self.counters.full_poll_period_ms = self.schedule.full_period().as_millis() as u64;
             true
+        } else if self.sources.events_active() {
+            self.poll_light();
+            false
         } else {
             let lookups = self.hot.len();
             self.poll_hot();
@@ -361,9 +454,20 @@ impl Agent {
 
     /// Applies the queued destroy notifications. In the baseline poll, notifications of
     /// sockets the baseline dump did not hold are of sockets older than depmap that closed
-    /// while it started: their bytes and their establishment are not in any window.
-    fn apply_destroys(&mut self, baseline_poll: bool) {
-        for (f, at) in self.sources.finals() {
+    /// while it started: their bytes and their establishment are not in any window. With
+    /// the event source and `settle`, those younger than [`FINAL_SETTLE_MS`] wait for the
+    /// next poll.
+    fn apply_destroys(&mut self, baseline_poll: bool, settle: bool) {
+        let mut finals = std::mem::take(&mut self.settling);
+        finals.extend(self.sources.finals());
+        if settle && self.sources.events_active() {
+            let settled_before = self.sources.clock_ms().saturating_sub(FINAL_SETTLE_MS);
+            let (ready, young): (Vec<_>, Vec<_>) =
+                finals.into_iter().partition(|(_, at)| *at <= settled_before);
+            self.settling = young;
+            finals = ready;
+        }
+        for (f, at) in finals {
             let s = &f.sample;
             match self.tracker.known(s.cookie) {
                 // Before the baseline, a close is of a socket older than depmap.
@@ -439,7 +543,7 @@ impl Agent {
             .attribution
             .pools()
             .pools()
-            .filter(|p| (all || p.has_tcp) && !p.members.is_empty() && !(only_new && p.reported))
+            .filter(|p| (all || p.has_tcp) && p.reportable() && !(only_new && p.reported))
             .map(|p| p.id.clone())
             .collect();
         ids.sort();
@@ -513,8 +617,12 @@ impl Agent {
         if old.metrics != new.metrics {
             restart.push("metrics");
         }
+        if old.collect.events != new.collect.events {
+            restart.push("collect.events");
+        }
         let mut collect = new.collect.clone();
         collect.ipv6 = old.collect.ipv6;
+        collect.events = old.collect.events;
         collect.max_connections = old.collect.max_connections;
         collect.max_pools = old.collect.max_pools;
         self.config.collect = collect;
@@ -522,7 +630,7 @@ impl Agent {
             self.config.enrich = new.enrich.clone();
             self.enricher.reconfigure(&self.config.enrich);
         }
-        self.schedule = PollSchedule::new(&self.config.collect);
+        self.schedule = schedule(&self.config.collect, &self.sources);
         restart
     }
 
@@ -556,6 +664,24 @@ impl Agent {
             ),
             ("proc_walks_total", self.attribution.owners().stats.walks),
             ("proc_event_errors_total", k.proc_event_errors),
+            ("kernel_events_total", k.kernel_events),
+            ("kernel_events_ring_full_total", k.kernel_events_ring_full),
+            ("kernel_events_map_full_total", k.kernel_events_map_full),
+            ("kernel_events_queue_full_total", k.kernel_events_queue_full),
+            ("kernel_events_unparsable_total", k.kernel_events_unparsable),
+            (
+                "event_owners_from_proc_total",
+                self.attribution.event_stats.from_proc,
+            ),
+            (
+                "event_owners_from_event_total",
+                self.attribution.event_stats.from_event,
+            ),
+            (
+                "event_owners_unmatched_total",
+                self.attribution.event_stats.unmatched,
+            ),
+            ("event_responses_unmatched_total", t.responses_unmatched),
             ("dns_answers_learned_total", dns.counters.answers),
             ("dns_answers_unsolicited_total", dns.counters.unsolicited),
             ("dns_addresses_not_kept_total", dns.counters.not_kept),
@@ -576,6 +702,16 @@ impl Agent {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// The poll schedule for these sources (with the event source, fewer dumps).
+fn schedule(collect: &crate::config::CollectConfig, sources: &Sources) -> PollSchedule {
+    let schedule = PollSchedule::new(collect);
+    if sources.events_active() {
+        schedule.with_events(sources.events_timing())
+    } else {
+        schedule
     }
 }
 
@@ -620,7 +756,7 @@ pub fn collect_once(
     tracing::debug!(?duration, "once: baseline poll done; the window is open");
     let start = SystemTime::now();
     let end = Instant::now() + duration;
-    let tick_len = agent.config.collect.tick();
+    let tick_len = agent.tick();
     // Ticks until the window's end, or until told to stop (Ctrl-C: the window ends early).
     while let Woke::Tick(tick) = wait_tick(tick_len, stop, Some(end)) {
         agent.poll_at(tick);

@@ -140,7 +140,7 @@ pub fn run_loop(
     loop {
         // Sleep to the next tick (multiples of the tick since the epoch), or act on a signal.
         // A tick is a full dump at multiples of the full-dump period, else a hot poll.
-        let (stopping, tick) = match wait_tick(collect.tick(), control, None) {
+        let (stopping, tick) = match wait_tick(agent.tick(), control, None) {
             Woke::Tick(tick) => (false, tick),
             Woke::Message(Control::Reload(config)) => {
                 service.reloading();

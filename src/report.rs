@@ -48,6 +48,27 @@ pub fn capabilities(c: &Capabilities) -> String {
         "nothing; new sockets are attributed by a wider /proc walk",
         "optional: run in the initial network, pid and user namespaces (the kernel sends process events only there)",
     );
+    line(
+        &mut out,
+        "kernel event source (eBPF)",
+        &c.kernel_events,
+        "the processes of connections that open and close between two dumps (Process and ProcessName null, counted); polling runs instead",
+        "Linux 5.8 or later with BTF (/sys/kernel/btf/vmlinux), CAP_BPF and CAP_PERFMON (the packaged unit grants them), collect.events = \"auto\"",
+    );
+    let _ = match (&c.kernel_events, &c.event_timing) {
+        (Availability::Available(_), Availability::Available(_)) => writeln!(
+            out,
+            "  [ok]   response times: measured by kernel events (every exchange)"
+        ),
+        (_, Availability::Unavailable(why)) if c.kernel_events.is_available() => writeln!(
+            out,
+            "  [--]   response times from kernel events: {why}\n         missing: exact response times (tcp_info estimates are used), owners of accepted sockets from events\n         fix: Linux 6.3 or later (tracepoints sock_send_length, sock_recv_length)"
+        ),
+        _ => writeln!(
+            out,
+            "  [--]   response times: tcp_info estimates (no kernel event source)"
+        ),
+    };
     let (readable, total) = c.proc_fd_readable;
     if readable == total {
         let _ = writeln!(

@@ -100,6 +100,8 @@ pub struct PollSchedule {
     polls_per_window: u64,
     /// Full dumps happen every `stride × socket_poll`.
     stride: u64,
+    /// The shortest stride allowed (1; with the kernel event source, one dump per window).
+    min_stride: u64,
     /// Moving averages: CPU seconds per full poll and per hot lookup.
     full_cost: Option<f64>,
     lookup_cost: f64,
@@ -124,6 +126,7 @@ impl PollSchedule {
             budget: c.cpu_budget.fraction(),
             polls_per_window: (c.window.as_nanos() / sp).max(1) as u64,
             stride: 1,
+            min_stride: 1,
             full_cost: None,
             lookup_cost: INITIAL_LOOKUP_COST,
             full_polls: 0,
@@ -131,6 +134,26 @@ impl PollSchedule {
             last_usage: None,
             other: 0.0,
         }
+    }
+
+    /// The schedule with the kernel event source: events name the owners of new sockets and
+    /// finals are applied at every tick, so a full dump is needed only where a window ends
+    /// (byte counters and `LinksLive` of live sockets, the sockets no event named); with
+    /// `timing`, events measure every exchange and the hot polls (tcp_info re-reads for the
+    /// estimators) stop.
+    pub fn with_events(mut self, timing: bool) -> PollSchedule {
+        self.min_stride = self.polls_per_window;
+        self.stride = self.min_stride;
+        if timing {
+            self.hot_sockets = 0;
+            self.tick = self.socket_poll;
+        }
+        self
+    }
+
+    /// The loop's tick: hot polls, or full and light polls, happen on its multiples.
+    pub fn tick(&self) -> Duration {
+        self.tick
     }
 
     /// What the polls may use, as a share of one core: the planned part of the budget less
@@ -155,6 +178,9 @@ impl PollSchedule {
 
     /// How many sockets the next hot polls may re-read.
     pub fn hot_limit(&self) -> usize {
+        if self.hot_sockets == 0 {
+            return 0;
+        }
         if self.budget <= 0.0 || self.hot_poll >= self.socket_poll {
             return self.hot_sockets;
         }
@@ -236,7 +262,7 @@ impl PollSchedule {
     fn stride_for(&self, cost: f64) -> u64 {
         let share = self.full_share();
         let sp = self.socket_poll.as_secs_f64();
-        (1..=self.polls_per_window)
+        (self.min_stride..=self.polls_per_window)
             .filter(|k| self.polls_per_window.is_multiple_of(*k))
             .find(|k| cost / (*k as f64 * sp) <= share)
             .unwrap_or(self.polls_per_window)

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -90,12 +90,29 @@ pub enum LoadError {
     Thread(#[source] std::io::Error),
 }
 
-impl LoadError {
-    /// Whether the kernel said "not permitted" (missing capabilities).
-    pub fn not_permitted(&self) -> bool {
-        let text = format!("{self:?}");
-        text.contains("EPERM") || text.contains("Operation not permitted")
+/// The capabilities the programs need that this process lacks (CAP_BPF and CAP_PERFMON,
+/// kernel ≥ 5.8; CAP_SYS_ADMIN covers both), from /proc/self/status.
+pub fn missing_capabilities() -> Vec<&'static str> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
     }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Who opened or first used a socket.
@@ -149,6 +166,13 @@ pub struct EventCounters {
     pub process_gone: AtomicU64,
 }
 
+/// How many drains of the ring the reader has done, and a wake-up for those waiting for one.
+#[derive(Default)]
+struct Drains {
+    done: Mutex<u64>,
+    changed: Condvar,
+}
+
 /// The running source: programs attached, reader draining.
 pub struct EventSource {
     pub queue: QueueReceiver<KernelEvent>,
@@ -156,6 +180,7 @@ pub struct EventSource {
     /// Whether response times and the owners of accepted sockets come from events (the
     /// send/recv tracepoints exist here), or why not.
     pub timing: Result<(), String>,
+    drains: Arc<Drains>,
     // Dropping it stops the reader, which drops the programs: they are detached.
     _reader: Reader,
 }
@@ -207,7 +232,9 @@ impl EventSource {
                 })?;
         let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(EventCounters::default());
+        let drains = Arc::new(Drains::default());
         let mut drain = Drain {
+            drains: drains.clone(),
             ring,
             losses,
             tx,
@@ -223,8 +250,22 @@ impl EventSource {
             queue,
             counters,
             timing,
+            drains,
             _reader: reader,
         })
+    }
+
+    /// Waits (at most `limit`) until the reader has drained the ring after this call began
+    /// (two drains from now: the one in progress may have begun before); whether it did.
+    pub fn wait_drained(&self, limit: Duration) -> bool {
+        let done = self.drains.done.lock().unwrap_or_else(|e| e.into_inner());
+        let target = *done + 2;
+        let (done, _) = self
+            .drains
+            .changed
+            .wait_timeout_while(done, limit, |n| *n < target)
+            .unwrap_or_else(|e| e.into_inner());
+        *done >= target
     }
 }
 
@@ -250,6 +291,7 @@ fn ticks_per_second() -> u64 {
 
 /// The reader thread's side.
 struct Drain {
+    drains: Arc<Drains>,
     ring: RingBuf<MapData>,
     losses: PerCpuArray<MapData, u64>,
     tx: QueueSender<KernelEvent>,
@@ -268,6 +310,8 @@ impl Drain {
                 return;
             }
             self.drain();
+            *self.drains.done.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            self.drains.changed.notify_all();
             if self.losses_read.elapsed() >= LOSS_READ_PERIOD {
                 self.read_losses();
             }

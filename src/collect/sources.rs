@@ -2,8 +2,9 @@
 //! process changes since the last one, a dump of every TCP socket (with when it was read),
 //! the final state of sockets that closed, and exact re-reads of single sockets — whichever
 //! reader provides it. Today that is sock_diag (dumps and lookups), the TCP destroy
-//! notifications and the proc connector; an event source (eBPF) is meant to plug in here and
-//! provide the same things.
+//! notifications and the proc connector, and — where the kernel and the privileges allow —
+//! the eBPF event source (`collect::ebpf`): the owners of sockets by cookie and the response
+//! times of their exchanges.
 //!
 //! What each reader can do on this host is kept as [`SourceStatus`] (the capability report).
 
@@ -11,8 +12,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::destroy::{DestroyListener, Final, fin_received};
+use super::ebpf::{EventSource, KernelEvent, LoadError};
 use super::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
 use super::sockdiag::{Family, SockDiag, TcpSample};
+use crate::config::EventsMode;
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 
 /// The capability line while the proc connector subscription is still on its way.
@@ -25,6 +28,8 @@ pub enum StartError {
     Open(std::io::Error),
     #[error("cannot read the kernel's TCP sockets: IPv4 dump failed: {0}")]
     Dump(std::io::Error),
+    #[error("collect.events = \"ebpf\" but the kernel event source cannot run: {0}")]
+    Events(String),
 }
 
 /// Whether a source works here: what it found, or why it does not (a line of the capability
@@ -52,6 +57,10 @@ pub struct SourceStatus {
     pub sock_diag_v6: Availability,
     pub destroy_events: Availability,
     pub proc_connector: Availability,
+    /// The eBPF event source (owners of connections).
+    pub kernel_events: Availability,
+    /// Response times and owners of accepted sockets from events (send/recv tracepoints).
+    pub event_timing: Availability,
     /// Receive buffer of the destroy-notification socket (0: no subscription).
     pub destroy_rcvbuf: usize,
 }
@@ -64,6 +73,12 @@ pub struct SourceCounters {
     pub destroy_received: u64,
     pub destroy_overruns: u64,
     pub proc_event_errors: u64,
+    pub kernel_events: u64,
+    pub kernel_events_ring_full: u64,
+    pub kernel_events_map_full: u64,
+    pub kernel_events_queue_full: u64,
+    pub kernel_events_unparsable: u64,
+    pub kernel_events_process_gone: u64,
 }
 
 /// One dump (its sockets went to the caller's buffer).
@@ -87,10 +102,51 @@ fn kept(ipv6: bool, s: &TcpSample) -> bool {
     ipv6 || !s.remote.is_ipv6()
 }
 
+/// What a missing event source costs (the log line).
+const EVENTS_COST: &str = "the processes of connections that open and close between two dumps are null, \
+     and response times are tcp_info estimates";
+
+/// Starts the event source as `collect.events` says: `Ok(None)` with the reason where it is
+/// off or cannot run under `auto`.
+fn start_events(mode: EventsMode) -> Result<(Option<EventSource>, Availability, Availability), StartError> {
+    if mode == EventsMode::Off {
+        let why = "off (collect.events = \"off\")".to_string();
+        return Ok((None, Availability::Unavailable(why.clone()), Availability::Unavailable(why)));
+    }
+    match EventSource::start("/proc".into()) {
+        Ok(source) => {
+            let timing = match &source.timing {
+                Ok(()) => Availability::YES,
+                Err(why) => Availability::Unavailable(format!(
+                    "{why}; response times are tcp_info estimates and accepted sockets' owners come from /proc"
+                )),
+            };
+            Ok((Some(source), Availability::YES, timing))
+        }
+        Err(e) if mode == EventsMode::Ebpf => Err(StartError::Events(events_unavailable(&e))),
+        Err(e) => {
+            let why = events_unavailable(&e);
+            tracing::warn!(error = %why, cost = EVENTS_COST, "kernel event source unavailable; polling alone (fix: CAP_BPF and CAP_PERFMON, Linux 5.8 or later with BTF)");
+            Ok((None, Availability::Unavailable(why.clone()), Availability::Unavailable(why)))
+        }
+    }
+}
+
+/// Why the event source does not run (with the capabilities this process lacks).
+fn events_unavailable(e: &LoadError) -> String {
+    let missing = super::ebpf::missing_capabilities();
+    if missing.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e} (this process lacks {})", missing.join(" and "))
+    }
+}
+
 pub struct Sources {
     diag: SockDiag,
     destroys: Option<DestroyListener>,
     proc_events: Option<ProcEvents>,
+    events: Option<EventSource>,
     /// Keep connections with IPv6 remote addresses (`collect.ipv6`).
     ipv6: bool,
     /// The monotonic clock origin; sample times are milliseconds since it.
@@ -107,7 +163,7 @@ pub struct Sources {
 impl Sources {
     /// Opens the readers. Fails only when sock_diag itself is unusable; everything else
     /// degrades and is reported in [`SourceStatus`].
-    pub fn open(ipv6: bool) -> Result<Sources, StartError> {
+    pub fn open(ipv6: bool, events: EventsMode) -> Result<Sources, StartError> {
         let mut diag = SockDiag::open().map_err(StartError::Open)?;
         diag.dump(Family::V4, |_| {}).map_err(StartError::Dump)?;
         // IPv6 sockets are dumped even with `ipv6 = false`: a dual-stack (`::`) socket carries
@@ -135,17 +191,23 @@ impl Sources {
                 Availability::Unavailable(proc_connector_unavailable(&e.to_string())),
             ),
         };
+        // Attached before the first (baseline) dump: every socket it does not hold was opened
+        // under the programs' eyes.
+        let (events, kernel_events, event_timing) = start_events(events)?;
         Ok(Sources {
             status: SourceStatus {
                 sock_diag: Availability::YES,
                 sock_diag_v6,
                 destroy_events,
                 proc_connector,
+                kernel_events,
+                event_timing,
                 destroy_rcvbuf: destroys.as_ref().map_or(0, |d| d.rcvbuf),
             },
             diag,
             destroys,
             proc_events,
+            events,
             ipv6,
             epoch: Instant::now(),
             counters: SourceCounters::default(),
@@ -168,6 +230,30 @@ impl Sources {
             .as_ref()
             .map(|e| e.queue.try_iter().collect())
             .unwrap_or_default()
+    }
+
+    /// The kernel events since the last call (none without the event source).
+    pub fn kernel_events(&mut self) -> Vec<KernelEvent> {
+        self.events
+            .as_ref()
+            .map(|e| e.queue.try_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the event source runs (owners of connections from events).
+    pub fn events_active(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Waits (at most `limit`) until the event reader has drained what the kernel queued
+    /// before this call; false without the event source or when it did not in time.
+    pub fn wait_events_drained(&self, limit: std::time::Duration) -> bool {
+        self.events.as_ref().is_some_and(|e| e.wait_drained(limit))
+    }
+
+    /// Whether response times come from events.
+    pub fn events_timing(&self) -> bool {
+        self.events.as_ref().is_some_and(|e| e.timing.is_ok())
     }
 
     /// Waits (at most `limit`) for the process-event subscription's outcome (for `once`'s
@@ -299,9 +385,20 @@ impl Sources {
                 d.counters.overruns.load(Ordering::Relaxed),
             )
         });
+        let events = |f: fn(&super::ebpf::EventCounters) -> &std::sync::atomic::AtomicU64| {
+            self.events
+                .as_ref()
+                .map_or(0, |e| f(&e.counters).load(Ordering::Relaxed))
+        };
         SourceCounters {
             destroy_received,
             destroy_overruns,
+            kernel_events: events(|c| &c.received),
+            kernel_events_ring_full: events(|c| &c.ring_full),
+            kernel_events_map_full: events(|c| &c.map_full),
+            kernel_events_queue_full: events(|c| &c.queue_full),
+            kernel_events_unparsable: events(|c| &c.unparsable),
+            kernel_events_process_gone: events(|c| &c.process_gone),
             proc_event_errors: self
                 .proc_events
                 .as_ref()

@@ -11,6 +11,11 @@
 //!   sockets only to holders of the listening socket; otherwise, and always for outbound
 //!   sockets, it stays unattributed.
 //!
+//! With the kernel event source, a socket's owner is known by its cookie before any of
+//! that: the process that connected (outbound), or the first to send or receive on an
+//! accepted socket (inbound). Those owners come first; the rules above cover the sockets no
+//! event named (older than depmap, or events lost).
+//!
 //! Everything is read through a proc root, so the rules are unit-tested on a fake /proc.
 
 use std::collections::HashMap;
@@ -19,6 +24,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::pools::PoolRegistry;
+use crate::collect::ebpf::{EventProcess, Role};
+use crate::collect::procinfo::ProcessInfo;
 use super::ports::{Listener, Listeners};
 use super::sockets::{ConnKey, Direction, PoolId};
 use crate::collect::ownership::SocketOwners;
@@ -33,6 +40,34 @@ pub struct Attribution {
     window_listeners: Listeners,
     /// Per listening address, the pool last seen holding a socket accepted on it.
     acceptors: HashMap<SocketAddr, PoolId>,
+    /// Owners named by kernel events for sockets not keyed yet, by cookie.
+    event_owners: HashMap<u64, EventOwner>,
+    pub event_stats: EventOwnerStats,
+}
+
+/// A socket's owner from a kernel event.
+#[derive(Debug, Clone)]
+struct EventOwner {
+    direction: Direction,
+    pool: Option<PoolId>,
+    at: Instant,
+}
+
+/// Most owners kept for sockets not seen yet; how long one waits for its socket.
+const EVENT_OWNERS_MAX: usize = 131_072;
+const EVENT_OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What became of the owners that kernel events named.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EventOwnerStats {
+    /// Owners whose process was read from /proc while it lived.
+    pub from_proc: u64,
+    /// Owners whose process was gone before /proc could be read: pooled from what the event
+    /// carried (README "Kernel events" says which columns are then missing).
+    pub from_event: u64,
+    /// Owners whose socket never showed up (not kept: an IPv6 connection with `ipv6 = false`,
+    /// a socket past the caps), or dropped at the cap.
+    pub unmatched: u64,
 }
 
 impl Attribution {
@@ -43,7 +78,74 @@ impl Attribution {
             listeners: Listeners::default(),
             window_listeners: Listeners::default(),
             acceptors: HashMap::new(),
+            event_owners: HashMap::new(),
+            event_stats: EventOwnerStats::default(),
         }
+    }
+
+    /// The pool of the process a kernel event named: the known member with that pid and start
+    /// time, else the process as the reader found it in /proc, else one built from what the
+    /// event carried (name, user; no path, command line or cgroup). `None` past the pool cap.
+    pub fn event_pool(&mut self, p: &EventProcess) -> Option<PoolId> {
+        let id = match self.pools.member_pool(p.tgid, p.start_ticks) {
+            Some(id) => Some(id),
+            None => match &p.info {
+                Some(info) => {
+                    self.event_stats.from_proc += 1;
+                    self.pools.admit(ProcessInfo::clone(info))
+                }
+                None => {
+                    self.event_stats.from_event += 1;
+                    self.pools.admit(ProcessInfo {
+                        pid: p.tgid,
+                        start_ticks: p.start_ticks,
+                        comm: p.comm.clone(),
+                        exe: None,
+                        cmdline: String::new(),
+                        cwd: None,
+                        uid: Some(p.uid),
+                        cgroup: None,
+                    })
+                }
+            },
+        };
+        if let Some(pool) = id.as_ref().and_then(|id| self.pools.get_mut(id)) {
+            pool.has_tcp = true;
+        }
+        id
+    }
+
+    /// Remembers the owner an event named for a socket not keyed yet.
+    pub fn remember_owner(&mut self, cookie: u64, role: Role, pool: Option<PoolId>, now: Instant) {
+        if self.event_owners.len() >= EVENT_OWNERS_MAX {
+            self.event_stats.unmatched += 1;
+            return;
+        }
+        let direction = match role {
+            Role::Connected => Direction::Outbound,
+            Role::Served => Direction::Inbound,
+        };
+        self.event_owners.insert(
+            cookie,
+            EventOwner {
+                direction,
+                pool,
+                at: now,
+            },
+        );
+    }
+
+    /// Whether an event named the owner of this socket (not keyed yet).
+    pub fn has_event_owner(&self, cookie: u64) -> bool {
+        self.event_owners.contains_key(&cookie)
+    }
+
+    /// Forgets the owners that waited too long for their socket.
+    fn prune_event_owners(&mut self, now: Instant) {
+        let before = self.event_owners.len();
+        self.event_owners
+            .retain(|_, o| now.saturating_duration_since(o.at) < EVENT_OWNER_WAIT);
+        self.event_stats.unmatched += (before - self.event_owners.len()) as u64;
     }
 
     /// A process event: a started process is a pid to read first (pushed to `hints`), an
@@ -88,6 +190,7 @@ impl Attribution {
 
     /// The end of a poll: this dump's listeners join the window's.
     pub fn end_poll(&mut self) {
+        self.prune_event_owners(Instant::now());
         self.pools.end_poll();
         self.window_listeners.merge(&self.listeners);
     }
@@ -106,17 +209,14 @@ impl Attribution {
 
     /// The grouping key of a socket seen for the first time (see the module comment).
     pub fn key_for(&mut self, s: &TcpSample) -> ConnKey {
-        let listener = self.accepting(s.local).cloned();
-        let direction = if listener.is_some() {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
+        let (direction, process) = match self.event_owners.remove(&s.cookie) {
+            Some(EventOwner {
+                direction,
+                pool: Some(pool),
+                ..
+            }) => (direction, Some(pool)),
+            _ => self.polled_owner(s),
         };
-        let held_by = self.holder(s);
-        let process = held_by.or_else(|| {
-            let l = listener.filter(|_| s.inode == 0)?;
-            self.acceptor_of(&l)
-        });
         let (source_ip, destination) = match direction {
             Direction::Inbound => (s.remote.ip(), s.local),
             Direction::Outbound => (s.local.ip(), s.remote),
@@ -128,6 +228,22 @@ impl Attribution {
             destination_ip: destination.ip(),
             destination_port: destination.port(),
         }
+    }
+
+    /// A socket's direction and owner by the polling rules (no event named it).
+    fn polled_owner(&mut self, s: &TcpSample) -> (Direction, Option<PoolId>) {
+        let listener = self.accepting(s.local).cloned();
+        let direction = if listener.is_some() {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        let held_by = self.holder(s);
+        let process = held_by.or_else(|| {
+            let l = listener.filter(|_| s.inode == 0)?;
+            self.acceptor_of(&l)
+        });
+        (direction, process)
     }
 
     /// The pool holding a socket (lowest pid first), remembered as its listener's acceptor;

@@ -22,6 +22,10 @@ pub struct Pool {
     pub cgroup: Option<String>,
     /// Live members as (start ticks, pid): the first is the oldest.
     pub members: BTreeSet<(u64, u32)>,
+    /// The latest member to join, kept after it left: a pool whose processes all exited
+    /// before its first VMProcess record (a `curl` that lived 20 ms, known from a kernel
+    /// event) is still reported once, with that process as FirstPid.
+    pub last_member: Option<(u64, u32)>,
     /// Whether the pool has held a TCP socket (VMProcess reports those by default).
     pub has_tcp: bool,
     /// Whether a VMProcess record was emitted since the pool appeared.
@@ -30,7 +34,13 @@ pub struct Pool {
 
 impl Pool {
     pub fn oldest(&self) -> Option<(u64, u32)> {
-        self.members.first().copied()
+        self.members.first().copied().or(self.last_member)
+    }
+
+    /// Whether a VMProcess record is due for it: it has live members, or it has never been
+    /// reported.
+    pub fn reportable(&self) -> bool {
+        !self.members.is_empty() || (!self.reported && self.last_member.is_some())
     }
 }
 
@@ -82,6 +92,14 @@ impl PoolRegistry {
         self.admit(info)
     }
 
+    /// The pool of `pid` if it is the process that started at `start_ticks` (known already).
+    pub fn member_pool(&self, pid: u32, start_ticks: u64) -> Option<PoolId> {
+        self.by_pid
+            .get(&pid)
+            .filter(|(ticks, _)| *ticks == start_ticks)
+            .map(|(_, id)| id.clone())
+    }
+
     /// Adds a process read from /proc to its pool (creating the pool when new); `None` when a
     /// new pool would pass the cap (counted in `shed`).
     pub fn admit(&mut self, info: ProcessInfo) -> Option<PoolId> {
@@ -116,6 +134,7 @@ impl PoolRegistry {
             working_directory: info.cwd.clone(),
             cgroup: info.cgroup.clone(),
             members: BTreeSet::new(),
+            last_member: None,
             has_tcp: false,
             reported: false,
         });
@@ -130,6 +149,7 @@ impl PoolRegistry {
             pool.reported = false;
         }
         pool.members.insert((info.start_ticks, info.pid));
+        pool.last_member = Some((info.start_ticks, info.pid));
         self.by_pid.insert(info.pid, (info.start_ticks, id.clone()));
         Some(id)
     }

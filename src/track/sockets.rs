@@ -133,6 +133,9 @@ struct Tracked {
     terminated: bool,
     last_seen: u64,
     rt: RtEstimator,
+    /// Its response times come from kernel events (every exchange measured), not from the
+    /// tcp_info estimator.
+    timed_by_events: bool,
     /// This window's activity while no process is known for the socket: credited to its
     /// process if one is found before the window closes, else to the unattributed key.
     /// Boxed: most sockets are attributed at once and never need it.
@@ -152,6 +155,7 @@ impl Tracked {
             terminated: false,
             last_seen,
             rt: RtEstimator::default(),
+            timed_by_events: false,
             pending: None,
             slot: Slot::default(),
         }
@@ -245,7 +249,13 @@ pub struct TrackerStats {
     pub without_counters: u64,
     /// Observations of sockets not tracked because the cap was reached.
     pub shed: u64,
+    /// Response times measured by kernel events for sockets never tracked.
+    pub responses_unmatched: u64,
 }
+
+/// How many dumps a response time measured before its socket was first seen waits for it.
+const EARLY_RESPONSE_DUMPS: u64 = 2;
+const EARLY_RESPONSES_MAX: usize = 131_072;
 
 #[derive(Debug, Default)]
 pub struct SocketTracker {
@@ -258,6 +268,10 @@ pub struct SocketTracker {
     window: WindowSums,
     /// Most sockets tracked at once (0: no limit); beyond it new sockets are shed.
     max_sockets: usize,
+    /// Whether kernel events time the exchanges of sockets opened after depmap started.
+    events_timing: bool,
+    /// Response times measured before their socket was first seen, with the dump generation.
+    early_responses: CookieMap<(RtStats, u64)>,
     pub stats: TrackerStats,
 }
 
@@ -274,6 +288,51 @@ impl SocketTracker {
             max_sockets,
             ..SocketTracker::default()
         }
+    }
+
+    /// Response times of sockets opened from now on come from kernel events.
+    pub fn time_by_events(&mut self, on: bool) {
+        self.events_timing = on;
+    }
+
+    /// A new socket's state: timed by events unless it is older than depmap, with the
+    /// response times measured before it was seen.
+    fn born(&mut self, cookie: u64, key: ConnKey, established: bool, baseline: bool) -> Tracked {
+        let mut t = Tracked::new(key, established, self.generation);
+        t.timed_by_events = self.events_timing && !baseline;
+        if let Some((rt, _)) = self.early_responses.remove(&cookie) {
+            t.pending.get_or_insert_default().rt.add(&rt);
+        }
+        t
+    }
+
+    /// One exchange's response time measured by a kernel event.
+    pub fn response_measured(&mut self, cookie: u64, micros: u64) {
+        let tracked = match self.sockets.get_mut(&cookie) {
+            Some(t) => Some(t),
+            None => self.awaiting_final.get_mut(&cookie).map(|(t, _)| t),
+        };
+        let Some(t) = tracked else {
+            if self.early_responses.len() >= EARLY_RESPONSES_MAX {
+                self.stats.responses_unmatched += 1;
+                return;
+            }
+            let generation = self.generation;
+            self.early_responses
+                .entry(cookie)
+                .or_insert_with(|| (RtStats::default(), generation))
+                .0
+                .record_us(micros, 1);
+            return;
+        };
+        // Opened while the programs were being attached: events time it from now on.
+        t.timed_by_events = true;
+        let stats = if t.key.process.is_none() {
+            t.pending.get_or_insert_default()
+        } else {
+            self.window.of_socket(&t.key, &mut t.slot)
+        };
+        stats.rt.record_us(micros, 1);
     }
 
     fn full(&self) -> bool {
@@ -330,7 +389,14 @@ impl SocketTracker {
                     return;
                 }
                 // Connections older than depmap are not "established during the window".
-                None => e.insert(Tracked::new(key(), baseline && established_now, generation)),
+                None => {
+                    let mut t = Tracked::new(key(), baseline && established_now, generation);
+                    t.timed_by_events = self.events_timing && !baseline;
+                    if let Some((rt, _)) = self.early_responses.remove(&s.cookie) {
+                        t.pending.get_or_insert_default().rt.add(&rt);
+                    }
+                    e.insert(t)
+                }
             },
         };
         update(tracked, &mut self.window, &mut self.stats, s, seen);
@@ -408,6 +474,10 @@ impl SocketTracker {
         }
         self.awaiting_final
             .retain(|_, (_, g)| generation.saturating_sub(*g) < LATE_FINAL_DUMPS);
+        let early = self.early_responses.len();
+        self.early_responses
+            .retain(|_, (_, g)| generation.saturating_sub(*g) < EARLY_RESPONSE_DUMPS);
+        self.stats.responses_unmatched += (early - self.early_responses.len()) as u64;
         if self.awaiting_final.len() > LATE_FINAL_MAX {
             let mut by_age: Vec<(u64, u64)> = self
                 .awaiting_final
@@ -453,7 +523,9 @@ impl SocketTracker {
         if !self.baseline_done {
             return;
         }
-        if let Some(t) = self.sockets.get_mut(&cookie) {
+        if let Some(t) = self.sockets.get_mut(&cookie)
+            && !t.timed_by_events
+        {
             let client = t.client();
             let stats = if t.key.process.is_none() {
                 t.pending.get_or_insert_default()
@@ -497,25 +569,28 @@ impl SocketTracker {
                 let (sent, received) = payload(c, t.syn_acked, fin_received);
                 let client = t.client();
                 let stats = self.window.of_socket(&t.key, &mut t.slot);
-                t.rt.observe(at_ms, c, client, &mut stats.rt);
+                if !t.timed_by_events {
+                    t.rt.observe(at_ms, c, client, &mut stats.rt);
+                }
                 stats.bytes_sent += sent.saturating_sub(t.sent);
                 stats.bytes_received += received.saturating_sub(t.received);
             }
             return;
         }
-        let generation = self.generation;
         let mut tracked = match self.sockets.remove(&s.cookie) {
             Some(t) => t,
             None if self.full() => {
                 self.stats.shed += 1;
                 return;
             }
-            None => Tracked::new(key(), false, generation),
+            None => self.born(s.cookie, key(), false, false),
         };
         Self::flush_pending(&mut self.window, &mut tracked);
         let client = tracked.client();
         let stats = self.window.of_socket(&tracked.key, &mut tracked.slot);
-        if let Some(c) = &s.counters {
+        if let Some(c) = &s.counters
+            && !tracked.timed_by_events
+        {
             tracked.rt.observe(at_ms, c, client, &mut stats.rt);
         }
         let (sent, received) = s
@@ -606,7 +681,9 @@ fn update(
         tracked.rt = RtEstimator::baseline(at_ms, c, client);
         return;
     }
-    tracked.rt.observe(at_ms, c, client, &mut stats.rt);
+    if !tracked.timed_by_events {
+        tracked.rt.observe(at_ms, c, client, &mut stats.rt);
+    }
     stats.bytes_sent += sent.saturating_sub(tracked.sent);
     stats.bytes_received += received.saturating_sub(tracked.received);
     tracked.sent = tracked.sent.max(sent);
