@@ -242,6 +242,7 @@ impl Agent {
         self.apply_proc_changes();
         self.apply_destroys(false, true);
         self.report_shedding();
+        self.counters.polls += 1;
     }
 
     /// One poll; see the module comment for the steps.
@@ -462,8 +463,9 @@ impl Agent {
         finals.extend(self.sources.finals());
         if settle && self.sources.events_active() {
             let settled_before = self.sources.clock_ms().saturating_sub(FINAL_SETTLE_MS);
-            let (ready, young): (Vec<_>, Vec<_>) =
-                finals.into_iter().partition(|(_, at)| *at <= settled_before);
+            let (ready, young): (Vec<_>, Vec<_>) = finals
+                .into_iter()
+                .partition(|(_, at)| *at <= settled_before);
             self.settling = young;
             finals = ready;
         }

@@ -164,6 +164,7 @@ pub fn run_loop(
             agent.last_poll();
         } else if !agent.poll_at(tick) {
             service.alive();
+            metrics.set_agent(agent.self_counters());
             out.tick();
             continue;
         }

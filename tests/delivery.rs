@@ -55,7 +55,17 @@ impl Bed {
             .append(true)
             .open(self.dir.0.join("depmap.log"))
             .expect("depmap log");
-        Proc::spawn_logging(cmd, Stdio::from(log))
+        let mut p = Proc::spawn_logging(cmd, Stdio::from(log));
+        // Traffic is made once its first poll is done (the kernel event source loads before
+        // it): connections older than depmap are a baseline, in no window.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(&self.metrics(), "depmap_polls_total") < 1.0
+            && Instant::now() < deadline
+            && matches!(p.child.try_wait(), Ok(None))
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
     }
 
     fn collector(&self, args: &[&str]) -> Proc {

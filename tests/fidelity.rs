@@ -168,8 +168,26 @@ fn response_stats(records: &[Value], filter: impl Fn(&Value) -> bool) -> (i64, i
     (n, sum, if n > 0 { min } else { 0 }, max)
 }
 
+/// The polling path (tcp_info estimators; `collect.events = "off"`).
 #[test]
-fn every_column_against_the_truth() {
+fn every_column_against_the_truth_by_polling() {
+    let table = every_column_against_the_truth("off");
+    if let Ok(path) = std::env::var("DEPMAP_FIDELITY_MD") {
+        replace_section(&path, "polling", &table);
+    }
+}
+
+/// With the kernel event source (owners and response times from events).
+#[test]
+fn every_column_against_the_truth_with_kernel_events() {
+    let table = every_column_against_the_truth("ebpf");
+    if let Ok(path) = std::env::var("DEPMAP_FIDELITY_MD") {
+        replace_section(&path, "events", &table);
+    }
+}
+
+/// The bed with `collect.events` set to `events`; the table of its results.
+fn every_column_against_the_truth(events: &str) -> String {
     let _serial = serial();
     let srv = Netns::new("fsrv");
     let cli = Netns::new("fcli");
@@ -182,7 +200,7 @@ fn every_column_against_the_truth() {
         &srv,
         &["route", "add", "blackhole", &format!("{UNANSWERED}/32")],
     );
-    let window = format!("window = \"{WINDOW_S}s\"\n");
+    let window = format!("window = \"{WINDOW_S}s\"\nevents = \"{events}\"\n");
     let mut dm_srv = Depmap::start_defaults(&srv, &window);
     let mut dm_cli = Depmap::start_defaults(&cli, &window);
 
@@ -504,26 +522,5 @@ fn every_column_against_the_truth() {
         );
     }
     println!("\n{table}");
-    if let Ok(path) = std::env::var("DEPMAP_FIDELITY_MD") {
-        write_fidelity_md(&path, &table);
-    }
-}
-
-fn write_fidelity_md(path: &str, table: &str) {
-    let text = format!(
-        "# Fidelity\n\n\
-         What depmap reported against what really happened on the wire, from the test bed in\n\
-         `tests/fidelity.rs` (two network namespaces over a veth link, a depmap on each end at\n\
-         default poll settings with the CPU budget off, 10 s windows). Regenerate with:\n\n\
-         ```sh\nDEPMAP_FIDELITY_MD=FIDELITY.md cargo test --locked --test fidelity -- --nocapture\n```\n\n\
-         Bytes and LinksEstablished/Terminated/Live/Failed are compared per window and must be\n\
-         exact on both ends; the response-time mean must be within 5 % (or 5 ms) of the truth:\n\
-         the injected server delay for inbound records, the client's measured wait for outbound\n\
-         records. Coverage = exchanges measured ÷ real exchanges. Keep-alive clients think\n\
-         between requests; back-to-back ones never pause (the busy estimator); one-shot\n\
-         connections carry one exchange each (measured from the destroy notification).\n\n\
-         {table}\n\
-         Machine: 2 vCPU KVM guest, Linux 6.18, HZ=250 (tcp_info times have 4 ms resolution).\n"
-    );
-    std::fs::write(path, text).expect("write FIDELITY.md");
+    table
 }

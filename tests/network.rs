@@ -332,7 +332,7 @@ fn a_stretched_dump_period_keeps_bytes_and_links_exact() {
     let a = Netns::new("budget");
     let log_dir = TempDir::new("budget-log");
     let log = log_dir.0.join("depmap.log");
-    let mut dm = Depmap::start_logging(&a, "cpu_budget = \"0.0001%\"\n", &log);
+    let mut dm = Depmap::start_logging(&a, "cpu_budget = \"0.0001%\"\nevents = \"off\"\n", &log);
     let (_srv, _) = server(&a, "127.0.0.1", 9191, 0);
     let long = spawn_peer(
         &a,

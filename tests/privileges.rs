@@ -1,7 +1,9 @@
 //! depmap without root: as `nobody` with exactly the capabilities of systemd/depmap.service
-//! (CAP_DAC_READ_SEARCH + CAP_SYS_PTRACE, ambient, nothing else in the bounding set) it still
-//! attributes root's sockets; with no capability at all it says what is missing, what that
-//! costs and how to fix it, and keeps reporting what it can.
+//! (CAP_DAC_READ_SEARCH + CAP_SYS_PTRACE for /proc, CAP_BPF + CAP_PERFMON for the kernel event
+//! source; ambient, nothing else in the bounding set) it still attributes root's sockets and
+//! times every exchange from events; with no capability at all, or with the event source off,
+//! it says what is missing, what that costs and how to fix it, and keeps reporting what it
+//! can.
 
 mod common;
 
@@ -12,7 +14,7 @@ use serde_json::Value;
 
 /// `depmap once` as nobody with `caps` (e.g. "+dac_read_search,+sys_ptrace", or "" for none),
 /// while a root client talks to a root server; returns (capability report, records).
-fn once_as_nobody(tag: &str, caps: &str) -> (String, Vec<Value>) {
+fn once_as_nobody(tag: &str, caps: &str, collect: &str) -> (String, Vec<Value>) {
     let ns = Netns::new(tag);
     let dir = TempDir::new(tag);
     let state = dir.0.join("state");
@@ -20,7 +22,10 @@ fn once_as_nobody(tag: &str, caps: &str) -> (String, Vec<Value>) {
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     // DNS capture asked for: without CAP_NET_RAW (the unit does not grant it) it must say so.
-    let cfg = config_file(&dir, "[enrich]\ndns_capture = true\n");
+    let cfg = config_file(
+        &dir,
+        &format!("[collect]\n{collect}[enrich]\ndns_capture = true\n"),
+    );
     std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let (_srv, _) = server(&ns, "127.0.0.1", 9601, 0);
     let set = format!("-all{}{caps}", if caps.is_empty() { "" } else { "," });
@@ -92,12 +97,47 @@ fn inbound(records: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// The unit's four capabilities, nothing else.
+const UNIT_CAPS: &str = "+dac_read_search,+sys_ptrace,+bpf,+perfmon";
+
 #[test]
 fn as_nobody_with_the_units_capabilities_roots_sockets_are_attributed() {
     let _serial = serial();
-    let (report, records) = once_as_nobody("caps", "+dac_read_search,+sys_ptrace");
+    let (report, records) = once_as_nobody("caps", UNIT_CAPS, "");
     assert!(
         report.contains("[ok]   /proc/PID/fd readable for all"),
+        "{report}"
+    );
+    // CAP_BPF and CAP_PERFMON are all the event source needs.
+    assert!(
+        report.contains("[ok]   kernel event source (eBPF)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("[ok]   response times: measured by kernel events"),
+        "{report}"
+    );
+    let conns = inbound(&records);
+    assert!(!conns.is_empty(), "{records:?}");
+    let mut responses = 0;
+    for r in conns {
+        assert!(is_python(&r["ProcessName"]), "{r}");
+        responses += r["Responses"].as_i64().unwrap_or(0);
+    }
+    // Every one of the client's 8 exchanges, timed by events.
+    assert_eq!(responses, 8, "{records:?}");
+}
+
+#[test]
+fn with_the_event_source_off_depmap_polls_and_says_so() {
+    let _serial = serial();
+    let (report, records) = once_as_nobody("evoff", UNIT_CAPS, "events = \"off\"\n");
+    assert!(
+        report.contains("kernel event source (eBPF): off (collect.events = \"off\")")
+            && report.contains(
+                "missing: the processes of connections that open and close between two dumps"
+            )
+            && report.contains("response times: tcp_info estimates"),
         "{report}"
     );
     let conns = inbound(&records);
@@ -110,13 +150,21 @@ fn as_nobody_with_the_units_capabilities_roots_sockets_are_attributed() {
 #[test]
 fn as_nobody_without_capabilities_depmap_says_what_is_missing_and_keeps_reporting() {
     let _serial = serial();
-    let (report, records) = once_as_nobody("nocaps", "");
+    let (report, records) = once_as_nobody("nocaps", "", "");
     assert!(report.contains("/proc/PID/fd readable for"), "{report}");
     assert!(
         report.contains("CAP_DAC_READ_SEARCH") && report.contains("CAP_SYS_PTRACE"),
         "{report}"
     );
     assert!(report.contains("missing: Process/ProcessName"), "{report}");
+    // The event source: what is missing, what it costs, the fix.
+    assert!(
+        report.contains("kernel event source (eBPF): ")
+            && report.contains("this process lacks CAP_BPF and CAP_PERFMON")
+            && report.contains("fix: Linux 5.8 or later with BTF")
+            && report.contains("response times: tcp_info estimates"),
+        "{report}"
+    );
     assert!(
         report.contains("passive DNS capture: needs CAP_NET_RAW")
             && report.contains("missing: RemoteDnsQuestions"),

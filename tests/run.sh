@@ -39,6 +39,9 @@ need systemd-analyze || missing+=(systemd)
 need debootstrap || missing+=(debootstrap)    # the real-systemd test's root
 need systemd-nspawn || missing+=(systemd-container)
 need xz || missing+=(xz-utils)
+need clang || missing+=(clang)                 # bpf/build.sh: the BPF object's check
+need llvm-strip || missing+=(llvm)
+[ -e /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if [ ${#missing[@]} -gt 0 ]; then

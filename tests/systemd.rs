@@ -32,8 +32,9 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// user tool the package depends on, and what the test runs inside (peers, sysctl, ip).
 const INCLUDE: &str = "systemd-sysv,dbus,procps,iproute2,python3,adduser";
 const PORT: u16 = 7781;
-/// CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19): the unit's capabilities.
-const UNIT_CAPS: u64 = (1 << 2) | (1 << 19);
+/// CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19), CAP_PERFMON (38) and CAP_BPF (39): the
+/// unit's capabilities.
+const UNIT_CAPS: u64 = (1 << 2) | (1 << 19) | (1 << 38) | (1 << 39);
 
 /// Why the test cannot run here, if it cannot.
 fn cannot_run() -> Option<String> {
@@ -169,6 +170,8 @@ impl Container {
             "--keep-unit",
             "--register=no",
             "--volatile=overlay",
+            // nspawn's default set lacks the event source's two (a host's systemd has them).
+            "--capability=CAP_BPF,CAP_PERFMON",
         ])
         .args(["--console=pipe", "--machine"])
         .arg(format!("dmt-{}", std::process::id()))

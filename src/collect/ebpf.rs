@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -219,17 +219,22 @@ impl EventSource {
             }
         };
         drop(btf);
-        let ring = RingBuf::try_from(ebpf.take_map("events").ok_or(LoadError::Missing("events"))?)
-            .map_err(|source| LoadError::Map {
-                map: "events",
-                source,
-            })?;
-        let losses: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(ebpf.take_map("losses").ok_or(LoadError::Missing("losses"))?)
-                .map_err(|source| LoadError::Map {
-                    map: "losses",
-                    source,
-                })?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("events")
+                .ok_or(LoadError::Missing("events"))?,
+        )
+        .map_err(|source| LoadError::Map {
+            map: "events",
+            source,
+        })?;
+        let losses: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
+            ebpf.take_map("losses")
+                .ok_or(LoadError::Missing("losses"))?,
+        )
+        .map_err(|source| LoadError::Map {
+            map: "losses",
+            source,
+        })?;
         let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(EventCounters::default());
         let drains = Arc::new(Drains::default());
@@ -269,7 +274,12 @@ impl EventSource {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, program: &'static str, tracepoint: &str, btf: &Btf) -> Result<(), LoadError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &str,
+    btf: &Btf,
+) -> Result<(), LoadError> {
     let refused = |source| LoadError::Program { program, source };
     let p: &mut BtfTracePoint = ebpf
         .program_mut(program)
@@ -429,7 +439,8 @@ impl ProcessCache {
             .filter(|info| info.start_ticks == p.start_ticks)
             .map(Arc::new)?;
         if self.read.len() >= PROCESS_CACHE_MAX {
-            self.read.retain(|_, (at, _)| at.elapsed() < PROCESS_CACHE_AGE);
+            self.read
+                .retain(|_, (at, _)| at.elapsed() < PROCESS_CACHE_AGE);
             if self.read.len() >= PROCESS_CACHE_MAX {
                 self.read.clear();
             }
@@ -471,7 +482,10 @@ mod tests {
             panic!("not an owner event");
         };
         assert_eq!((cookie, role), (9, Role::Connected));
-        assert_eq!((process.tgid, process.uid, process.cgroup_id), (42, 1000, 77));
+        assert_eq!(
+            (process.tgid, process.uid, process.cgroup_id),
+            (42, 1000, 77)
+        );
         // 12.345678901 s after boot is tick 1234 at 100 Hz, as /proc/PID/stat says.
         assert_eq!(process.start_ticks, 1234);
         assert_eq!(process.comm, "curl");
@@ -480,7 +494,10 @@ mod tests {
         let Some(KernelEvent::Owner { role, process, .. }) = decode(&b, 100) else {
             panic!("not an owner event");
         };
-        assert_eq!((role, process.comm.as_str()), (Role::Served, "0123456789abcdef"));
+        assert_eq!(
+            (role, process.comm.as_str()),
+            (Role::Served, "0123456789abcdef")
+        );
 
         let mut r = Vec::new();
         r.extend(RESPONSE.to_ne_bytes());
@@ -557,7 +574,11 @@ mod kernel_tests {
         assert!(connected && served, "connect and serve seen");
         // Other tests' sockets may answer too; ours took 30 ms on both ends.
         assert!(
-            responses.iter().filter(|&&us| (30_000..60_000).contains(&us)).count() >= 2,
+            responses
+                .iter()
+                .filter(|&&us| (30_000..60_000).contains(&us))
+                .count()
+                >= 2,
             "{responses:?}"
         );
     }

@@ -108,10 +108,16 @@ const EVENTS_COST: &str = "the processes of connections that open and close betw
 
 /// Starts the event source as `collect.events` says: `Ok(None)` with the reason where it is
 /// off or cannot run under `auto`.
-fn start_events(mode: EventsMode) -> Result<(Option<EventSource>, Availability, Availability), StartError> {
+fn start_events(
+    mode: EventsMode,
+) -> Result<(Option<EventSource>, Availability, Availability), StartError> {
     if mode == EventsMode::Off {
         let why = "off (collect.events = \"off\")".to_string();
-        return Ok((None, Availability::Unavailable(why.clone()), Availability::Unavailable(why)));
+        return Ok((
+            None,
+            Availability::Unavailable(why.clone()),
+            Availability::Unavailable(why),
+        ));
     }
     match EventSource::start("/proc".into()) {
         Ok(source) => {
@@ -127,7 +133,11 @@ fn start_events(mode: EventsMode) -> Result<(Option<EventSource>, Availability, 
         Err(e) => {
             let why = events_unavailable(&e);
             tracing::warn!(error = %why, cost = EVENTS_COST, "kernel event source unavailable; polling alone (fix: CAP_BPF and CAP_PERFMON, Linux 5.8 or later with BTF)");
-            Ok((None, Availability::Unavailable(why.clone()), Availability::Unavailable(why)))
+            Ok((
+                None,
+                Availability::Unavailable(why.clone()),
+                Availability::Unavailable(why),
+            ))
         }
     }
 }
@@ -156,6 +166,8 @@ pub struct Sources {
     /// Finals taken from the queue by [`Sources::wait_for_final`], handed out first.
     waited: Vec<Final>,
     reported_overruns: u64,
+    reported_event_losses: u64,
+    event_loss_log: Throttle,
     dump_failures: Throttle,
     overrun_log: Throttle,
 }
@@ -213,6 +225,8 @@ impl Sources {
             counters: SourceCounters::default(),
             waited: Vec::new(),
             reported_overruns: 0,
+            reported_event_losses: 0,
+            event_loss_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
             overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
         })
@@ -232,12 +246,27 @@ impl Sources {
             .unwrap_or_default()
     }
 
-    /// The kernel events since the last call (none without the event source).
+    /// The kernel events since the last call (none without the event source); logs (once a
+    /// minute at most) the events lost since the last log.
     pub fn kernel_events(&mut self) -> Vec<KernelEvent> {
-        self.events
-            .as_ref()
-            .map(|e| e.queue.try_iter().collect())
-            .unwrap_or_default()
+        let Some(events) = &self.events else {
+            return Vec::new();
+        };
+        let c = &events.counters;
+        let lost = [&c.ring_full, &c.map_full, &c.queue_full].map(|n| n.load(Ordering::Relaxed));
+        if lost.iter().sum::<u64>() > self.reported_event_losses
+            && let Some(more) = self.event_loss_log.ready()
+        {
+            tracing::warn!(
+                ring_full = lost[0],
+                map_full = lost[1],
+                queue_full = lost[2],
+                also_since_last_log = more,
+                "kernel events were lost (ring buffer full, socket map full, or the poll loop behind); the connections they named are attributed by polling instead"
+            );
+            self.reported_event_losses = lost.iter().sum();
+        }
+        events.queue.try_iter().collect()
     }
 
     /// Whether the event source runs (owners of connections from events).

@@ -24,12 +24,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::pools::PoolRegistry;
-use crate::collect::ebpf::{EventProcess, Role};
-use crate::collect::procinfo::ProcessInfo;
 use super::ports::{Listener, Listeners};
 use super::sockets::{ConnKey, Direction, PoolId};
+use crate::collect::ebpf::{EventProcess, Role};
 use crate::collect::ownership::SocketOwners;
 use crate::collect::proc_events::ProcChange;
+use crate::collect::procinfo::ProcessInfo;
 use crate::collect::sockdiag::TcpSample;
 
 pub struct Attribution {
@@ -448,6 +448,71 @@ mod tests {
         assert_eq!(a.pools().get(&worker).unwrap().executable_name, "worker");
         assert_eq!(a.key_for(&gone).process, Some(worker.clone()));
         assert_eq!(a.closed_inbound(gone.local), Some(worker));
+    }
+
+    fn event_process(
+        pid: u32,
+        start_ticks: u64,
+        comm: &str,
+        info: Option<ProcessInfo>,
+    ) -> EventProcess {
+        EventProcess {
+            tgid: pid,
+            uid: 0,
+            start_ticks,
+            cgroup_id: 1,
+            comm: comm.into(),
+            info: info.map(std::sync::Arc::new),
+        }
+    }
+
+    #[test]
+    fn an_event_names_the_owner_before_the_proc_rules_and_a_gone_process_is_pooled_from_it() {
+        let proc = FakeProc::new("events");
+        proc.process(100, "server", &[LISTENER]);
+        proc.process(300, "curl", &[]);
+        let listen = [sample("10.0.0.1:80", "0.0.0.0:0", LISTENER)];
+        let mut a = after_dump(&proc, &listen, &[]);
+        // A connecting process read from /proc while it lived (start tick 90, as FakeProc's
+        // stat says): its pool is the one /proc describes.
+        let info = ProcessInfo::read(proc.path(), 300, None).expect("fake process");
+        let curl = a.event_pool(&event_process(300, 90, "curl", Some(info)));
+        let curl = curl.expect("a pool");
+        assert_eq!(a.pools().get(&curl).unwrap().executable_name, "curl");
+        // A later event of the same process (same pid and start time) is the same pool, not
+        // read again; a pid reused by another process (other start time) is not.
+        assert_eq!(
+            a.event_pool(&event_process(300, 90, "curl", None)),
+            Some(curl.clone())
+        );
+        let other = a
+            .event_pool(&event_process(300, 95, "wget", None))
+            .expect("a pool");
+        assert_ne!(other, curl);
+        let pool = a.pools().get(&other).unwrap();
+        assert_eq!(
+            (pool.executable_name.as_str(), pool.executable_path.as_ref()),
+            ("wget", None)
+        );
+        assert_eq!(a.event_stats.from_event, 1);
+        // Its socket, seen only at its destroy (inode 0) on a local port a listener also
+        // accepts on: the event's owner and direction, not the listener rule's.
+        let gone = sample("10.0.0.1:80", "10.0.0.7:443", 0);
+        a.remember_owner(
+            gone.cookie,
+            Role::Connected,
+            Some(curl.clone()),
+            Instant::now(),
+        );
+        assert!(a.has_event_owner(gone.cookie));
+        let k = a.key_for(&gone);
+        assert_eq!((k.direction, k.process), (Direction::Outbound, Some(curl)));
+        assert!(!a.has_event_owner(gone.cookie), "used once");
+        // An owner whose socket never comes is forgotten and counted.
+        a.remember_owner(12345, Role::Served, None, Instant::now() - EVENT_OWNER_WAIT);
+        a.end_poll();
+        assert!(!a.has_event_owner(12345));
+        assert_eq!(a.event_stats.unmatched, 1);
     }
 
     #[test]

@@ -898,6 +898,65 @@ mod tests {
     }
 
     #[test]
+    fn event_timed_sockets_count_every_exchange_once_and_skip_the_estimator() {
+        let mut t = SocketTracker::new();
+        t.time_by_events(true);
+        poll(&mut t, &[], Direction::Outbound); // baseline: nothing older than depmap
+        // Two exchanges measured before the socket's first dump, one after.
+        t.response_measured(7, 20_400);
+        t.response_measured(7, 19_600);
+        let mut s = sample(7, state::ESTABLISHED, 101, 100, 1000);
+        if let Some(c) = s.counters.as_mut() {
+            // Counters an idle-snapshot estimate would turn into a 40 ms sample.
+            c.last_data_sent_ms = 60;
+            c.last_data_recv_ms = 20;
+        }
+        poll(&mut t, std::slice::from_ref(&s), Direction::Outbound);
+        t.response_measured(7, 21_000);
+        t.closed(&sample(7, state::CLOSE, 202, 200, 2000), false, 5, || {
+            key(Direction::Outbound)
+        });
+        let rt = t.close_window()[&key(Direction::Outbound)].rt;
+        assert_eq!(
+            (rt.responses, rt.sum_us, rt.min_us, rt.max_us),
+            (3, 61_000, 19_600, 21_000)
+        );
+        // Times of a socket never seen wait for the next dump and two more, then are
+        // counted as unmatched.
+        t.response_measured(99, 5_000);
+        for _ in 0..2 {
+            poll(&mut t, &[], Direction::Outbound);
+        }
+        assert_eq!(t.stats.responses_unmatched, 0);
+        poll(&mut t, &[], Direction::Outbound);
+        assert_eq!(t.stats.responses_unmatched, 1);
+        assert!(t.close_window().is_empty());
+    }
+
+    #[test]
+    fn without_event_timing_and_for_baseline_sockets_the_estimator_runs() {
+        let mut t = SocketTracker::new();
+        t.time_by_events(true);
+        let mut old = sample(3, state::ESTABLISHED, 101, 100, 1000);
+        poll(&mut t, std::slice::from_ref(&old), Direction::Outbound); // older than depmap
+        if let Some(c) = old.counters.as_mut() {
+            c.bytes_acked = 201;
+            c.bytes_sent = 200;
+            c.bytes_received = 2000;
+            c.data_segs_out = 2;
+            c.last_data_sent_ms = 60;
+            c.last_data_recv_ms = 20;
+        }
+        poll(&mut t, std::slice::from_ref(&old), Direction::Outbound);
+        let rt = t.close_window()[&key(Direction::Outbound)].rt;
+        assert_eq!(
+            (rt.responses, rt.sum_us),
+            (1, 40_000),
+            "idle snapshot: 60 − 20 ms"
+        );
+    }
+
+    #[test]
     fn a_socket_seen_only_at_destroy_is_established_and_terminated() {
         let mut t = SocketTracker::new();
         poll(&mut t, &[], Direction::Outbound);

@@ -46,6 +46,7 @@ DELAY_S = 0.0
 # a connection whose client is not a peer, e.g. curl).
 LOG = None
 LOG_LOCK = threading.Lock()
+HTTP_BODY = None
 
 
 def recv_counted(conn, n, seen):
@@ -100,22 +101,48 @@ def settle(args, duration_s):
         time.sleep(wait)
 
 
+def handle_http(conn):
+    """One HTTP/1.0 request (curl's), answered with HTTP_BODY bytes, then close."""
+    seen, sent = [0], 0
+    try:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                b = conn.recv(4096)
+                if not b:
+                    return
+                data += b
+                seen[0] += len(b)
+            body = b"h" * HTTP_BODY
+            head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            conn.sendall(head + body)
+            sent += len(head) + len(body)
+    finally:
+        if LOG:
+            with LOG_LOCK, open(LOG, "a") as f:
+                f.write(json.dumps({"received": seen[0], "sent": sent}) + "\n")
+
+
 def accept_loop(ls):
     while True:
         try:
             conn, _ = ls.accept()
         except OSError:
             return
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+        target = handle_http if HTTP_BODY is not None else handle
+        threading.Thread(target=target, args=(conn,), daemon=True).start()
 
 
 def serve(args):
-    global DELAY_S, LOG
+    global DELAY_S, LOG, HTTP_BODY
     DELAY_S = args.delay_ms / 1000.0
     LOG = args.log or None
+    HTTP_BODY = args.http
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     ls = socket.socket(family, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if args.reuseport:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     ls.bind((args.host, args.port))
     ls.listen(512)
     children = []
@@ -241,6 +268,8 @@ def main():
     s.add_argument("--delay-ms", type=int, default=0)
     s.add_argument("--tag", default="", help="ignored; lets a test put a marker in the command line")
     s.add_argument("--log", default="", help="append each closed connection's bytes (JSON lines)")
+    s.add_argument("--http", type=int, default=None, help="speak HTTP/1.0 (for curl): answer this many body bytes")
+    s.add_argument("--reuseport", action="store_true", help="SO_REUSEPORT: share the port with other servers")
     c = sub.add_parser("client")
     c.add_argument("--host", required=True)
     c.add_argument("--port", type=int, required=True)
@@ -255,6 +284,7 @@ def main():
     c.add_argument("--window-ms", type=int, default=0)
     c.add_argument("--guard-ms", type=int, default=300)
     c.add_argument("--expect-ms", type=int, default=0)
+    c.add_argument("--tag", default="", help="ignored; lets a test tell clients apart by command line")
     f = sub.add_parser("fail")
     f.add_argument("--host", required=True)
     f.add_argument("--port", type=int, required=True)
