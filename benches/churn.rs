@@ -18,9 +18,14 @@ const CHURN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/churn.py");
 fn main() {
     let rate = env_or("DEPMAP_CHURN_RATE", 1000);
     let secs = env_or("DEPMAP_CHURN_SECS", 300);
+    // `collect.events`: "auto" (default) or "off" (polling alone).
+    let events = std::env::var("DEPMAP_CHURN_EVENTS").unwrap_or_else(|_| "auto".into());
     let netns = Netns::new("dmchurn");
     let ns = netns.0.clone();
     let (dir, cfg) = default_config("churn");
+    let text = std::fs::read_to_string(&cfg).expect("bench config")
+        + &format!("[collect]\nevents = \"{events}\"\n");
+    std::fs::write(&cfg, text).expect("bench config");
     let records = dir.join("records.ndjson");
     let log = dir.join("depmap.log");
     let mut depmap = Command::new("ip")
@@ -90,6 +95,8 @@ fn main() {
 
     let truth: serde_json::Value = serde_json::from_slice(&out.stdout).expect("churn totals");
     let (mut est, mut term, mut sent, mut received) = (0i64, 0i64, 0i64, 0i64);
+    // Outbound connections (the load generator's): how many carry their process.
+    let (mut outbound, mut attributed) = (0i64, 0i64);
     for l in std::fs::read_to_string(&records).unwrap().lines() {
         let r: serde_json::Value = serde_json::from_str(l).unwrap();
         if r["Type"] == "VMConnection"
@@ -101,6 +108,16 @@ fn main() {
             sent += r["BytesSent"].as_i64().unwrap();
             received += r["BytesReceived"].as_i64().unwrap();
         }
+        if r["Type"] == "VMConnection"
+            && r["Direction"] == "outbound"
+            && r["DestinationPort"] == 7400
+        {
+            let links = r["LinksEstablished"].as_i64().unwrap();
+            outbound += links;
+            if !r["Process"].is_null() {
+                attributed += links;
+            }
+        }
     }
     let summary = std::fs::read_to_string(&log).unwrap_or_default();
     let summary = summary
@@ -110,7 +127,8 @@ fn main() {
         .unwrap_or("")
         .to_string();
     let _ = std::fs::remove_dir_all(&dir);
-    println!("churn: {rate}/s for {secs} s ({elapsed:.1} s measured)");
+    println!("churn: {rate}/s for {secs} s ({elapsed:.1} s measured), collect.events = {events}");
+    println!("| outbound connections with their process | {attributed} of {outbound} |");
     println!(
         "| connections (truth / LinksEstablished / LinksTerminated) | {} / {est} / {term} |",
         truth["conns"]

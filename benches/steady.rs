@@ -7,9 +7,12 @@
 //! `DEPMAP_STEADY_INTERVAL_MS` (default 1,000) on one of its connections, echoed by its peer.
 //! Then, in the same run:
 //! * the bare kernel dump of those sockets (median of 21), i.e. what a dump each second costs;
+//! * `DEPMAP_STEADY_SHORT_PER_S` short connections a second besides (default 0; one exchange
+//!   each, benches/churn.py against a peer.py server in the namespace);
 //! * `depmap run` at default settings for `DEPMAP_STEADY_SECS` (default 300) after a 10 s
-//!   warm-up: CPU share of one core and RSS every 30 s and over the whole run, and the full-dump
-//!   period the CPU budget chose (from depmap's log);
+//!   warm-up, by polling alone (`collect.events = "off"`) and with the kernel event source
+//!   (`"ebpf"`), one after the other: CPU share of one core and RSS every 30 s and over the
+//!   whole run, and the full-dump period the CPU budget chose (from depmap's log);
 //! * the same with `cpu_budget = "0%"` (a full dump every second) for
 //!   `DEPMAP_STEADY_UNBUDGETED_SECS` (default 60; 0 skips it), as the reference.
 //!
@@ -23,6 +26,9 @@ use std::time::{Duration, Instant};
 use depmap::collect::sockdiag::{Family, SockDiag};
 
 mod common;
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
+const CHURN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/churn.py");
 
 use common::{Netns, cpu_ticks, default_config, env_or, status_kb};
 
@@ -42,6 +48,7 @@ fn main() {
     let interval_ms = env_or("DEPMAP_STEADY_INTERVAL_MS", 1_000);
     let secs = env_or("DEPMAP_STEADY_SECS", 300);
     let reference_secs = env_or("DEPMAP_STEADY_UNBUDGETED_SECS", 60);
+    let short_per_s = env_or("DEPMAP_STEADY_SHORT_PER_S", 0);
 
     let ns = Netns::new("dmsteady");
     let fleet = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/fleet.py");
@@ -80,16 +87,52 @@ fn main() {
     runs.sort();
     let kernel = runs[runs.len() / 2];
 
-    let budgeted = run_depmap("", secs);
-    let reference = (reference_secs > 0)
-        .then(|| run_depmap("[collect]\ncpu_budget = \"0%\"\n", reference_secs));
+    // Short connections besides, for the whole of the runs below.
+    let mut short = (short_per_s > 0).then(|| {
+        let mut server = Command::new("python3")
+            .args([PEER, "serve", "--host", "127.0.0.1", "--port", "7401"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("peer server");
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().expect("server stdout"))
+            .read_line(&mut line)
+            .expect("server ready line");
+        let total = 2 * (secs + 15) + reference_secs + 15;
+        let load = Command::new("python3")
+            .args([
+                CHURN,
+                "127.0.0.1",
+                "7401",
+                &short_per_s.to_string(),
+                &total.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("churn load");
+        (server, load)
+    });
+    let polling = run_depmap("[collect]\nevents = \"off\"\n", secs);
+    let events = run_depmap("[collect]\nevents = \"ebpf\"\n", secs);
+    let reference = (reference_secs > 0).then(|| {
+        run_depmap(
+            "[collect]\ncpu_budget = \"0%\"\nevents = \"off\"\n",
+            reference_secs,
+        )
+    });
+    if let Some((mut server, mut load)) = short.take() {
+        let _ = load.kill();
+        let _ = server.kill();
+        let _ = load.wait();
+        let _ = server.wait();
+    }
     let _ = child.kill();
     let _ = child.wait();
 
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{procs} processes, {} connections, {sockets} sockets in the IPv4 dump; a request every {interval_ms} ms per process",
+        "{procs} processes, {} connections, {sockets} sockets in the IPv4 dump; a request every {interval_ms} ms per process; {short_per_s} short connections a second",
         procs * per_proc
     );
     let _ = writeln!(
@@ -98,11 +141,20 @@ fn main() {
         kernel.as_secs_f64() * 1e3,
         kernel.as_secs_f64() * 100.0
     );
-    report(&mut out, "depmap run, default settings", &budgeted);
+    report(
+        &mut out,
+        "depmap run, default settings, polling alone",
+        &polling,
+    );
+    report(
+        &mut out,
+        "depmap run, default settings, with the kernel event source",
+        &events,
+    );
     if let Some(r) = &reference {
         report(
             &mut out,
-            "depmap run, cpu_budget = \"0%\" (a full dump every second)",
+            "depmap run, polling alone, cpu_budget = \"0%\" (a full dump every second)",
             r,
         );
     }

@@ -73,6 +73,8 @@ pub struct AgentCounters {
     pub hot_lookups: u64,
     /// Current period of full dumps (stretched by `collect.cpu_budget`), milliseconds.
     pub full_poll_period_ms: u64,
+    /// Connections (links established or failed) reported without a process.
+    pub unattributed_links: u64,
 }
 
 pub struct Agent {
@@ -188,6 +190,18 @@ impl Agent {
     /// capability report; the daemon never waits for it).
     pub fn settle_proc_events(&mut self, limit: Duration) {
         self.sources.settle_proc_events(limit);
+    }
+
+    /// What finds owners and times exchanges here, in a few words (the start-up line, the
+    /// service status).
+    pub fn source_in_use(&self) -> &'static str {
+        match (self.sources.events_active(), self.sources.events_timing()) {
+            (true, true) => "kernel events (owners, response times) and a dump per window",
+            (true, false) => {
+                "kernel events (owners) and a dump per window; tcp_info response times"
+            }
+            (false, _) => "polling (sock_diag dumps, /proc, tcp_info response times)",
+        }
     }
 
     /// The loop's tick (hot polls, or full and light polls, happen on its multiples).
@@ -502,6 +516,11 @@ impl Agent {
     pub fn close_window(&mut self, start: SystemTime) -> Vec<Record> {
         self.enricher.refresh();
         let conns = self.tracker.close_window();
+        self.counters.unattributed_links += conns
+            .iter()
+            .filter(|(k, _)| k.process.is_none())
+            .map(|(_, s)| s.links_established + s.links_failed)
+            .sum::<u64>();
         let window_listeners = self.attribution.take_window_listeners();
         let ports = bound_ports(&window_listeners, &conns);
         let pools = self.attribution.pools();
@@ -684,6 +703,10 @@ impl Agent {
                 self.attribution.event_stats.unmatched,
             ),
             ("event_responses_unmatched_total", t.responses_unmatched),
+            (
+                "unattributed_connections_total",
+                self.counters.unattributed_links,
+            ),
             ("dns_answers_learned_total", dns.counters.answers),
             ("dns_answers_unsolicited_total", dns.counters.unsolicited),
             ("dns_addresses_not_kept_total", dns.counters.not_kept),

@@ -132,9 +132,10 @@ pub fn run_loop(
     let mut collect = agent.config().collect.clone();
     let mut window = window_start(now, collect.window);
     let mut next_inventory = now + collect.inventory_interval;
-    tracing::info!(window = ?collect.window, poll = ?collect.socket_poll, "depmap running");
+    let source = agent.source_in_use();
+    tracing::info!(window = ?collect.window, poll = ?collect.socket_poll, source, "depmap running");
     service.ready(&format!(
-        "first poll done: {} sockets",
+        "first poll done: {} sockets; {source}",
         agent.counters.sockets_last_poll
     ));
     loop {

@@ -316,8 +316,10 @@ fn refused_attempts_are_credited_to_the_process_that_tried() {
 fn every_exchange_is_timed_on_both_ends() {
     let _serial = serial();
     let bed = Bed::new("evrt");
-    let mut client_side = depmap(&bed.clients);
-    let mut server_side = depmap(&bed.servers);
+    let logs = TempDir::new("evrt-logs");
+    let (client_log, server_log) = (logs.0.join("clients.log"), logs.0.join("servers.log"));
+    let mut client_side = Depmap::start_logging(&bed.clients, "events = \"ebpf\"\n", &client_log);
+    let mut server_side = Depmap::start_logging(&bed.servers, "events = \"ebpf\"\n", &server_log);
     let delays = [(9411u16, 20u64), (9412, 100), (9413, 500)];
     let _servers: Vec<Proc> = delays
         .iter()
@@ -382,6 +384,24 @@ fn every_exchange_is_timed_on_both_ends() {
         rows.push_str(&format!(
             "| {delay} ms | 50 | {out_n} | {out_mean:.2} ms | {client_truth:.2} ms | {in_n} | {in_mean:.2} ms | {delay} ms |\n"
         ));
+    }
+    // Each depmap followed its own namespace only: the other end's owners and response times
+    // (3 connects, 150 exchanges) never reached it.
+    for log in [&client_log, &server_log] {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let summary = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("summary="))
+            .unwrap_or("");
+        for counter in [
+            "event_owners_unmatched_total=0 ",
+            "event_responses_unmatched_total=0 ",
+            "kernel_events_ring_full_total=0 ",
+            "kernel_events_map_full_total=0 ",
+        ] {
+            assert!(summary.contains(counter), "{counter} in {summary}");
+        }
     }
     if let Ok(path) = std::env::var("DEPMAP_FIDELITY_MD") {
         let header = "| injected delay | exchanges | outbound Responses | outbound mean | client's own wait | inbound Responses | inbound mean | truth |\n|---|---|---|---|---|---|---|---|\n";

@@ -170,8 +170,10 @@ impl Container {
             "--keep-unit",
             "--register=no",
             "--volatile=overlay",
-            // nspawn's default set lacks the event source's two (a host's systemd has them).
+            // nspawn's default capabilities lack the event source's two, and its seccomp
+            // filter refuses bpf(2) with EPERM (measured): a host's systemd has neither limit.
             "--capability=CAP_BPF,CAP_PERFMON",
+            "--system-call-filter=bpf",
         ])
         .args(["--console=pipe", "--machine"])
         .arg(format!("dmt-{}", std::process::id()))
@@ -438,6 +440,14 @@ fn the_package_under_a_real_systemd() {
         c.show("StatusText").starts_with("first poll done"),
         "READY with its status: {}",
         c.show("StatusText")
+    );
+    // The kernel event source runs under the unit's capabilities and system-call filter.
+    assert!(
+        c.show("StatusText")
+            .contains("kernel events (owners, response times)"),
+        "{}\n{}",
+        c.show("StatusText"),
+        c.journal()
     );
     // As `depmap`, with exactly the unit's two capabilities.
     let pid = c.show("MainPID");

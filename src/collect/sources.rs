@@ -144,11 +144,21 @@ fn start_events(
 
 /// Why the event source does not run (with the capabilities this process lacks).
 fn events_unavailable(e: &LoadError) -> String {
+    // The kernel's answer (the errno) is at the end of the chain of sources.
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !why.contains(&text) {
+            why = format!("{why}: {text}");
+        }
+        source = inner.source();
+    }
     let missing = super::ebpf::missing_capabilities();
     if missing.is_empty() {
-        e.to_string()
+        why
     } else {
-        format!("{e} (this process lacks {})", missing.join(" and "))
+        format!("{why} (this process lacks {})", missing.join(" and "))
     }
 }
 
