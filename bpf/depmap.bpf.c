@@ -7,7 +7,8 @@
 //                        its tgid, comm, uid, cgroup and start time, and the socket is
 //                        remembered as a client. SYN_RECV -> ESTABLISHED runs in softirq (the
 //                        task is meaningless): the socket is remembered as a server whose
-//                        owner is still to come. -> CLOSE forgets it.
+//                        owner is still to come. -> CLOSE forgets it, with a CLOSED event
+//                        saying whether the peer's FIN had arrived.
 //   sock_send_length     run in the task that sends or receives, after the call returned: the
 //   sock_recv_length     first one on a server socket gives its OWNER event, and
 //                        the last send of a request and the first receive of its answer give
@@ -51,8 +52,10 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
 
-// BPF_RB_NO_WAKEUP: the reader drains the ring on its own timer.
+// Ring buffer submit flags: BPF_RB_NO_WAKEUP (the reader drains on its own timer) and
+// BPF_RB_FORCE_WAKEUP (wake it now, even when older records wait unread).
 #define NO_WAKEUP 1
+#define FORCE_WAKEUP 2
 
 struct ns_common {
 	unsigned int inum;
@@ -69,6 +72,7 @@ typedef struct {
 struct sock_common {
 	unsigned short skc_family;
 	possible_net_t skc_net;
+	unsigned long skc_flags; // sk->sk_flags is #defined as this
 } __attribute__((preserve_access_index));
 
 struct sock {
@@ -76,13 +80,19 @@ struct sock {
 	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
 
+// include/net/sock.h; the value is relocated against the running kernel (CO-RE).
+enum sock_flags {
+	SOCK_DEAD,
+	SOCK_DONE, // set by tcp_fin(): the peer's FIN was received (and counted in rcv_nxt)
+};
+
 struct task_struct {
 	struct task_struct *group_leader;
 	__u64 start_boottime;
 } __attribute__((preserve_access_index));
 
 // Event kinds; the first field of every event (src/collect/ebpf.rs decodes them).
-enum kind { CONNECT = 1, OWNER = 2, RESPONSE = 3 };
+enum kind { CONNECT = 1, OWNER = 2, RESPONSE = 3, CLOSED = 4 };
 
 // CONNECT and OWNER: the process that opened, or first used, the socket.
 struct owner_event {
@@ -106,6 +116,15 @@ struct response_event {
 	__u64 nanos;
 };
 
+// CLOSED: a socket reached CLOSE; whether its peer's FIN had been received (its final
+// bytes_received counts the FIN then). Spares the reader of destroy notifications an exact
+// lookup per close.
+struct closed_event {
+	__u32 kind;
+	__u32 fin_received;
+	__u64 cookie;
+};
+
 enum role { CLIENT = 1, SERVER = 2 };
 enum phase { IDLE = 0, REQUEST = 1, ANSWER = 2 };
 
@@ -120,7 +139,7 @@ struct conn {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22); // set by the loader (collect::ebpf::RING_BYTES)
+	__uint(max_entries, 1 << 20); // set by the loader (collect::ebpf::RING_BYTES)
 } events SEC(".maps");
 
 struct {
@@ -161,7 +180,7 @@ static __always_inline int followed(const struct sock *sk)
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == netns_ino;
 }
 
-static __always_inline int owner(__u32 kind, __u64 cookie)
+static __always_inline int owner(__u32 kind, __u64 cookie, __u64 flags)
 {
 	struct owner_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -178,10 +197,22 @@ static __always_inline int owner(__u32 kind, __u64 cookie)
 	e->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
 	e->cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	// An owner is wanted promptly (the reader reads /proc for it while the process lives):
-	// the kernel wakes the reader only when the ring was empty, so bursts cost one wake-up.
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, flags);
 	return 1;
+}
+
+static __always_inline void closed(struct sock *sk, __u64 cookie)
+{
+	struct closed_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		lost(RING_FULL);
+		return;
+	}
+	unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	e->kind = CLOSED;
+	e->fin_received = (flags >> bpf_core_enum_value(enum sock_flags, SOCK_DONE)) & 1;
+	e->cookie = cookie;
+	bpf_ringbuf_submit(e, NO_WAKEUP);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -192,13 +223,16 @@ int BPF_PROG(set_state, struct sock *sk, int old, int new)
 	__u64 cookie = bpf_get_socket_cookie(sk);
 	if (new == TCP_CLOSE) {
 		bpf_map_delete_elem(&conns, &cookie);
+		closed(sk, cookie);
 		return 0;
 	}
 	struct conn c = {};
 	if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
 		c.role = CLIENT;
 		c.owner_known = 1;
-		owner(CONNECT, cookie);
+		// Wanted at once: the reader reads the process's /proc entry while it lives (a
+		// curl is gone 20 ms after its connect).
+		owner(CONNECT, cookie, FORCE_WAKEUP);
 	} else if (old == TCP_SYN_RECV && new == TCP_ESTABLISHED) {
 		c.role = SERVER;
 	} else {
@@ -236,7 +270,8 @@ static __always_inline int moved(struct sock *sk, int ret, int sending)
 	if (!c)
 		return 0;
 	if (!c->owner_known)
-		c->owner_known = owner(OWNER, cookie);
+		// Servers outlive their first reply: drained with the response times.
+		c->owner_known = owner(OWNER, cookie, NO_WAKEUP);
 	__u64 now = bpf_ktime_get_ns();
 	// The request is what the client sends; a server receives it.
 	int request = (c->role == CLIENT) == sending;

@@ -36,8 +36,12 @@ const LAST_FINALS_WAIT: Duration = Duration::from_millis(500);
 
 /// With the event source, how old a destroy notification must be before it is applied: by
 /// then the events of its socket (its owner, its last response times) have been drained
-/// (the reader drains at least every 100 ms), so a close never overtakes its socket's events.
-const FINAL_SETTLE_MS: u64 = 250;
+/// (the reader drains at least every `collect::ebpf::DRAIN_PERIOD`, 200 ms), so a close never
+/// overtakes its socket's events.
+const FINAL_SETTLE_MS: u64 = 2 * crate::collect::ebpf::DRAIN_PERIOD.as_millis() as u64;
+
+/// Longest wait at stop for the event reader to drain what the kernel queued.
+const LAST_EVENTS_WAIT: Duration = Duration::from_secs(1);
 
 /// Most process-event pids kept between full dumps as hints for the next /proc walk.
 const HINTS_MAX: usize = 4096;
@@ -235,6 +239,8 @@ impl Agent {
                 KernelEvent::Response { cookie, micros } => {
                     self.tracker.response_measured(cookie, micros)
                 }
+                // Kept by the sources for the socket's destroy notification.
+                KernelEvent::Closed { .. } => {}
             }
         }
     }
@@ -375,7 +381,7 @@ impl Agent {
             self.apply_destroys(!self.tracker.baseline_done(), false);
         }
         // The events of the sockets closed last, then every close still settling.
-        if self.sources.wait_events_drained(LAST_FINALS_WAIT) {
+        if self.sources.wait_events_drained(LAST_EVENTS_WAIT) {
             self.apply_kernel_events();
         }
         self.apply_destroys(!self.tracker.baseline_done(), false);
@@ -484,6 +490,7 @@ impl Agent {
             finals = ready;
         }
         for (f, at) in finals {
+            let fin_received = self.sources.final_fin(&f);
             let s = &f.sample;
             match self.tracker.known(s.cookie) {
                 // Before the baseline, a close is of a socket older than depmap.
@@ -491,7 +498,7 @@ impl Agent {
                 Known::New => {
                     let attribution = &mut self.attribution;
                     self.tracker
-                        .closed(s, f.fin_received, at, || attribution.key_for(s));
+                        .closed(s, fin_received, at, || attribution.key_for(s));
                 }
                 known => {
                     // An accepted socket that closes before its holder was found has left its
@@ -506,7 +513,7 @@ impl Agent {
                         self.tracker.attribute(s.cookie, pool);
                     }
                     self.tracker
-                        .closed(s, f.fin_received, at, || unreachable_key(s));
+                        .closed(s, fin_received, at, || unreachable_key(s));
                 }
             }
         }
@@ -685,6 +692,7 @@ impl Agent {
             ),
             ("proc_walks_total", self.attribution.owners().stats.walks),
             ("proc_event_errors_total", k.proc_event_errors),
+            ("fin_lookups_total", k.fin_lookups),
             ("kernel_events_total", k.kernel_events),
             ("kernel_events_ring_full_total", k.kernel_events_ring_full),
             ("kernel_events_map_full_total", k.kernel_events_map_full),

@@ -8,6 +8,7 @@
 //!
 //! What each reader can do on this host is kept as [`SourceStatus`] (the capability report).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -73,6 +74,8 @@ pub struct SourceCounters {
     pub destroy_received: u64,
     pub destroy_overruns: u64,
     pub proc_event_errors: u64,
+    /// Closes whose FIN was looked up by the poll loop (no CLOSED event for them).
+    pub fin_lookups: u64,
     pub kernel_events: u64,
     pub kernel_events_ring_full: u64,
     pub kernel_events_map_full: u64,
@@ -101,6 +104,10 @@ fn proc_connector_unavailable(why: &str) -> String {
 fn kept(ipv6: bool, s: &TcpSample) -> bool {
     ipv6 || !s.remote.is_ipv6()
 }
+
+/// Most CLOSED events kept for their destroy notification, and for how long.
+const CLOSED_FINS_MAX: usize = 262_144;
+const CLOSED_FIN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a missing event source costs (the log line).
 const EVENTS_COST: &str = "the processes of connections that open and close between two dumps are null, \
@@ -167,6 +174,8 @@ pub struct Sources {
     destroys: Option<DestroyListener>,
     proc_events: Option<ProcEvents>,
     events: Option<EventSource>,
+    /// What CLOSED events said of sockets whose destroy notification is still to come.
+    closed_fins: HashMap<u64, (bool, std::time::Duration)>,
     /// Keep connections with IPv6 remote addresses (`collect.ipv6`).
     ipv6: bool,
     /// The monotonic clock origin; sample times are milliseconds since it.
@@ -194,13 +203,19 @@ impl Sources {
             Ok(_) => Availability::YES,
             Err(e) => Availability::Unavailable(format!("IPv6 dump failed: {e}")),
         };
-        let (destroys, destroy_events) = match DestroyListener::start(sock_diag_v6.is_available()) {
-            Ok(d) => (Some(d), Availability::YES),
-            Err(e) => (
-                None,
-                Availability::Unavailable(format!("cannot join the TCP destroy groups: {e}")),
-            ),
-        };
+        // Attached before the first (baseline) dump: every socket it does not hold was opened
+        // under the programs' eyes.
+        let (events, kernel_events, event_timing) = start_events(events)?;
+        // With events, whether a closed socket had its peer's FIN comes from its CLOSED event.
+        let fin_lookups = events.is_none();
+        let (destroys, destroy_events) =
+            match DestroyListener::start(sock_diag_v6.is_available(), fin_lookups) {
+                Ok(d) => (Some(d), Availability::YES),
+                Err(e) => (
+                    None,
+                    Availability::Unavailable(format!("cannot join the TCP destroy groups: {e}")),
+                ),
+            };
         // Subscribing goes on on its own thread (see proc_events); `proc_changes` takes its
         // outcome into the status.
         let (proc_events, proc_connector) = match ProcEvents::start() {
@@ -213,9 +228,6 @@ impl Sources {
                 Availability::Unavailable(proc_connector_unavailable(&e.to_string())),
             ),
         };
-        // Attached before the first (baseline) dump: every socket it does not hold was opened
-        // under the programs' eyes.
-        let (events, kernel_events, event_timing) = start_events(events)?;
         Ok(Sources {
             status: SourceStatus {
                 sock_diag: Availability::YES,
@@ -230,6 +242,7 @@ impl Sources {
             destroys,
             proc_events,
             events,
+            closed_fins: HashMap::new(),
             ipv6,
             epoch: Instant::now(),
             counters: SourceCounters::default(),
@@ -276,7 +289,41 @@ impl Sources {
             );
             self.reported_event_losses = lost.iter().sum();
         }
-        events.queue.try_iter().collect()
+        let mut out = Vec::new();
+        for event in events.queue.try_iter() {
+            match event {
+                KernelEvent::Closed {
+                    cookie,
+                    fin_received,
+                } => {
+                    if self.closed_fins.len() < CLOSED_FINS_MAX {
+                        self.closed_fins
+                            .insert(cookie, (fin_received, self.epoch.elapsed()));
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+        // Closes whose destroy notification never came (not kept, or lost).
+        if let Some(oldest) = self.epoch.elapsed().checked_sub(CLOSED_FIN_WAIT) {
+            self.closed_fins.retain(|_, (_, at)| *at >= oldest);
+        }
+        out
+    }
+
+    /// Whether a closed socket's final counters include its peer's FIN: as the destroy reader
+    /// looked it up, else as its CLOSED event said, else by an exact lookup now.
+    pub fn final_fin(&mut self, f: &Final) -> bool {
+        if let Some(fin) = f.fin_received {
+            return fin;
+        }
+        match self.closed_fins.remove(&f.sample.cookie) {
+            Some((fin, _)) => fin,
+            None => {
+                self.counters.fin_lookups += 1;
+                fin_received(&mut self.diag, &f.sample)
+            }
+        }
     }
 
     /// Whether the event source runs (owners of connections from events).

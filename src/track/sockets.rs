@@ -268,11 +268,38 @@ pub struct SocketTracker {
     window: WindowSums,
     /// Most sockets tracked at once (0: no limit); beyond it new sockets are shed.
     max_sockets: usize,
+    /// How new sockets start: timed by events or not, with the times measured before.
+    births: Births,
+    pub stats: TrackerStats,
+}
+
+/// What a socket seen for the first time starts with.
+#[derive(Debug, Default)]
+struct Births {
     /// Whether kernel events time the exchanges of sockets opened after depmap started.
     events_timing: bool,
     /// Response times measured before their socket was first seen, with the dump generation.
     early_responses: CookieMap<(RtStats, u64)>,
-    pub stats: TrackerStats,
+}
+
+impl Births {
+    /// A new socket's state: timed by events unless it is older than depmap (`baseline`),
+    /// with the response times measured before it was seen.
+    fn born(
+        &mut self,
+        cookie: u64,
+        key: ConnKey,
+        established: bool,
+        baseline: bool,
+        generation: u64,
+    ) -> Tracked {
+        let mut t = Tracked::new(key, established, generation);
+        t.timed_by_events = self.events_timing && !baseline;
+        if let Some((rt, _)) = self.early_responses.remove(&cookie) {
+            t.pending.get_or_insert_default().rt.add(&rt);
+        }
+        t
+    }
 }
 
 impl SocketTracker {
@@ -292,18 +319,7 @@ impl SocketTracker {
 
     /// Response times of sockets opened from now on come from kernel events.
     pub fn time_by_events(&mut self, on: bool) {
-        self.events_timing = on;
-    }
-
-    /// A new socket's state: timed by events unless it is older than depmap, with the
-    /// response times measured before it was seen.
-    fn born(&mut self, cookie: u64, key: ConnKey, established: bool, baseline: bool) -> Tracked {
-        let mut t = Tracked::new(key, established, self.generation);
-        t.timed_by_events = self.events_timing && !baseline;
-        if let Some((rt, _)) = self.early_responses.remove(&cookie) {
-            t.pending.get_or_insert_default().rt.add(&rt);
-        }
-        t
+        self.births.events_timing = on;
     }
 
     /// One exchange's response time measured by a kernel event.
@@ -313,12 +329,13 @@ impl SocketTracker {
             None => self.awaiting_final.get_mut(&cookie).map(|(t, _)| t),
         };
         let Some(t) = tracked else {
-            if self.early_responses.len() >= EARLY_RESPONSES_MAX {
+            if self.births.early_responses.len() >= EARLY_RESPONSES_MAX {
                 self.stats.responses_unmatched += 1;
                 return;
             }
             let generation = self.generation;
-            self.early_responses
+            self.births
+                .early_responses
                 .entry(cookie)
                 .or_insert_with(|| (RtStats::default(), generation))
                 .0
@@ -389,14 +406,13 @@ impl SocketTracker {
                     return;
                 }
                 // Connections older than depmap are not "established during the window".
-                None => {
-                    let mut t = Tracked::new(key(), baseline && established_now, generation);
-                    t.timed_by_events = self.events_timing && !baseline;
-                    if let Some((rt, _)) = self.early_responses.remove(&s.cookie) {
-                        t.pending.get_or_insert_default().rt.add(&rt);
-                    }
-                    e.insert(t)
-                }
+                None => e.insert(self.births.born(
+                    s.cookie,
+                    key(),
+                    baseline && established_now,
+                    baseline,
+                    generation,
+                )),
             },
         };
         update(tracked, &mut self.window, &mut self.stats, s, seen);
@@ -474,10 +490,10 @@ impl SocketTracker {
         }
         self.awaiting_final
             .retain(|_, (_, g)| generation.saturating_sub(*g) < LATE_FINAL_DUMPS);
-        let early = self.early_responses.len();
-        self.early_responses
-            .retain(|_, (_, g)| generation.saturating_sub(*g) < EARLY_RESPONSE_DUMPS);
-        self.stats.responses_unmatched += (early - self.early_responses.len()) as u64;
+        let early = &mut self.births.early_responses;
+        let before = early.len();
+        early.retain(|_, (_, g)| generation.saturating_sub(*g) < EARLY_RESPONSE_DUMPS);
+        self.stats.responses_unmatched += (before - early.len()) as u64;
         if self.awaiting_final.len() > LATE_FINAL_MAX {
             let mut by_age: Vec<(u64, u64)> = self
                 .awaiting_final
@@ -583,7 +599,9 @@ impl SocketTracker {
                 self.stats.shed += 1;
                 return;
             }
-            None => self.born(s.cookie, key(), false, false),
+            None => self
+                .births
+                .born(s.cookie, key(), false, false, self.generation),
         };
         Self::flush_pending(&mut self.window, &mut tracked);
         let client = tracked.client();
