@@ -481,7 +481,9 @@ impl Agent {
     fn apply_destroys(&mut self, baseline_poll: bool, settle: bool) {
         let mut finals = std::mem::take(&mut self.settling);
         finals.extend(self.sources.finals());
-        if settle && self.sources.events_active() {
+        // Not in the baseline poll: what closes then is older than depmap, and must not
+        // settle into a later poll, where it would count as a new connection.
+        if settle && !baseline_poll && self.sources.events_active() {
             let settled_before = self.sources.clock_ms().saturating_sub(FINAL_SETTLE_MS);
             let (ready, young): (Vec<_>, Vec<_>) = finals
                 .into_iter()
