@@ -174,8 +174,6 @@ pub struct EventCounters {
     /// Events dropped because the poll loop was behind.
     pub queue_full: AtomicU64,
     pub unparsable: AtomicU64,
-    /// Owner events whose process was gone (or another one) before /proc could be read.
-    pub process_gone: AtomicU64,
 }
 
 /// How many drains of the ring the reader has done, and a wake-up for those waiting for one.
@@ -238,22 +236,8 @@ impl EventSource {
         unsafe {
             libc::malloc_trim(0);
         }
-        let ring = RingBuf::try_from(
-            ebpf.take_map("events")
-                .ok_or(LoadError::Missing("events"))?,
-        )
-        .map_err(|source| LoadError::Map {
-            map: "events",
-            source,
-        })?;
-        let losses: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
-            ebpf.take_map("losses")
-                .ok_or(LoadError::Missing("losses"))?,
-        )
-        .map_err(|source| LoadError::Map {
-            map: "losses",
-            source,
-        })?;
+        let ring: RingBuf<MapData> = take_map(&mut ebpf, "events")?;
+        let losses: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "losses")?;
         let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(EventCounters::default());
         let drains = Arc::new(Drains::default());
@@ -291,6 +275,15 @@ impl EventSource {
             .unwrap_or_else(|e| e.into_inner());
         *done >= target
     }
+}
+
+/// One of the object's maps, as its typed view.
+fn take_map<M>(ebpf: &mut Ebpf, map: &'static str) -> Result<M, LoadError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let raw = ebpf.take_map(map).ok_or(LoadError::Missing(map))?;
+    M::try_from(raw).map_err(|source| LoadError::Map { map, source })
 }
 
 fn attach(
@@ -365,10 +358,9 @@ impl Drain {
                     role,
                     mut process,
                 } => {
+                    // None: gone before /proc was read (the poll loop counts those
+                    // owners as `event_owners_from_event`).
                     process.info = self.processes.get(&process);
-                    if process.info.is_none() {
-                        self.counters.process_gone.fetch_add(1, Ordering::Relaxed);
-                    }
                     KernelEvent::Owner {
                         cookie,
                         role,

@@ -81,7 +81,6 @@ pub struct SourceCounters {
     pub kernel_events_map_full: u64,
     pub kernel_events_queue_full: u64,
     pub kernel_events_unparsable: u64,
-    pub kernel_events_process_gone: u64,
 }
 
 /// One dump (its sockets went to the caller's buffer).
@@ -484,7 +483,6 @@ impl Sources {
             kernel_events_map_full: events(|c| &c.map_full),
             kernel_events_queue_full: events(|c| &c.queue_full),
             kernel_events_unparsable: events(|c| &c.unparsable),
-            kernel_events_process_gone: events(|c| &c.process_gone),
             proc_event_errors: self
                 .proc_events
                 .as_ref()
