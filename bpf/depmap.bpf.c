@@ -2,10 +2,12 @@
 // depmap's kernel event source (README "Kernel events"): who opened each TCP connection of
 // depmap's network namespace, and the time between a request and its answer on it.
 //
-// Three BTF tracepoints (tp_btf: no tracefs, and the socket cookie that sock_diag reports):
+// Four BTF tracepoints (tp_btf: no tracefs, and the socket cookie that sock_diag reports):
 //   inet_sock_set_state  CLOSE -> SYN_SENT runs in the connecting task: a CONNECT event with
 //                        its tgid, comm, uid, cgroup and start time, and the socket is
-//                        remembered as a client. SYN_RECV -> ESTABLISHED runs in softirq (the
+//                        remembered as a client. The event wakes the reader only when the
+//                        process is new to it (or was last read long ago, or exec'd since):
+//                        the reader reads /proc then, and reuses what it read otherwise. SYN_RECV -> ESTABLISHED runs in softirq (the
 //                        task is meaningless): the socket is remembered as a server whose
 //                        owner is still to come. -> CLOSE forgets it, with a CLOSED event
 //                        saying whether the peer's FIN had arrived.
@@ -13,6 +15,7 @@
 //   sock_recv_length     first one on a server socket gives its OWNER event, and
 //                        the last send of a request and the first receive of its answer give
 //                        a RESPONSE event (client), or the mirror on a server socket.
+//   sched_process_exec   a process that exec'd is new again (its /proc facts changed).
 //
 // Built by bpf/build.sh (clang -target bpf); the object is committed beside this file and the
 // test suite checks that it matches. The kernel types below are declared with only the fields
@@ -40,6 +43,7 @@ char LICENSE[] SEC("license") = "GPL";
 // From the kernel's UAPI (include/uapi/linux/bpf.h), which is ABI: these values never change.
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_LRU_HASH 9
 #define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_F_NO_PREALLOC 1
 #define BPF_ANY 0
@@ -99,7 +103,9 @@ struct owner_event {
 	__u32 kind;
 	__u32 tgid;
 	__u32 uid;
-	__u32 _pad;
+	// 1: read the process's /proc entry now (first event of it since REREAD_NS, or since it
+	// exec'd); 0: the reader read it for an earlier event and may reuse that.
+	__u32 fresh;
 	__u64 cookie;
 	// The thread group leader's start, boot clock, nanoseconds (/proc/PID/stat's start time
 	// is this in clock ticks): the process's identity across pid reuse.
@@ -150,6 +156,23 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+// When the reader was last told to read a process (by the `fresh` flag of an owner event).
+struct seen {
+	__u64 start_ns; // the process's start (a reused tgid is another process)
+	__u64 told_ns;  // boot clock
+};
+
+// After this long, a process's next owner event is fresh again: the reader keeps what it
+// read for longer than this (collect::ebpf::PROCESS_CACHE_AGE, 10 s).
+#define REREAD_NS (8ULL * 1000 * 1000 * 1000)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384); // the busiest process set that still gets one read each
+	__type(key, __u32);         // tgid
+	__type(value, struct seen);
+} processes SEC(".maps");
+
 // Losses, per CPU: the loader sums them.
 enum loss { RING_FULL = 0, MAP_FULL = 1, LOSSES = 2 };
 
@@ -189,15 +212,26 @@ static __always_inline int owner(__u32 kind, __u64 cookie, __u64 flags)
 	}
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = pid_tgid >> 32;
+	__u64 start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct seen *s = bpf_map_lookup_elem(&processes, &tgid);
+	int fresh = !s || s->start_ns != start_ns || now - s->told_ns > REREAD_NS;
+	if (fresh) {
+		struct seen told = {.start_ns = start_ns, .told_ns = now};
+		bpf_map_update_elem(&processes, &tgid, &told, BPF_ANY);
+	}
 	e->kind = kind;
-	e->tgid = pid_tgid >> 32;
+	e->tgid = tgid;
 	e->uid = (__u32)bpf_get_current_uid_gid();
-	e->_pad = 0;
+	e->fresh = fresh;
 	e->cookie = cookie;
-	e->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->start_ns = start_ns;
 	e->cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, flags);
+	// A fresh connect wakes the reader: /proc is read while the process lives (a curl is
+	// gone 20 ms after its connect). Everything else waits for the next drain.
+	bpf_ringbuf_submit(e, fresh && (flags & FORCE_WAKEUP) ? FORCE_WAKEUP : NO_WAKEUP);
 	return 1;
 }
 
@@ -230,8 +264,6 @@ int BPF_PROG(set_state, struct sock *sk, int old, int new)
 	if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
 		c.role = CLIENT;
 		c.owner_known = 1;
-		// Wanted at once: the reader reads the process's /proc entry while it lives (a
-		// curl is gone 20 ms after its connect).
 		owner(CONNECT, cookie, FORCE_WAKEUP);
 	} else if (old == TCP_SYN_RECV && new == TCP_ESTABLISHED) {
 		c.role = SERVER;
@@ -295,4 +327,13 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(recv_length, struct sock *sk, int ret, int flags)
 {
 	return moved(sk, ret, 0);
+}
+
+// Runs in the task that exec'd: its next owner event is fresh (new executable, command line).
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec, struct task_struct *p, int old_pid, void *bprm)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_delete_elem(&processes, &tgid);
+	return 0;
 }

@@ -539,9 +539,7 @@ impl Agent {
             enricher.connection(record)
         });
         let in_use = self.tracker.processes();
-        self.attribution
-            .pools_mut()
-            .prune(|pool| in_use.contains(pool));
+        self.attribution.prune_pools(&in_use);
         out
     }
 

@@ -191,6 +191,52 @@ fn short_lived_curl_processes_are_credited_to_curl() {
     );
 }
 
+/// A process that connects, then execs another program that connects too (same pid, same
+/// start time, within seconds): each connection is credited to the executable that made it,
+/// not the second to what /proc said before the exec.
+#[test]
+fn a_connection_after_an_exec_is_credited_to_the_new_executable() {
+    let _serial = serial();
+    let bed = Bed::new("evexec");
+    let port = 9405;
+    let (_srv, _) = serve(&bed.servers, "python3", SERVERS, port, &["--http", "2000"]);
+    let mut dm = depmap(&bed.clients);
+    let url = format!("http://{SERVERS}:{port}/");
+    let script = format!(
+        "import os, socket\n\
+         s = socket.create_connection(('{SERVERS}', {port}), timeout=10)\n\
+         s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n\
+         while s.recv(65536): pass\n\
+         s.close()\n\
+         os.execvp('curl', ['curl', '-s', '-o', '/dev/null', '--max-time', '10', '{url}'])\n"
+    );
+    let mut both = bed.clients.command("python3");
+    both.args(["-c", &script]);
+    assert!(
+        run_bounded(&mut both, Duration::from_secs(30)),
+        "python3 then curl failed"
+    );
+    assert!(dm.wait_terminated("outbound", i64::from(port), 2));
+    let records = dm.stop();
+    let mut by_name: BTreeMap<String, i64> = BTreeMap::new();
+    for r in of_type(&records, "VMConnection")
+        .into_iter()
+        .filter(|r| outbound_to(port)(r))
+    {
+        let name = r["ProcessName"].as_str().unwrap_or("null").to_string();
+        *by_name.entry(name).or_insert(0) += r["LinksEstablished"].as_i64().unwrap();
+    }
+    println!("before and after the exec: {by_name:?}");
+    assert_eq!(by_name.get("curl"), Some(&1), "{by_name:?}");
+    let python: i64 = by_name
+        .iter()
+        .filter(|(name, _)| name.starts_with("python3"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(python, 1, "{by_name:?}");
+    assert_eq!(by_name.values().sum::<i64>(), 2, "{by_name:?}");
+}
+
 /// Two different executables share a port with SO_REUSEPORT: each inbound connection is
 /// credited to the one the kernel handed it to, with that server's bytes.
 #[test]

@@ -25,6 +25,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
@@ -40,7 +41,11 @@ const SKNLGRP_INET6_TCP_DESTROY: u32 = 3;
 pub const RCVBUF: usize = 8 << 20;
 
 /// How long the reader lets notifications gather after it was woken (see `read_loop`).
-const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+pub const BATCH_PAUSE: Duration = Duration::from_millis(5);
+/// The same with the kernel event source: closes then wait `FINAL_SETTLE_MS` (400 ms) in the
+/// poll loop for their socket's events anyway, so reading them 100 ms late changes nothing
+/// and a close costs one wake-up of this thread in ten a second at most.
+pub const BATCH_PAUSE_WITH_EVENTS: Duration = Duration::from_millis(100);
 
 /// Counters shared with the poll loop.
 #[derive(Debug, Default)]
@@ -81,8 +86,9 @@ pub struct DestroyListener {
 impl DestroyListener {
     /// Subscribes (IPv6 group too when `ipv6`) and starts the reader thread, which looks
     /// up whether each closed socket received its peer's FIN when `fin_lookups` (an exact
-    /// lookup per close, ≈ 10 µs: most of this thread's cost under churn).
-    pub fn start(ipv6: bool, fin_lookups: bool) -> io::Result<DestroyListener> {
+    /// lookup per close, ≈ 10 µs: most of this thread's cost under churn) and reads a batch
+    /// of notifications `batch` after the first of them arrived.
+    pub fn start(ipv6: bool, fin_lookups: bool, batch: Duration) -> io::Result<DestroyListener> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
         socket.bind_auto()?;
         socket.add_membership(SKNLGRP_INET_TCP_DESTROY)?;
@@ -99,7 +105,8 @@ impl DestroyListener {
         let reader = {
             let counters = counters.clone();
             Reader::spawn("destroy-events", move |wake| {
-                read_loop(wake, socket, lookups.filter(|_| fin_lookups), tx, &counters)
+                let lookups = lookups.filter(|_| fin_lookups);
+                read_loop(wake, socket, lookups, batch, tx, &counters)
             })?
         };
         Ok(DestroyListener {
@@ -115,16 +122,17 @@ fn read_loop(
     wake: &Wake,
     socket: Socket,
     mut lookups: Option<SockDiag>,
+    batch: Duration,
     tx: QueueSender<Final>,
     counters: &DestroyCounters,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut samples = Vec::new();
-    // After each batch the reader pauses BATCH_PAUSE before it waits again, so that a burst of
-    // closes is read a batch at a time: woken per notification, the thread cost 8.5 µs of
-    // CPU per close at 2,000 closes a second (measured, 1.7 % of a core); the socket's buffer
-    // holds far more than a pause's worth (8 MiB: ≈ 40,000 notifications).
-    while wake.readable(&socket) && wake.pause(BATCH_PAUSE) {
+    // Once woken the reader pauses `batch` before it reads, so that a burst of closes is read
+    // a batch at a time: woken per notification, the thread cost 8.5 µs of CPU per close at
+    // 2,000 closes a second (measured, 1.7 % of a core); the socket's buffer holds far more
+    // than a pause's worth (8 MiB: ≈ 40,000 notifications).
+    while wake.readable(&socket) && wake.pause(batch) {
         // Everything queued, then poll again.
         loop {
             let n = match socket.recv(&mut &mut buf[..], 0) {

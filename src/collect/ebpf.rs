@@ -12,15 +12,19 @@
 //! 1.98). The object is compiled from C by clang and committed (`bpf/build.sh`), so building
 //! depmap needs no clang; it is CO-RE (relocated against `/sys/kernel/btf/vmlinux` at load).
 //!
-//! Connect events wake the reader at once (`BPF_RB_FORCE_WAKEUP`: it reads the process's /proc
-//! entry while the process still lives; a `curl` is gone 20 ms after its connect); the owners
-//! of accepted sockets (servers outlive their first reply) and response events do not wake it
-//! (`BPF_RB_NO_WAKEUP`, measured 0.1 µs per event instead of 2–3 µs) and are drained at the
+//! A connect by a process the reader has not read lately wakes it at once
+//! (`BPF_RB_FORCE_WAKEUP`: it reads the process's /proc entry while the process still lives; a
+//! `curl` is gone 20 ms after its connect). The programs keep, per tgid, when they last asked
+//! for a read (the event's `fresh` flag; again after 8 s or an exec), so a process that
+//! connects again and again wakes the reader once, and its later events reuse what was read
+//! ([`PROCESS_CACHE_AGE`]). Everything else — further connects, the owners of accepted
+//! sockets (servers outlive their first reply), response times, closes — does not wake it
+//! (`BPF_RB_NO_WAKEUP`, measured 0.1 µs per event instead of 2–3 µs) and is drained at the
 //! next wake-up or every [`DRAIN_PERIOD`]. After a drain that a connect woke, the reader
-//! pauses [`DRAIN_PAUSE`], so a burst of connections costs at most 200 drains a second. Each
-//! wake-up of the reader costs ≈ 25 µs of CPU on this machine (measured: 0.2 % of a core at
-//! 20 connections a second with a wake-up per owner event and a 2 ms pause), which is what
-//! these choices keep few.
+//! pauses [`DRAIN_PAUSE`], so a burst of new processes costs at most 200 drains a second.
+//! Each wake-up of the reader costs ≈ 25 µs of CPU on this machine (measured: 0.2 % of a core
+//! at 20 connections a second with a wake-up per owner event and a 2 ms pause), which is what
+//! these choices keep few. A drain reaches the poll loop as one queue item.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -50,7 +54,7 @@ pub const RING_BYTES: u32 = 1 << 20;
 /// Most sockets followed at once in the kernel (opened after depmap started and not closed);
 /// beyond it new ones are not followed (counted as `map_full`) and polling covers them.
 pub const MAX_SOCKETS: u32 = 131_072;
-/// Most events queued for the poll loop.
+/// Most events queued for the poll loop (a drain's batch counts as its events).
 const QUEUE_MAX: usize = 262_144;
 /// Longest time events wait in the ring without a connect event to wake the reader.
 pub const DRAIN_PERIOD: Duration = Duration::from_millis(200);
@@ -58,7 +62,9 @@ pub const DRAIN_PERIOD: Duration = Duration::from_millis(200);
 const DRAIN_PAUSE: Duration = Duration::from_millis(5);
 /// How often the kernel's loss counters are read.
 const LOSS_READ_PERIOD: Duration = Duration::from_secs(1);
-/// How long a process read from /proc is reused for further events of it.
+/// How long a process read from /proc is reused for further events of it: longer than the
+/// programs wait before they ask for a read again (`REREAD_NS`, 8 s), so an event that does
+/// not ask finds what the last one that did had read.
 const PROCESS_CACHE_AGE: Duration = Duration::from_secs(10);
 const PROCESS_CACHE_MAX: usize = 4096;
 
@@ -185,7 +191,8 @@ struct Drains {
 
 /// The running source: programs attached, reader draining.
 pub struct EventSource {
-    pub queue: QueueReceiver<KernelEvent>,
+    /// One item per drain of the ring.
+    pub queue: QueueReceiver<Vec<KernelEvent>>,
     pub counters: Arc<EventCounters>,
     /// Whether response times and the owners of accepted sockets come from events (the
     /// send/recv tracepoints exist here), or why not.
@@ -199,6 +206,7 @@ pub struct EventSource {
 const SET_STATE: &str = "set_state";
 const SEND: (&str, &str) = ("send_length", "sock_send_length");
 const RECV: (&str, &str) = ("recv_length", "sock_recv_length");
+const EXEC: &str = "exec";
 
 impl EventSource {
     /// Loads and attaches the programs and starts the reader. `proc_root` is where owners'
@@ -216,6 +224,7 @@ impl EventSource {
             .load(OBJECT)
             .map_err(LoadError::Object)?;
         attach(&mut ebpf, SET_STATE, "inet_sock_set_state", &btf)?;
+        attach(&mut ebpf, EXEC, "sched_process_exec", &btf)?;
         // Timing needs the send/recv tracepoints (kernel ≥ 6.3); so does the owner of an
         // accepted socket. Without them only the connecting side is known from events.
         let send_recv = [SEND, RECV]
@@ -316,7 +325,7 @@ struct Drain {
     drains: Arc<Drains>,
     ring: RingBuf<MapData>,
     losses: PerCpuArray<MapData, u64>,
-    tx: QueueSender<KernelEvent>,
+    tx: QueueSender<Vec<KernelEvent>>,
     counters: Arc<EventCounters>,
     processes: ProcessCache,
     ticks_per_second: u64,
@@ -327,8 +336,16 @@ struct Drain {
 
 impl Drain {
     fn run(&mut self, wake: &Wake) {
+        // Woken only by the programs' forced wake-ups, not by events that wait in the ring.
+        let edges = match wake.edges(self.ring.as_fd()) {
+            Ok(edges) => edges,
+            Err(e) => {
+                tracing::error!(error = %e, "the kernel event reader cannot wait for the ring buffer; it stops");
+                return;
+            }
+        };
         loop {
-            let woken = wake.wait(self.ring.as_fd(), Some(DRAIN_PERIOD));
+            let woken = wake.wait_edge(&edges, DRAIN_PERIOD);
             if woken == Woken::Stopped {
                 return;
             }
@@ -345,14 +362,20 @@ impl Drain {
     }
 
     fn drain(&mut self) {
+        let room = self.tx.room();
+        let mut batch = Vec::new();
         while let Some(item) = self.ring.next() {
             self.counters.received.fetch_add(1, Ordering::Relaxed);
-            let Some(event) = decode(&item, self.ticks_per_second) else {
+            let Some((event, fresh)) = decode(&item, self.ticks_per_second) else {
                 self.counters.unparsable.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             drop(item);
-            let event = match event {
+            if batch.len() >= room {
+                self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            batch.push(match event {
                 KernelEvent::Owner {
                     cookie,
                     role,
@@ -360,18 +383,21 @@ impl Drain {
                 } => {
                     // None: gone before /proc was read (the poll loop counts those
                     // owners as `event_owners_from_event`).
-                    process.info = self.processes.get(&process);
+                    process.info = self.processes.get(&process, fresh);
                     KernelEvent::Owner {
                         cookie,
                         role,
                         process,
                     }
                 }
-                response => response,
-            };
-            if let Err(NotQueued::Full) = self.tx.try_send(event) {
-                self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
-            }
+                other => other,
+            });
+        }
+        let n = batch.len();
+        if n > 0 && self.tx.try_send_weighted(batch, n) == Err(NotQueued::Full) {
+            self.counters
+                .queue_full
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -388,8 +414,9 @@ impl Drain {
     }
 }
 
-/// One event from the ring; `None` when it is not one of ours (or truncated).
-fn decode(b: &[u8], ticks_per_second: u64) -> Option<KernelEvent> {
+/// One event from the ring, and whether the programs ask for its process's /proc entry to be
+/// read now (`fresh`); `None` when it is not one of ours (or truncated).
+fn decode(b: &[u8], ticks_per_second: u64) -> Option<(KernelEvent, bool)> {
     let u32_at = |o: usize| Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?));
     let u64_at = |o: usize| Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?));
     match u32_at(0)? {
@@ -397,7 +424,7 @@ fn decode(b: &[u8], ticks_per_second: u64) -> Option<KernelEvent> {
             let comm = &b[40..56];
             let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
             let start_ns = u64_at(24)?;
-            Some(KernelEvent::Owner {
+            let owner = KernelEvent::Owner {
                 cookie: u64_at(16)?,
                 role: if kind == CONNECT {
                     Role::Connected
@@ -413,16 +440,23 @@ fn decode(b: &[u8], ticks_per_second: u64) -> Option<KernelEvent> {
                     comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
                     info: None,
                 },
-            })
+            };
+            Some((owner, u32_at(12)? != 0))
         }
-        RESPONSE if b.len() >= RESPONSE_EVENT_LEN => Some(KernelEvent::Response {
-            cookie: u64_at(8)?,
-            micros: u64_at(16)? / 1000,
-        }),
-        CLOSED if b.len() >= CLOSED_EVENT_LEN => Some(KernelEvent::Closed {
-            cookie: u64_at(8)?,
-            fin_received: u32_at(4)? != 0,
-        }),
+        RESPONSE if b.len() >= RESPONSE_EVENT_LEN => Some((
+            KernelEvent::Response {
+                cookie: u64_at(8)?,
+                micros: u64_at(16)? / 1000,
+            },
+            false,
+        )),
+        CLOSED if b.len() >= CLOSED_EVENT_LEN => Some((
+            KernelEvent::Closed {
+                cookie: u64_at(8)?,
+                fin_received: u32_at(4)? != 0,
+            },
+            false,
+        )),
         _ => None,
     }
 }
@@ -443,17 +477,24 @@ impl ProcessCache {
     }
 
     /// The /proc facts of the event's process — only if the pid is still that process (same
-    /// start time): never another process that reused the pid.
-    fn get(&mut self, p: &EventProcess) -> Option<Arc<ProcessInfo>> {
+    /// start time): never another process that reused the pid. Read anew when `fresh` (the
+    /// programs ask: first event of it in a while, or it exec'd since).
+    fn get(&mut self, p: &EventProcess, fresh: bool) -> Option<Arc<ProcessInfo>> {
         let key = (p.tgid, p.start_ticks);
-        if let Some((at, info)) = self.read.get(&key)
+        if !fresh
+            && let Some((at, info)) = self.read.get(&key)
             && at.elapsed() < PROCESS_CACHE_AGE
         {
             return Some(info.clone());
         }
-        let info = ProcessInfo::read(&self.proc_root, p.tgid, None)
+        let Some(info) = ProcessInfo::read(&self.proc_root, p.tgid, None)
             .filter(|info| info.start_ticks == p.start_ticks)
-            .map(Arc::new)?;
+            .map(Arc::new)
+        else {
+            // What was read before may describe the executable before an exec.
+            self.read.remove(&key);
+            return None;
+        };
         if self.read.len() >= PROCESS_CACHE_MAX {
             self.read
                 .retain(|_, (at, _)| at.elapsed() < PROCESS_CACHE_AGE);
@@ -475,7 +516,7 @@ mod tests {
         b.extend(kind.to_ne_bytes());
         b.extend(tgid.to_ne_bytes());
         b.extend(1000u32.to_ne_bytes());
-        b.extend(0u32.to_ne_bytes());
+        b.extend(u32::from(kind == CONNECT).to_ne_bytes());
         b.extend(cookie.to_ne_bytes());
         b.extend(start_ns.to_ne_bytes());
         b.extend(77u64.to_ne_bytes());
@@ -489,11 +530,14 @@ mod tests {
     fn events_decode_from_the_programs_layout() {
         let b = owner_bytes(CONNECT, 42, 9, 12_345_678_901, b"curl");
         assert_eq!(b.len(), OWNER_EVENT_LEN);
-        let Some(KernelEvent::Owner {
-            cookie,
-            role,
-            process,
-        }) = decode(&b, 100)
+        let Some((
+            KernelEvent::Owner {
+                cookie,
+                role,
+                process,
+            },
+            true,
+        )) = decode(&b, 100)
         else {
             panic!("not an owner event");
         };
@@ -507,7 +551,7 @@ mod tests {
         assert_eq!(process.comm, "curl");
 
         let b = owner_bytes(OWNER, 7, 3, 0, b"0123456789abcdef");
-        let Some(KernelEvent::Owner { role, process, .. }) = decode(&b, 100) else {
+        let Some((KernelEvent::Owner { role, process, .. }, false)) = decode(&b, 100) else {
             panic!("not an owner event");
         };
         assert_eq!(
@@ -522,20 +566,26 @@ mod tests {
         r.extend(20_000_999u64.to_ne_bytes());
         assert!(matches!(
             decode(&r, 100),
-            Some(KernelEvent::Response {
-                cookie: 5,
-                micros: 20_000
-            })
+            Some((
+                KernelEvent::Response {
+                    cookie: 5,
+                    micros: 20_000
+                },
+                false
+            ))
         ));
 
         let c = [CLOSED.to_ne_bytes(), 1u32.to_ne_bytes()].concat();
         let c = [c.as_slice(), &8u64.to_ne_bytes()].concat();
         assert!(matches!(
             decode(&c, 100),
-            Some(KernelEvent::Closed {
-                cookie: 8,
-                fin_received: true
-            })
+            Some((
+                KernelEvent::Closed {
+                    cookie: 8,
+                    fin_received: true
+                },
+                false
+            ))
         ));
         assert!(decode(&c[..15], 100).is_none());
     }
@@ -584,7 +634,11 @@ mod kernel_tests {
         let (mut connected, mut served, mut responses) = (false, false, Vec::new());
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && !(connected && served && responses.len() >= 2) {
-            if let Ok(e) = source.queue.recv_timeout(Duration::from_millis(100)) {
+            for e in source
+                .queue
+                .recv_timeout(Duration::from_millis(100))
+                .unwrap_or_default()
+            {
                 match e {
                     KernelEvent::Owner { role, process, .. } if process.tgid == me => {
                         assert!(process.info.is_some(), "this process's /proc was read");

@@ -3,7 +3,8 @@
 //! `sync_channel(n)` allocates all `n` slots at creation: the destroy-notification queue's
 //! 131,072 were 20 MB of resident memory before the first socket closed (measured: `depmap
 //! run` 16 → 44 MB with it, benches/poll.rs). This one is an unbounded channel with a count
-//! of what is queued; memory follows what is actually waiting.
+//! of what is queued; memory follows what is actually waiting. An item may weigh more than one
+//! (a batch of events counts as its events: [`QueueSender::try_send_weighted`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,13 +21,13 @@ pub enum NotQueued {
 }
 
 pub struct QueueSender<T> {
-    tx: Sender<T>,
+    tx: Sender<(T, usize)>,
     queued: Arc<AtomicUsize>,
     max: usize,
 }
 
 pub struct QueueReceiver<T> {
-    rx: Receiver<T>,
+    rx: Receiver<(T, usize)>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -46,30 +47,41 @@ pub fn bounded<T>(max: usize) -> (QueueSender<T>, QueueReceiver<T>) {
 
 impl<T> QueueSender<T> {
     pub fn try_send(&self, item: T) -> Result<(), NotQueued> {
+        self.try_send_weighted(item, 1)
+    }
+
+    /// Queues `item` as `weight` items (refused when they would pass `max`).
+    pub fn try_send_weighted(&self, item: T, weight: usize) -> Result<(), NotQueued> {
         // One sender (the reader thread): the count cannot pass `max` between load and add.
-        if self.queued.load(Ordering::Acquire) >= self.max {
+        if self.queued.load(Ordering::Acquire) + weight > self.max {
             return Err(NotQueued::Full);
         }
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(item).map_err(|_| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queued.fetch_add(weight, Ordering::AcqRel);
+        self.tx.send((item, weight)).map_err(|_| {
+            self.queued.fetch_sub(weight, Ordering::AcqRel);
             NotQueued::Closed
         })
+    }
+
+    /// Room left, in items.
+    pub fn room(&self) -> usize {
+        self.max.saturating_sub(self.queued.load(Ordering::Acquire))
     }
 }
 
 impl<T> QueueReceiver<T> {
     /// Everything queued now, without waiting.
     pub fn try_iter(&self) -> impl Iterator<Item = T> + '_ {
-        self.rx.try_iter().inspect(|_| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.rx.try_iter().map(|(item, weight)| {
+            self.queued.fetch_sub(weight, Ordering::AcqRel);
+            item
         })
     }
 
     /// The next item, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        let item = self.rx.recv_timeout(timeout)?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let (item, weight) = self.rx.recv_timeout(timeout)?;
+        self.queued.fetch_sub(weight, Ordering::AcqRel);
         Ok(item)
     }
 
@@ -101,5 +113,17 @@ mod tests {
         assert!(rx.is_empty());
         drop(rx);
         assert_eq!(tx.try_send(5), Err(NotQueued::Closed));
+    }
+
+    #[test]
+    fn a_batch_counts_as_its_items() {
+        let (tx, rx) = bounded::<Vec<u32>>(5);
+        assert_eq!(tx.try_send_weighted(vec![1, 2, 3], 3), Ok(()));
+        assert_eq!(tx.room(), 2);
+        assert_eq!(tx.try_send_weighted(vec![4, 5, 6], 3), Err(NotQueued::Full));
+        assert_eq!(tx.try_send_weighted(vec![4, 5], 2), Ok(()));
+        assert_eq!(rx.len(), 5);
+        assert_eq!(rx.try_iter().count(), 2);
+        assert_eq!(tx.room(), 5);
     }
 }

@@ -6,6 +6,12 @@
 //! thread at most a bound; a body still inside a blocking call then (the proc connector
 //! crate's subscribe, which waits for an acknowledgement the kernel may never send) is left
 //! behind holding only its socket and queue, and ends when that call does.
+//!
+//! The event ring is waited for differently ([`Wake::edges`]): `poll(2)` says "readable"
+//! whenever data waits, and the ring's data is meant to wait for a timer; only the programs'
+//! explicit wake-ups (`BPF_RB_FORCE_WAKEUP`) should end the sleep. Edge-triggered epoll reports
+//! exactly those (measured at 1,000 connections a second: level-triggered poll woke the reader
+//! ≈ 190 times a second, once per pause, because events were always waiting).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -16,6 +22,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 /// How long a drop waits for the reader's thread to end.
@@ -53,6 +60,42 @@ impl Wake {
         self.poll(None, Some(pause)) != Woken::Stopped
     }
 
+    /// A wait for the wake-ups of `fd` rather than for its data (module comment).
+    pub fn edges(&self, fd: BorrowedFd<'_>) -> io::Result<Edges> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            self.stop.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, STOP),
+        )?;
+        epoll.add(
+            fd,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, DATA),
+        )?;
+        Ok(Edges { epoll })
+    }
+
+    /// Waits until `edges`' file is woken (not merely readable), `timeout` passes, or stop.
+    pub fn wait_edge(&self, edges: &Edges, timeout: Duration) -> Woken {
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let mut events = [EpollEvent::empty(); 2];
+        loop {
+            match edges.epoll.wait(&mut events, timeout) {
+                Ok(0) => return Woken::TimedOut,
+                Ok(n) => {
+                    if events[..n].iter().any(|e| e.data() == STOP) {
+                        return Woken::Stopped;
+                    }
+                    return Woken::Readable;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "a kernel reader cannot wait for its socket; it stops");
+                    return Woken::Stopped;
+                }
+            }
+        }
+    }
+
     fn poll(&self, fd: Option<BorrowedFd<'_>>, timeout: Option<Duration>) -> Woken {
         let timeout = match timeout {
             None => PollTimeout::NONE,
@@ -82,6 +125,15 @@ impl Wake {
         }
     }
 }
+
+/// An epoll set of a reader's stop and of one file, edge-triggered ([`Wake::edges`]).
+pub struct Edges {
+    epoll: Epoll,
+}
+
+/// The epoll data of the stop eventfd and of the watched file.
+const STOP: u64 = 0;
+const DATA: u64 = 1;
 
 /// A running reader thread.
 pub struct Reader {
@@ -174,6 +226,41 @@ mod tests {
         .unwrap();
         assert!(!reader.stop(Duration::from_millis(50)));
         drop(release);
+    }
+
+    #[test]
+    fn an_edge_wait_wakes_for_new_data_not_for_data_left_unread() {
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let (woke, wakes) = mpsc::channel::<Woken>();
+        let mut reader = Reader::spawn("test-edges", move |wake| {
+            let edges = wake.edges(rx.as_fd()).unwrap();
+            loop {
+                // Never reads: the data stays, as events stay in the ring until the timer.
+                let w = wake.wait_edge(&edges, Duration::from_millis(300));
+                let _ = woke.send(w);
+                if w == Woken::Stopped {
+                    return;
+                }
+            }
+        })
+        .unwrap();
+        tx.write_all(b"x").unwrap();
+        assert_eq!(
+            wakes.recv_timeout(Duration::from_secs(5)),
+            Ok(Woken::Readable)
+        );
+        // The byte is still there: a level-triggered wait would return at once, this one
+        // times out.
+        assert_eq!(
+            wakes.recv_timeout(Duration::from_secs(5)),
+            Ok(Woken::TimedOut)
+        );
+        tx.write_all(b"y").unwrap();
+        assert_eq!(
+            wakes.recv_timeout(Duration::from_secs(5)),
+            Ok(Woken::Readable)
+        );
+        assert!(reader.stop(Duration::from_secs(5)));
     }
 
     #[test]

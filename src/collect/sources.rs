@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::destroy::{DestroyListener, Final, fin_received};
+use super::destroy::{self, DestroyListener, Final, fin_received};
 use super::ebpf::{EventSource, KernelEvent, LoadError};
 use super::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
 use super::sockdiag::{Family, SockDiag, TcpSample};
@@ -207,8 +207,13 @@ impl Sources {
         let (events, kernel_events, event_timing) = start_events(events)?;
         // With events, whether a closed socket had its peer's FIN comes from its CLOSED event.
         let fin_lookups = events.is_none();
+        let batch = if events.is_some() {
+            destroy::BATCH_PAUSE_WITH_EVENTS
+        } else {
+            destroy::BATCH_PAUSE
+        };
         let (destroys, destroy_events) =
-            match DestroyListener::start(sock_diag_v6.is_available(), fin_lookups) {
+            match DestroyListener::start(sock_diag_v6.is_available(), fin_lookups, batch) {
                 Ok(d) => (Some(d), Availability::YES),
                 Err(e) => (
                     None,
@@ -289,7 +294,7 @@ impl Sources {
             self.reported_event_losses = lost.iter().sum();
         }
         let mut out = Vec::new();
-        for event in events.queue.try_iter() {
+        for event in events.queue.try_iter().flatten() {
             match event {
                 KernelEvent::Closed {
                     cookie,

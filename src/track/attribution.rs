@@ -87,7 +87,19 @@ impl Attribution {
     /// time, else the process as the reader found it in /proc, else one built from what the
     /// event carried (name, user; no path, command line or cgroup). `None` past the pool cap.
     pub fn event_pool(&mut self, p: &EventProcess) -> Option<PoolId> {
-        let id = match self.pools.member_pool(p.tgid, p.start_ticks) {
+        // A member whose /proc facts the event brings anew (it exec'd since it joined: same
+        // pid and start time, another executable or command line) leaves for its new pool.
+        let member = self.pools.member_pool(p.tgid, p.start_ticks).filter(|id| {
+            let Some(info) = &p.info else { return true };
+            let same = self.pools.get(id).is_some_and(|pool| {
+                pool.executable_path == info.exe && pool.command_line == info.cmdline
+            });
+            if !same {
+                self.pools.exited(p.tgid);
+            }
+            same
+        });
+        let id = match member {
             Some(id) => Some(id),
             None => match &p.info {
                 Some(info) => {
@@ -113,6 +125,18 @@ impl Attribution {
             pool.has_tcp = true;
         }
         id
+    }
+
+    /// Drops the pools without live members that no tracked socket (`in_use`) and no socket
+    /// still to come (an event owner: a `curl` that exited before its close was applied) uses.
+    pub fn prune_pools(&mut self, in_use: &std::collections::HashSet<PoolId>) {
+        let awaited: std::collections::HashSet<&PoolId> = self
+            .event_owners
+            .values()
+            .filter_map(|o| o.pool.as_ref())
+            .collect();
+        self.pools
+            .prune(|pool| in_use.contains(pool) || awaited.contains(pool));
     }
 
     /// Remembers the owner an event named for a socket not keyed yet.
