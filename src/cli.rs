@@ -56,8 +56,82 @@ pub enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Draw the dependency map of the records the file sink wrote: machines holding their
+    /// processes, edges labelled with links, bytes and response time (README "The map").
+    Map {
+        /// Configuration file whose `sink.file.dir` is read (default /etc/depmap/depmap.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Record directory (default: the configured file sink's).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Start of the range: a duration before now (`1h`, `30m`) or an RFC 3339 time.
+        #[arg(long, default_value = "1h", value_parser = parse_when)]
+        since: When,
+        /// End of the range (exclusive): a duration before now or an RFC 3339 time; default now.
+        #[arg(long, value_parser = parse_when)]
+        until: Option<When>,
+        /// Only these machines' dependencies (repeatable): a name (Computer) or `m-` id.
+        #[arg(long = "machine")]
+        machines: Vec<String>,
+        /// `html` (one self-contained page), `dot` (Graphviz), `json` (Grafana Node Graph
+        /// frames), `csv` (dependency export).
+        #[arg(long, value_enum, default_value_t = MapFormatArg::Html)]
+        format: MapFormatArg,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MapFormatArg {
+    Html,
+    Dot,
+    Json,
+    Csv,
+}
+
+impl From<MapFormatArg> for crate::map::MapFormat {
+    fn from(f: MapFormatArg) -> Self {
+        match f {
+            MapFormatArg::Html => crate::map::MapFormat::Html,
+            MapFormatArg::Dot => crate::map::MapFormat::Dot,
+            MapFormatArg::Json => crate::map::MapFormat::Json,
+            MapFormatArg::Csv => crate::map::MapFormat::Csv,
+        }
+    }
+}
+
+/// A point in time on the command line: so long before now, or a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Ago(Duration),
+    At(std::time::SystemTime),
+}
+
+impl When {
+    pub fn resolve(self, now: std::time::SystemTime) -> std::time::SystemTime {
+        match self {
+            When::Ago(d) => now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH),
+            When::At(t) => t,
+        }
+    }
+}
+
+fn parse_when(s: &str) -> Result<When, String> {
+    if let Ok(d) = humantime::parse_duration(s.trim()) {
+        return Ok(When::Ago(d));
+    }
+    humantime::parse_rfc3339_weak(s.trim().trim_end_matches('Z'))
+        .map(When::At)
+        .map_err(|_| {
+            format!(
+                "`{s}` is neither a duration (1h, 30m) nor an RFC 3339 time (2026-12-02T15:00:00Z)"
+            )
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

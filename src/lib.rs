@@ -15,6 +15,7 @@ pub mod http_client;
 pub mod identity;
 pub mod inventory;
 pub mod logging;
+pub mod map;
 pub mod metrics;
 pub mod records;
 pub mod report;

@@ -34,6 +34,32 @@ fn main() -> ExitCode {
             Ok(c) => once(c, duration, format, &tables, wide),
             Err(e) => fail(2, &e),
         },
+        Command::Map {
+            config,
+            dir,
+            since,
+            until,
+            machines,
+            format,
+            out,
+        } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => match Config::load_from(config.as_deref()) {
+                    Ok((c, _)) => c.sink.file.dir(&c.agent.state_dir),
+                    Err(e) => return fail(2, &e.to_string()),
+                },
+            };
+            let now = std::time::SystemTime::now();
+            let request = depmap::map::MapRequest {
+                dir,
+                since: since.resolve(now),
+                until: until.map_or(now, |u| u.resolve(now)),
+                machines,
+                format: format.into(),
+            };
+            map(&request, out.as_deref())
+        }
         Command::Run { config: path } => match load(path.as_deref()) {
             Ok(c) => run(c, path),
             Err(e) => fail(2, &e),
@@ -101,6 +127,42 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         .enable_all()
         .build()
         .map_err(|e| fail(1, &format!("cannot start the runtime: {e}")))
+}
+
+/// `depmap map`: the map to `out` (or stdout), a summary line on stderr.
+fn map(request: &depmap::map::MapRequest, out: Option<&std::path::Path>) -> ExitCode {
+    if request.since >= request.until {
+        return fail(2, "--since must be before --until");
+    }
+    let (text, summary) = match depmap::map::make(request) {
+        Ok(made) => made,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    let written = match out {
+        Some(path) => std::fs::write(path, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => std::io::stdout()
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("cannot write the map: {e}")),
+    };
+    if let Err(e) = written {
+        return fail(1, &e);
+    }
+    let skipped = summary.skipped_text();
+    eprintln!(
+        "depmap map: {} machines, {} nodes, {} edges from {} records ({} outside the range); skipped: {}",
+        summary.machines,
+        summary.nodes,
+        summary.edges,
+        summary.records,
+        summary.out_of_range,
+        if skipped.is_empty() {
+            "nothing"
+        } else {
+            &skipped
+        }
+    );
+    ExitCode::SUCCESS
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {

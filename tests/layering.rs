@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["enrich", "inventory"],
     &["metrics"],
     &["sink"],
+    &["map"],
     &["schedule", "service"],
     &["agent"],
     &["daemon", "report"],

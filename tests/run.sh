@@ -43,6 +43,8 @@ need clang || missing+=(clang)                 # bpf/build.sh: the BPF object's 
 need llvm-strip || missing+=(llvm)
 [ -e /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+need chromium || missing+=(chromium)           # tests/map.rs: the map as a browser draws it
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || missing+=(fonts-dejavu-core)  # its text
 
 if [ ${#missing[@]} -gt 0 ]; then
     if ! need apt-get; then

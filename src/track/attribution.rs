@@ -339,6 +339,7 @@ impl Attribution {
 mod tests {
     use super::*;
     use crate::collect::sockdiag::{Family, state};
+    use std::collections::HashSet;
     use std::path::Path;
 
     /// A fake /proc: processes with a name, a start time and socket fds.
@@ -537,6 +538,41 @@ mod tests {
         a.end_poll();
         assert!(!a.has_event_owner(12345));
         assert_eq!(a.event_stats.unmatched, 1);
+    }
+
+    #[test]
+    fn an_execd_process_changes_pool_and_a_pool_awaited_by_an_event_owner_is_kept() {
+        let proc = FakeProc::new("exec");
+        proc.process(300, "python3", &[]);
+        let mut a = Attribution::new("m".into(), proc.path().to_path_buf(), 100);
+        let before = ProcessInfo::read(proc.path(), 300, None).expect("fake process");
+        let python = a
+            .event_pool(&event_process(300, 90, "python3", Some(before)))
+            .expect("a pool");
+        // It execs curl: same pid and start time, another executable, read anew.
+        std::fs::remove_file(proc.path().join("300/exe")).unwrap();
+        proc.process(300, "curl", &[]);
+        let after = ProcessInfo::read(proc.path(), 300, None).expect("fake process");
+        let curl = a
+            .event_pool(&event_process(300, 90, "curl", Some(after)))
+            .expect("a pool");
+        assert_ne!(curl, python);
+        assert_eq!(a.pools().get(&curl).unwrap().executable_name, "curl");
+        assert!(a.pools().get(&python).unwrap().members.is_empty());
+        // The python pool has no member left, and its connection's close is still to come.
+        let socket = sample("10.0.0.1:40000", "10.0.0.7:80", 6);
+        a.remember_owner(
+            socket.cookie,
+            Role::Connected,
+            Some(python.clone()),
+            Instant::now(),
+        );
+        a.prune_pools(&HashSet::new());
+        assert!(a.pools().get(&python).is_some(), "kept for its socket");
+        assert_eq!(a.key_for(&socket).process, Some(python.clone()));
+        a.prune_pools(&HashSet::new());
+        assert!(a.pools().get(&python).is_none(), "then pruned");
+        assert!(a.pools().get(&curl).is_some(), "a live member's pool stays");
     }
 
     #[test]

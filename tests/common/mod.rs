@@ -309,6 +309,21 @@ impl Depmap {
         Depmap::spawn(ns, dir, &cfg)
     }
 
+    /// As [`Depmap::start_with`], as a machine of its own: its `Computer` and `AgentId` (so
+    /// its `Machine`) are given.
+    pub fn start_as(ns: &Netns, computer: &str, agent_id: &str, collect: &str) -> Depmap {
+        let dir = TempDir::new("cfg");
+        let cfg = dir.0.join("depmap.toml");
+        let text = format!(
+            "[agent]\nstate_dir = \"{}\"\ncomputer = \"{computer}\"\nagent_id = \"{agent_id}\"\n\
+             [collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n{collect}\
+             [sink]\nkind = \"stdout\"\n",
+            dir.0.join("state").display()
+        );
+        std::fs::write(&cfg, text).expect("write config");
+        Depmap::spawn(ns, dir, &cfg)
+    }
+
     /// As [`Depmap::start_with`], with depmap's log written to `log`.
     pub fn start_logging(ns: &Netns, collect: &str, log: &std::path::Path) -> Depmap {
         let (dir, cfg) = Depmap::test_config(collect);
