@@ -181,6 +181,16 @@ pub struct Skipped {
 }
 
 impl Skipped {
+    /// Adds what another reader skipped.
+    pub fn merge(&mut self, o: Skipped) {
+        self.foreign_files += o.foreign_files;
+        self.lines += o.lines;
+        self.unreadable_files += o.unreadable_files;
+        if self.first_reason.is_none() {
+            self.first_reason = o.first_reason;
+        }
+    }
+
     pub fn line(&mut self, where_: &str, reason: String) {
         self.lines += 1;
         if self.first_reason.is_none() {
@@ -201,10 +211,12 @@ pub enum ReadError {
 
 /// A file of the sink's directory: its table and the UTC hour it was opened.
 #[derive(Debug)]
-struct RecordFile {
+pub struct RecordFile {
     path: PathBuf,
     table: Table,
     hour: String,
+    /// Bytes, to share the reading out evenly.
+    pub size: u64,
 }
 
 /// `<Table>-<YYYYMMDDTHH>-<seq>.ndjson[.gz]` → its table and hour.
@@ -227,15 +239,13 @@ fn record_file(name: &str) -> Option<(Table, String)> {
     well_formed.then(|| (table, hour.to_string()))
 }
 
-/// Reads every record of `dir` whose file may hold records before `until`, in file order (each
-/// table's files oldest first; inventory before connections, so that names are known when
-/// connections arrive — the model does not depend on it).
-pub fn read_dir(
+/// The record files of `dir` that may hold records before `until` (a file opened after it
+/// holds only later ones), oldest first per table; what is not a record file is counted.
+pub fn record_files(
     dir: &Path,
     until: SystemTime,
     skipped: &mut Skipped,
-    mut each: impl FnMut(Record),
-) -> Result<(), ReadError> {
+) -> Result<Vec<RecordFile>, ReadError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ReadError::Dir {
         dir: dir.to_path_buf(),
         source,
@@ -249,9 +259,9 @@ pub fn read_dir(
         };
         let name = entry.file_name();
         match name.to_str().and_then(record_file) {
-            // A file opened after `until` holds only later records.
             Some((_, hour)) if hour > until_hour => {}
             Some((table, hour)) => files.push(RecordFile {
+                size: entry.metadata().map_or(0, |m| m.len()),
                 path: entry.path(),
                 table,
                 hour,
@@ -259,34 +269,30 @@ pub fn read_dir(
             None => skipped.foreign_files += 1,
         }
     }
-    let order = |t: Table| match t {
-        Table::Computer => 0,
-        Table::Process => 1,
-        Table::BoundPort => 2,
-        Table::Connection => 3,
-    };
     files.sort_by(|a, b| {
-        (order(a.table), &a.hour, &a.path).cmp(&(order(b.table), &b.hour, &b.path))
+        (a.table.name(), &a.hour, &a.path).cmp(&(b.table.name(), &b.hour, &b.path))
     });
-    for f in files {
-        let Ok(file) = File::open(&f.path) else {
-            skipped.unreadable_files += 1;
-            continue;
-        };
-        let reader: Box<dyn Read> = if f.path.extension().is_some_and(|e| e == "gz") {
-            Box::new(flate2::read::MultiGzDecoder::new(file))
-        } else {
-            Box::new(file)
-        };
-        read_lines(
-            BufReader::with_capacity(256 << 10, reader),
-            f.table,
-            &f.path,
-            skipped,
-            &mut each,
-        );
-    }
-    Ok(())
+    Ok(files)
+}
+
+/// Every record of one file, in order; a file that vanished or cannot be opened is counted.
+pub fn read_file(f: &RecordFile, skipped: &mut Skipped, mut each: impl FnMut(Record)) {
+    let Ok(file) = File::open(&f.path) else {
+        skipped.unreadable_files += 1;
+        return;
+    };
+    let reader: Box<dyn Read> = if f.path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    read_lines(
+        BufReader::with_capacity(256 << 10, reader),
+        f.table,
+        &f.path,
+        skipped,
+        &mut each,
+    );
 }
 
 /// The records of one file, each line parsed as `table`; unreadable rest of a file counted.

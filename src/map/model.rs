@@ -133,6 +133,47 @@ impl Model {
         }
     }
 
+    /// Adds what another reader summed (of other files of the same range).
+    pub fn merge(&mut self, o: Model) {
+        for (id, m) in o.machines {
+            let mine = self.machines.entry(id).or_default();
+            if m.at > mine.at || mine.name.is_empty() {
+                if !m.name.is_empty() {
+                    mine.name = m.name;
+                }
+                mine.at = mine.at.clone().max(m.at);
+            }
+            mine.addresses.extend(m.addresses);
+        }
+        for (id, p) in o.processes {
+            match self.processes.get(&id) {
+                Some(mine) if mine.at >= p.at => {}
+                _ => {
+                    self.processes.insert(id, p);
+                }
+            }
+        }
+        for (key, (process, at)) in o.ports {
+            match self.ports.get(&key) {
+                Some((_, mine)) if *mine >= at => {}
+                _ => {
+                    self.ports.insert(key, (process, at));
+                }
+            }
+        }
+        for (key, (traffic, facts)) in o.connections {
+            let (sum, mine) = self.connections.entry(key).or_default();
+            sum.add(&traffic);
+            mine.malicious |= facts.malicious;
+            if mine.dns.is_none() {
+                mine.dns = facts.dns;
+            }
+        }
+        self.records += o.records;
+        self.out_of_range += o.out_of_range;
+        self.bad_times += o.bad_times;
+    }
+
     fn machine(&mut self, id: &str) -> &mut MachineFacts {
         self.machines.entry(id.to_string()).or_default()
     }
