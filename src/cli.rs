@@ -63,8 +63,20 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Record directory (default: the configured file sink's).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "clickhouse")]
         dir: Option<PathBuf>,
+        /// Read the records from ClickHouse instead (its HTTP interface, e.g.
+        /// http://127.0.0.1:8123); database, user and password file default to the
+        /// configuration's `sink.clickhouse`.
+        #[arg(long)]
+        clickhouse: Option<String>,
+        #[arg(long, requires = "clickhouse")]
+        clickhouse_database: Option<String>,
+        #[arg(long, requires = "clickhouse")]
+        clickhouse_user: Option<String>,
+        /// File whose first line is the password.
+        #[arg(long, requires = "clickhouse")]
+        clickhouse_password_file: Option<PathBuf>,
         /// Start of the range: a duration before now (`1h`, `30m`) or an RFC 3339 time.
         #[arg(long, default_value = "1h", value_parser = parse_when)]
         since: When,

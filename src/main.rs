@@ -37,22 +37,70 @@ fn main() -> ExitCode {
         Command::Map {
             config,
             dir,
+            clickhouse,
+            clickhouse_database,
+            clickhouse_user,
+            clickhouse_password_file,
             since,
             until,
             machines,
             format,
             out,
         } => {
-            let dir = match dir {
-                Some(d) => d,
-                None => match Config::load_from(config.as_deref()) {
-                    Ok((c, _)) => c.sink.file.dir(&c.agent.state_dir),
+            let configured = || Config::load_from(config.as_deref()).map(|(c, _)| c);
+            let source = match (dir, clickhouse) {
+                (Some(d), _) => depmap::map::RecordSource::Dir(d),
+                (None, Some(url)) => {
+                    let c = match configured() {
+                        Ok(c) => c.sink.clickhouse,
+                        Err(e) => return fail(2, &e.to_string()),
+                    };
+                    let database = clickhouse_database.unwrap_or(c.database);
+                    if database.is_empty()
+                        || !database
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
+                        return fail(
+                            2,
+                            &format!(
+                                "--clickhouse-database {database:?}: letters, digits and _ only"
+                            ),
+                        );
+                    }
+                    let password_file = clickhouse_password_file.unwrap_or(c.password_file);
+                    let password = if password_file.as_os_str().is_empty() {
+                        None
+                    } else {
+                        match std::fs::read_to_string(&password_file) {
+                            Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
+                            Err(e) => {
+                                return fail(
+                                    2,
+                                    &format!(
+                                        "--clickhouse-password-file {}: {e}",
+                                        password_file.display()
+                                    ),
+                                );
+                            }
+                        }
+                    };
+                    depmap::map::RecordSource::Clickhouse(depmap::map::input::ClickhouseSource {
+                        url,
+                        database,
+                        user: clickhouse_user.unwrap_or(c.user),
+                        password,
+                        ca_file: c.ca_file,
+                    })
+                }
+                (None, None) => match configured() {
+                    Ok(c) => depmap::map::RecordSource::Dir(c.sink.file.dir(&c.agent.state_dir)),
                     Err(e) => return fail(2, &e.to_string()),
                 },
             };
             let now = std::time::SystemTime::now();
             let request = depmap::map::MapRequest {
-                dir,
+                source,
                 since: since.resolve(now),
                 until: until.map_or(now, |u| u.resolve(now)),
                 machines,

@@ -5,109 +5,17 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::clickhouse::*;
 use common::*;
-
-const SERVER_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clickhouse/server.sh");
-const SCHEMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/packaging/clickhouse/schema.sql"
-);
-const CH_PORT: u16 = 18_123;
-const PASSWORD: &str = "depmap-test";
-
-/// Runs one SQL statement over ClickHouse's HTTP interface from inside the namespace;
-/// returns (HTTP status, body).
-fn sql(ns: &Netns, statement: &str) -> (u16, String) {
-    let script = format!(
-        "import sys, urllib.request, urllib.error\n\
-         req = urllib.request.Request('http://127.0.0.1:{CH_PORT}/', data=sys.stdin.buffer.read())\n\
-         try:\n    r = urllib.request.urlopen(req, timeout=30); print(r.status); sys.stdout.write(r.read().decode())\n\
-         except urllib.error.HTTPError as e:\n    print(e.code); sys.stdout.write(e.read().decode())\n"
-    );
-    let mut child = ns
-        .command("python3")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    let _ = child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(statement.as_bytes());
-    let out = child.wait_with_output().expect("sql output");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
-    (status.trim().parse().unwrap_or(0), body.to_string())
-}
-
-/// A number from a one-value TabSeparated answer.
-fn number(ns: &Netns, query: &str) -> i64 {
-    let (status, body) = sql(ns, &format!("{query} FORMAT TabSeparated"));
-    assert_eq!(status, 200, "{query}: {body}");
-    body.trim().parse().unwrap_or(0)
-}
-
-struct Server<'a> {
-    ns: &'a Netns,
-    dir: &'a Path,
-}
-
-impl Drop for Server<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .ns
-            .command(SERVER_SH)
-            .arg("stop")
-            .arg(self.dir)
-            .status();
-    }
-}
 
 #[test]
 fn a_live_depmap_run_fills_clickhouse_and_sql_finds_the_connections() {
     let _serial = serial();
     let ns = Netns::new("ch");
     let dir = TempDir::new("ch");
-    let data = dir.0.join("clickhouse");
-    let started = ns
-        .command(SERVER_SH)
-        .arg("start")
-        .arg(&data)
-        .arg(CH_PORT.to_string())
-        .env("CH_DEPMAP_PASSWORD", PASSWORD)
-        .stdout(Stdio::null())
-        .status()
-        .expect("server.sh (is clickhouse-server installed? .ci/run installs it)");
-    let _server = Server {
-        ns: &ns,
-        dir: &data,
-    };
-    assert!(
-        started.success(),
-        "ClickHouse did not start: install the distribution's clickhouse-server package (.ci/run does)"
-    );
-    // The schema, one statement per request (the HTTP interface takes one at a time).
-    let schema = std::fs::read_to_string(SCHEMA).expect("schema.sql");
-    for statement in schema.split(';') {
-        let code: String = statement
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if code.trim().is_empty() {
-            continue;
-        }
-        let (status, body) = sql(&ns, &code);
-        assert_eq!(status, 200, "{code}: {body}");
-    }
-
+    let _server = Server::start(&ns, &dir);
     std::fs::write(dir.0.join("password"), format!("{PASSWORD}\n")).expect("password file");
     let cfg = config_file(
         &dir,

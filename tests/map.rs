@@ -165,7 +165,7 @@ fn records_dir() -> TempDir {
                 (1, 0),
                 (10, 20),
                 (1, 7),
-                json!({"MaliciousIp": "10.99.0.5", "RemoteDnsQuestions": ["db.example"]}),
+                json!({"MaliciousIp": "10.99.0.5", "RemoteDnsQuestions": "[\"db.example\"]"}),
             ),
             // vm-b's side of vm-a's calls: drawn once, from vm-a's records.
             conn(
@@ -663,4 +663,112 @@ fn the_test_beds_map_as_chromium_draws_it() {
     assert_eq!(edges.len(), 1, "{seen:#}");
     assert!(seen["labels"].as_i64().unwrap() >= 5);
     assert_eq!(seen["overlaps"], json!([]), "labels overlap: {seen:#}");
+}
+
+/// The records of a directory, by table: the lines that are JSON objects with the columns the
+/// tables cannot do without (what a sink would have inserted).
+fn records_of(dir: &Path) -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ndjson"))
+        .collect();
+    names.sort();
+    for name in names {
+        let table = name.split('-').next().unwrap_or("").to_string();
+        let text = String::from_utf8_lossy(&std::fs::read(dir.join(&name)).unwrap()).into_owned();
+        let rows: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v.get("Machine").is_some()
+                    && (table != "VMConnection" || v.get("Direction").is_some())
+            })
+            .collect();
+        out.push((table, rows));
+    }
+    out
+}
+
+/// The same records in the ClickHouse sink's tables (a real server in the test's namespace)
+/// give the same map: `depmap map --clickhouse` equals `depmap map --dir`.
+#[test]
+fn clickhouse_gives_the_map_the_files_give() {
+    use common::clickhouse::*;
+    let _serial = serial();
+    let ns = Netns::new("mapch");
+    let dir = TempDir::new("mapch");
+    let _server = Server::start(&ns, &dir);
+    let d = records_dir();
+    for (table, rows) in records_of(&d.0) {
+        if rows.is_empty() {
+            continue;
+        }
+        let body: String = rows
+            .iter()
+            .map(|r| {
+                // As the sink sends them: null columns left out.
+                let mut r = r.clone();
+                if let Some(o) = r.as_object_mut() {
+                    o.retain(|_, v| !v.is_null());
+                }
+                format!("{r}\n")
+            })
+            .collect();
+        let (status, answer) = sql(
+            &ns,
+            &format!("INSERT INTO depmap.{table} FORMAT JSONEachRow\n{body}"),
+        );
+        assert_eq!(status, 200, "{table}: {answer}");
+    }
+    let password = dir.0.join("password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let from_clickhouse = ns
+        .command(DEPMAP)
+        .args([
+            "map",
+            "--clickhouse",
+            &format!("http://127.0.0.1:{CH_PORT}"),
+            "--clickhouse-user",
+            "depmap",
+            "--clickhouse-password-file",
+        ])
+        .arg(&password)
+        .args(["--since", SINCE, "--until", UNTIL, "--format", "json"])
+        .output()
+        .unwrap();
+    let clickhouse: Value = serde_json::from_str(&ok(&from_clickhouse)).unwrap();
+    let files: Value = serde_json::from_str(&ok(&map(&d.0, &["--format", "json"]))).unwrap();
+    assert_eq!(clickhouse, files);
+    let stderr = String::from_utf8_lossy(&from_clickhouse.stderr);
+    assert!(stderr.contains("skipped: nothing"), "{stderr}");
+    // A wrong password, and a server that is not there: one line, exit 1.
+    std::fs::write(&password, "wrong\n").unwrap();
+    let refused = ns
+        .command(DEPMAP)
+        .args([
+            "map",
+            "--clickhouse",
+            &format!("http://127.0.0.1:{CH_PORT}"),
+            "--clickhouse-user",
+            "depmap",
+            "--clickhouse-password-file",
+        ])
+        .arg(&password)
+        .output()
+        .unwrap();
+    let err = one_line_error(&refused, 1);
+    assert!(
+        err.contains("cannot read VMComputer from ClickHouse") && err.contains("HTTP"),
+        "{err}"
+    );
+    let down = ns
+        .command(DEPMAP)
+        .args(["map", "--clickhouse", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&down, 1);
+    assert!(err.contains("Connection refused"), "{err}");
 }

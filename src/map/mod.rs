@@ -26,8 +26,24 @@ pub enum MapFormat {
     Csv,
 }
 
+/// Where the records are.
+pub enum RecordSource {
+    /// A file sink's directory.
+    Dir(PathBuf),
+    Clickhouse(input::ClickhouseSource),
+}
+
+impl RecordSource {
+    fn describe(&self) -> String {
+        match self {
+            RecordSource::Dir(d) => d.display().to_string(),
+            RecordSource::Clickhouse(c) => format!("ClickHouse {} database {}", c.url, c.database),
+        }
+    }
+}
+
 pub struct MapRequest {
-    pub dir: PathBuf,
+    pub source: RecordSource,
     pub since: SystemTime,
     pub until: SystemTime,
     /// Machine ids (`m-…`) or names; empty: every machine in the records.
@@ -149,8 +165,19 @@ fn read_in_parallel(
 /// Reads, sums and draws; the output text and what it was made of.
 pub fn make(req: &MapRequest) -> Result<(String, MapSummary), MapError> {
     let mut summary = MapSummary::default();
-    let files = input::record_files(&req.dir, req.until, &mut summary.skipped)?;
-    let model = read_in_parallel(files, req, &mut summary.skipped);
+    let model = match &req.source {
+        RecordSource::Dir(dir) => {
+            let files = input::record_files(dir, req.until, &mut summary.skipped)?;
+            read_in_parallel(files, req, &mut summary.skipped)
+        }
+        RecordSource::Clickhouse(source) => {
+            let mut model = Model::default();
+            input::read_clickhouse(source, req.since, req.until, &mut summary.skipped, |r| {
+                model.add(r, req.since, req.until)
+            })?;
+            model
+        }
+    };
     summary.records = model.records;
     summary.out_of_range = model.out_of_range;
     summary.bad_times = model.bad_times;
@@ -161,7 +188,7 @@ pub fn make(req: &MapRequest) -> Result<(String, MapSummary), MapError> {
         return Err(MapError::Empty {
             since,
             until,
-            dir: req.dir.display().to_string(),
+            dir: req.source.describe(),
             skipped: if skipped.is_empty() {
                 String::new()
             } else {
@@ -194,7 +221,7 @@ pub fn make(req: &MapRequest) -> Result<(String, MapSummary), MapError> {
             &render::Caption {
                 since,
                 until,
-                source: req.dir.display().to_string(),
+                source: req.source.describe(),
                 records: summary.records,
                 skipped: summary.skipped_text(),
             },

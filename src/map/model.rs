@@ -23,9 +23,9 @@ pub struct Traffic {
     pub responses: i64,
     /// Milliseconds.
     pub response_time_sum: i64,
-    /// `TimeGenerated` of its first and last window (RFC 3339 text, as in the records).
-    pub first: String,
-    pub last: String,
+    /// `TimeGenerated` of its first and last window.
+    pub first: Option<SystemTime>,
+    pub last: Option<SystemTime>,
 }
 
 impl Traffic {
@@ -37,11 +37,11 @@ impl Traffic {
         self.bytes_received += o.bytes_received;
         self.responses += o.responses;
         self.response_time_sum += o.response_time_sum;
-        if self.first.is_empty() || (!o.first.is_empty() && o.first < self.first) {
-            self.first = o.first.clone();
+        if self.first.is_none() || (o.first.is_some() && o.first < self.first) {
+            self.first = o.first;
         }
         if o.last > self.last {
-            self.last = o.last.clone();
+            self.last = o.last;
             self.live = o.live;
         } else if o.last == self.last {
             // The same window twice (a record delivered twice): live once.
@@ -81,7 +81,7 @@ pub struct RemoteFacts {
 pub struct MachineFacts {
     pub name: String,
     /// The inventory's time of these facts (the latest VMComputer record read).
-    pub at: String,
+    pub at: Option<SystemTime>,
     pub addresses: BTreeSet<String>,
 }
 
@@ -89,7 +89,7 @@ pub struct MachineFacts {
 pub struct ProcessFacts {
     pub machine: String,
     pub name: String,
-    pub at: String,
+    pub at: Option<SystemTime>,
 }
 
 /// A listening port: (machine, address, port, protocol).
@@ -101,7 +101,7 @@ pub struct Model {
     pub machines: BTreeMap<String, MachineFacts>,
     pub processes: HashMap<String, ProcessFacts>,
     /// Bound ports → the process listening (the latest record's).
-    pub ports: BTreeMap<PortKey, (Option<String>, String)>,
+    pub ports: BTreeMap<PortKey, (Option<String>, Option<SystemTime>)>,
     pub connections: HashMap<ConnKey, (Traffic, RemoteFacts)>,
     /// Records used / outside the range.
     pub records: u64,
@@ -125,11 +125,12 @@ impl Model {
             return;
         }
         self.records += 1;
+        let t = Some(t);
         match record {
-            Record::Connection(c) => self.connection(c),
-            Record::BoundPort(p) => self.port(p),
-            Record::Process(p) => self.process(p),
-            Record::Computer(c) => self.computer(c),
+            Record::Connection(c) => self.connection(c, t),
+            Record::BoundPort(p) => self.port(p, t),
+            Record::Process(p) => self.process(p, t),
+            Record::Computer(c) => self.computer(c, t),
         }
     }
 
@@ -141,7 +142,7 @@ impl Model {
                 if !m.name.is_empty() {
                     mine.name = m.name;
                 }
-                mine.at = mine.at.clone().max(m.at);
+                mine.at = mine.at.max(m.at);
             }
             mine.addresses.extend(m.addresses);
         }
@@ -178,12 +179,12 @@ impl Model {
         self.machines.entry(id.to_string()).or_default()
     }
 
-    fn computer(&mut self, c: Computer) {
+    fn computer(&mut self, c: Computer, t: Option<SystemTime>) {
         let m = self.machine(&c.machine);
-        if c.time_generated < m.at {
+        if t < m.at {
             return;
         }
-        m.at = c.time_generated;
+        m.at = t;
         if let Some(name) = c.computer.filter(|n| !n.is_empty()).or(c.display_name) {
             m.name = name;
         }
@@ -192,13 +193,13 @@ impl Model {
         }
     }
 
-    fn process(&mut self, p: Process) {
+    fn process(&mut self, p: Process, t: Option<SystemTime>) {
         let facts = self.processes.entry(p.process).or_default();
-        if p.time_generated < facts.at {
+        if t < facts.at {
             return;
         }
         facts.machine = p.machine;
-        facts.at = p.time_generated;
+        facts.at = t;
         if let Some(name) = p
             .display_name
             .filter(|n| !n.is_empty())
@@ -208,7 +209,7 @@ impl Model {
         }
     }
 
-    fn port(&mut self, p: BoundPort) {
+    fn port(&mut self, p: BoundPort, t: Option<SystemTime>) {
         self.machine(&p.machine);
         if let Some(process) = &p.process
             && let Some(name) = &p.process_name
@@ -219,14 +220,11 @@ impl Model {
             p.machine,
             p.ip,
             p.port,
-            p.protocol.unwrap_or_else(|| "tcp".into()),
+            p.protocol.filter(|p| !p.is_empty()).unwrap_or_else(|| "tcp".into()),
         );
-        let entry = self
-            .ports
-            .entry(key)
-            .or_insert_with(|| (None, String::new()));
-        if p.time_generated >= entry.1 {
-            *entry = (p.process, p.time_generated);
+        let entry = self.ports.entry(key).or_insert((None, None));
+        if t >= entry.1 {
+            *entry = (p.process, t);
         }
     }
 
@@ -238,13 +236,13 @@ impl Model {
                 ProcessFacts {
                     machine: machine.to_string(),
                     name: name.to_string(),
-                    at: String::new(),
+                    at: None,
                 },
             );
         }
     }
 
-    fn connection(&mut self, c: Connection) {
+    fn connection(&mut self, c: Connection, t: Option<SystemTime>) {
         let machine_name = c.computer.clone().unwrap_or_default();
         let m = self.machine(&c.machine);
         if m.name.is_empty() {
@@ -272,8 +270,8 @@ impl Model {
             bytes_received: c.bytes_received.unwrap_or(0),
             responses: c.responses.unwrap_or(0),
             response_time_sum: c.response_time_sum.unwrap_or(0),
-            first: c.time_generated.clone(),
-            last: c.time_generated,
+            first: t,
+            last: t,
         };
         let key = ConnKey {
             machine: c.machine,
@@ -282,7 +280,7 @@ impl Model {
             local_ip,
             remote_ip,
             port: c.destination_port,
-            protocol: c.protocol.unwrap_or_else(|| "tcp".into()),
+            protocol: c.protocol.filter(|p| !p.is_empty()).unwrap_or_else(|| "tcp".into()),
         };
         let (sum, facts) = self.connections.entry(key).or_default();
         sum.add(&traffic);

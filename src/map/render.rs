@@ -370,6 +370,10 @@ pub const CSV_HEADER: [&str; 14] = [
     "Malicious",
 ];
 
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 pub fn csv(g: &Graph) -> Result<String, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(CSV_HEADER)?;
@@ -413,8 +417,8 @@ pub fn csv(g: &Graph) -> Result<String, csv::Error> {
             tr.mean_response_ms()
                 .map(|m| format!("{m:.3}"))
                 .unwrap_or_default(),
-            tr.first.clone(),
-            tr.last.clone(),
+            tr.first.map(rfc3339).unwrap_or_default(),
+            tr.last.map(rfc3339).unwrap_or_default(),
             (s.malicious || t.malicious).to_string(),
         ])?;
     }

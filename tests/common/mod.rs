@@ -6,6 +6,8 @@
 //! printed by the peer, or a record printed by depmap.
 #![allow(dead_code)]
 
+pub mod clickhouse;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
