@@ -11,6 +11,11 @@ use common::*;
 use serde_json::{Value, json};
 
 const SINCE: &str = "2026-12-02T10:00:00Z";
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/packaging/grafana/depmap-map.json"
+);
+const MAP_SQL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/clickhouse/map.sql");
 const UNTIL: &str = "2026-12-02T11:00:00Z";
 
 fn origin(t: &str, machine: &str, computer: &str) -> serde_json::Map<String, Value> {
@@ -744,6 +749,113 @@ fn clickhouse_gives_the_map_the_files_give() {
     assert_eq!(clickhouse, files);
     let stderr = String::from_utf8_lossy(&from_clickhouse.stderr);
     assert!(stderr.contains("skipped: nothing"), "{stderr}");
+
+    // The views give the same edges, summed over the range as a Grafana query does.
+    run_sql_file(&ns, MAP_SQL);
+    let (status, rows) = sql(
+        &ns,
+        "SELECT source, target, port, protocol, sum(links) AS links, sum(failed) AS failed, \
+         sum(sent) AS sent, sum(received) AS received FROM depmap.map_edges_by_window \
+         WHERE TimeGenerated >= toDateTime('2026-12-02 10:00:00', 'UTC') \
+         AND TimeGenerated < toDateTime('2026-12-02 11:00:00', 'UTC') \
+         GROUP BY source, target, port, protocol ORDER BY source, target, port \
+         FORMAT TabSeparated",
+    );
+    assert_eq!(status, 200, "{rows}");
+    let number = |s: &str| -> i64 {
+        s.chars()
+            .filter(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    };
+    let mut expected: Vec<String> = files["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let stat = e["secondarystat"].as_str().unwrap();
+            let (sent, received) = stat.split_once(" ↓").unwrap();
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                e["source"].as_str().unwrap(),
+                e["target"].as_str().unwrap(),
+                e["detail__port"],
+                e["detail__protocol"].as_str().unwrap(),
+                number(e["mainstat"].as_str().unwrap()),
+                e["detail__links_failed"],
+                number(sent),
+                number(received)
+            )
+        })
+        .collect();
+    expected.sort();
+    let mut got: Vec<String> = rows.lines().map(str::to_string).collect();
+    got.sort();
+    assert_eq!(got, expected);
+    let (status, titles) = sql(
+        &ns,
+        "SELECT id, title, machine FROM depmap.map_node_titles ORDER BY id FORMAT TabSeparated",
+    );
+    assert_eq!(status, 200, "{titles}");
+    assert_eq!(titles, "p-app\tapp\tm-a\np-nginx\tnginx\tm-b\n");
+
+    // The Grafana dashboard's queries (its time macro replaced by the range): every edge of
+    // `depmap map` with its id, and a node for every edge end.
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let queries: Vec<(String, String)> = dashboard["panels"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let sql = t["rawSql"].as_str().unwrap().replace(
+                "$__timeFilter(TimeGenerated)",
+                "TimeGenerated >= toDateTime('2026-12-02 10:00:00', 'UTC') \
+                 AND TimeGenerated < toDateTime('2026-12-02 11:00:00', 'UTC')",
+            );
+            (t["refId"].as_str().unwrap().to_string(), sql)
+        })
+        .collect();
+    let frame = |name: &str| -> Vec<Value> {
+        let (_, q) = queries.iter().find(|(r, _)| r == name).unwrap();
+        let (status, body) = sql(&ns, &format!("{q} FORMAT JSONEachRow"));
+        assert_eq!(status, 200, "{name}: {body}");
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (nodes, edges) = (frame("nodes"), frame("edges"));
+    let mut ids: Vec<&str> = edges.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut want: Vec<&str> = files["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    want.sort();
+    assert_eq!(ids, want);
+    let app_nginx = edges
+        .iter()
+        .find(|e| e["id"] == "p-app->p-nginx:80/tcp")
+        .unwrap();
+    assert_eq!(app_nginx["mainstat"], "6 links");
+    assert_eq!(app_nginx["secondarystat"], "↑1507 B ↓13570 B");
+    for e in &edges {
+        for end in [&e["source"], &e["target"]] {
+            assert!(
+                nodes.iter().any(|n| n["id"] == *end),
+                "no node {end}: {nodes:?}"
+            );
+        }
+    }
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["id"] == "p-nginx" && n["title"] == "nginx"),
+        "{nodes:?}"
+    );
     // A wrong password, and a server that is not there: one line, exit 1.
     std::fs::write(&password, "wrong\n").unwrap();
     let refused = ns

@@ -97,6 +97,8 @@ fn the_deb_and_the_rpm_carry_the_binary_unit_config_docs_and_scripts() {
         "usr/lib/sysctl.d/60-depmap.conf",
         "usr/share/doc/depmap/README.md",
         "usr/share/depmap/clickhouse/schema.sql",
+        "usr/share/depmap/clickhouse/map.sql",
+        "usr/share/depmap/grafana/depmap-map.json",
     ] {
         assert!(root.join(f).is_file(), "{f}");
     }

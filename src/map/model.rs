@@ -220,7 +220,9 @@ impl Model {
             p.machine,
             p.ip,
             p.port,
-            p.protocol.filter(|p| !p.is_empty()).unwrap_or_else(|| "tcp".into()),
+            p.protocol
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "tcp".into()),
         );
         let entry = self.ports.entry(key).or_insert((None, None));
         if t >= entry.1 {
@@ -280,7 +282,10 @@ impl Model {
             local_ip,
             remote_ip,
             port: c.destination_port,
-            protocol: c.protocol.filter(|p| !p.is_empty()).unwrap_or_else(|| "tcp".into()),
+            protocol: c
+                .protocol
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "tcp".into()),
         };
         let (sum, facts) = self.connections.entry(key).or_default();
         sum.add(&traffic);
