@@ -884,3 +884,115 @@ fn clickhouse_gives_the_map_the_files_give() {
     let err = one_line_error(&down, 1);
     assert!(err.contains("Connection refused"), "{err}");
 }
+
+/// Fifty processes on three machines, every one with edges (labels with big numbers, failed
+/// attempts, remote endpoints, client groups): no two labels overlap as Chromium draws them.
+#[test]
+fn fifty_processes_have_no_overlapping_labels_in_chromium() {
+    let d = TempDir::new("map50");
+    let t = "2026-12-02T10:00:00Z";
+    let machines = [
+        ("m-a", "vm-a", "10.80.0.1"),
+        ("m-b", "vm-b", "10.80.0.2"),
+        ("m-c", "vm-c", "10.80.0.3"),
+    ];
+    let mut computers = Vec::new();
+    let mut ports = Vec::new();
+    let mut conns = Vec::new();
+    for (id, name, ip) in machines {
+        computers.push(with(origin(t, id, name), json!({"Ipv4Addresses": [ip]})));
+    }
+    // 20 servers on vm-b, 10 on vm-c; 20 clients on vm-a calling three servers each.
+    let server = |i: usize| {
+        if i < 20 {
+            (machines[1], i)
+        } else {
+            (machines[2], i)
+        }
+    };
+    for i in 0..30 {
+        let ((m, name, ip), _) = server(i);
+        let p = format!("p-server{i}");
+        ports.push(with(origin(t, m, name), json!({"Ip": ip, "Port": 7000 + i, "Protocol": "tcp", "Process": p, "ProcessName": format!("server-{i}")})));
+        conns.push(conn(
+            t,
+            (m, name),
+            (&p, &format!("server-{i}")),
+            "inbound",
+            ("10.97.0.9", ip, 7000 + i as i64),
+            (i as i64 + 1, 0),
+            (123_456_789, 987_654_321),
+            (4, 10),
+            json!({}),
+        ));
+    }
+    for c in 0..20 {
+        let (m, name, ip) = machines[0];
+        let p = format!("p-client{c}");
+        let pname = format!("client-{c}");
+        for k in 0..3 {
+            let s = (c + k * 7) % 30;
+            let ((_, _, sip), _) = server(s);
+            conns.push(conn(
+                t,
+                (m, name),
+                (&p, &pname),
+                "outbound",
+                (ip, sip, 7000 + s as i64),
+                (1_234_567, 89),
+                (98_765_432_101, 12_345_678_901),
+                (1000, 123_456),
+                json!({}),
+            ));
+        }
+        conns.push(conn(
+            t,
+            (m, name),
+            (&p, &pname),
+            "outbound",
+            (ip, &format!("10.96.{c}.1"), 443),
+            (3, 0),
+            (1, 2),
+            (0, 0),
+            json!({"RemoteDnsQuestions": format!("[\"api{c}.example\"]")}),
+        ));
+    }
+    write_table(&d.0, "VMComputer-20261202T10-0001.ndjson", &computers, "");
+    write_table(&d.0, "VMBoundPort-20261202T10-0001.ndjson", &ports, "");
+    write_table(&d.0, "VMConnection-20261202T10-0001.ndjson", &conns, "");
+    let html = ok(&map(&d.0, &[]));
+    let checked = d.0.join("checked.html");
+    std::fs::write(
+        &checked,
+        html.replace("</body>", &format!("{CHECK_SCRIPT}</body>")),
+    )
+    .unwrap();
+    let png = std::env::var_os("DEPMAP_MAP50_SCREENSHOT")
+        .map_or_else(|| d.0.join("map50.png"), std::path::PathBuf::from);
+    let dom = chromium(&checked, &png);
+    let text = dom
+        .split("<pre id=\"check\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no check output in the DOM: {dom}"));
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let seen: Value = serde_json::from_str(&text).unwrap();
+    let nodes = seen["nodes"].as_array().unwrap();
+    assert_eq!(
+        nodes
+            .iter()
+            .filter(|n| n["id"].as_str().unwrap().starts_with("p-"))
+            .count(),
+        50
+    );
+    assert_eq!(
+        seen["edges"].as_array().unwrap().len(),
+        20 * 3 + 20 + 30,
+        "{seen:#}"
+    );
+    assert!(seen["labels"].as_i64().unwrap() > 150);
+    assert_eq!(seen["overlaps"], json!([]), "labels overlap");
+}

@@ -19,7 +19,10 @@ pub const NODE_W: f64 = 210.0;
 pub const NODE_MIN_H: f64 = 40.0;
 /// Height of one edge label row.
 pub const ROW_H: f64 = 18.0;
-pub const GUTTER: f64 = 330.0;
+/// Narrowest gutter between columns; wider when the longest edge label needs it.
+pub const GUTTER_MIN: f64 = 330.0;
+/// Width of one character of an edge label (11 px monospace measured ≈ 6.6 px) with a margin.
+pub const LABEL_CHAR_W: f64 = 7.0;
 pub const MACHINE_PAD: f64 = 12.0;
 pub const MACHINE_HEADER: f64 = 26.0;
 pub const NODE_GAP: f64 = 10.0;
@@ -42,9 +45,13 @@ pub struct Layout {
     pub nodes: HashMap<String, Rect>,
     /// Per edge (by index in the graph): where it leaves its source (the label's row).
     pub edge_rows: Vec<f64>,
+    /// The gutter right of every column, where the edge labels are.
+    pub gutter: f64,
 }
 
-pub fn layout(g: &Graph) -> Layout {
+/// `longest_label`: characters of the longest edge label (the gutter is made to hold it).
+pub fn layout(g: &Graph, longest_label: usize) -> Layout {
+    let gutter = GUTTER_MIN.max(longest_label as f64 * LABEL_CHAR_W + 60.0);
     let out_edges = {
         let mut n: HashMap<&str, usize> = HashMap::new();
         for e in &g.edges {
@@ -66,9 +73,12 @@ pub fn layout(g: &Graph) -> Layout {
     let first_machine_col = usize::from(has_clients);
     let machine_cols = rank.values().copied().max().map_or(0, |r| r + 1);
     let remote_col = first_machine_col + machine_cols;
-    let col_x = |c: usize| MARGIN + c as f64 * (NODE_W + 2.0 * MACHINE_PAD + GUTTER);
+    let col_x = |c: usize| MARGIN + c as f64 * (NODE_W + 2.0 * MACHINE_PAD + gutter);
 
-    let mut out = Layout::default();
+    let mut out = Layout {
+        gutter,
+        ..Layout::default()
+    };
     let mut bottom = MARGIN;
     // Machines, column by column, stacked by name.
     let mut by_col: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
@@ -182,7 +192,7 @@ pub fn layout(g: &Graph) -> Layout {
         out.edge_rows[i] = top + 6.0 + (*row as f64 + 0.5) * ROW_H;
         *row += 1;
     }
-    out.width = col_x(remote_col + 1) - GUTTER + MARGIN;
+    out.width = col_x(remote_col + 1) - gutter + MARGIN;
     out.height = bottom + MARGIN;
     out
 }

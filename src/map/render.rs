@@ -109,7 +109,8 @@ svg{display:block;margin:0}
 ";
 
 pub fn html(g: &Graph, caption: &Caption) -> String {
-    let l = layout::layout(g);
+    let longest = g.edges.iter().map(|e| edge_label(e).chars().count()).max();
+    let l = layout::layout(g, longest.unwrap_or(0));
     let mut s = String::new();
     let _ = write!(
         s,
@@ -193,7 +194,7 @@ fn edges_svg(s: &mut String, g: &Graph, l: &Layout) {
         };
         let y0 = l.edge_rows[i];
         let x0 = from.x + from.w;
-        let label_end = x0 + layout::GUTTER - 40.0;
+        let label_end = x0 + l.gutter - 40.0;
         let (x1, y1) = (to.x, to.y + to.h / 2.0);
         let bend = ((x1 - label_end).abs() / 2.0).max(60.0);
         let label = edge_label(e);
@@ -216,7 +217,7 @@ fn edges_svg(s: &mut String, g: &Graph, l: &Layout) {
             x1 - bend,
             x0 + 6.0,
             y0 - 11.0,
-            (label.chars().count() as f64 * 6.7).min(layout::GUTTER - 50.0),
+            label.chars().count() as f64 * layout::LABEL_CHAR_W,
             x0 + 8.0,
             y0 - 1.0,
             esc(&label)
