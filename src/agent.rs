@@ -40,6 +40,9 @@ const LAST_FINALS_WAIT: Duration = Duration::from_millis(500);
 /// overtakes its socket's events.
 const FINAL_SETTLE_MS: u64 = 2 * crate::collect::ebpf::DRAIN_PERIOD.as_millis() as u64;
 
+/// Longest wait before a full dump for the event reader to drain the ring.
+const EVENTS_BEFORE_DUMP_WAIT: Duration = Duration::from_millis(100);
+
 /// Longest wait at stop for the event reader to drain what the kernel queued.
 const LAST_EVENTS_WAIT: Duration = Duration::from_secs(1);
 
@@ -268,6 +271,10 @@ impl Agent {
     /// One poll; see the module comment for the steps.
     pub fn poll(&mut self) {
         let started = Instant::now();
+        // The owners of the sockets this dump may see first wait in the ring for the next
+        // drain (up to 200 ms): drained now, a window's last dump never keys a socket without
+        // the owner its event named (measured: 1 of 600 short connections without it).
+        self.sources.drain_events_now(EVENTS_BEFORE_DUMP_WAIT);
         self.apply_kernel_events();
         self.apply_proc_changes();
         let hints = std::mem::take(&mut self.hints);
@@ -381,7 +388,7 @@ impl Agent {
             self.apply_destroys(!self.tracker.baseline_done(), false);
         }
         // The events of the sockets closed last, then every close still settling.
-        if self.sources.wait_events_drained(LAST_EVENTS_WAIT) {
+        if self.sources.drain_events_now(LAST_EVENTS_WAIT) {
             self.apply_kernel_events();
         }
         self.apply_destroys(!self.tracker.baseline_done(), false);

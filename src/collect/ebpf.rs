@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::procinfo::ProcessInfo;
 use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
@@ -182,11 +183,20 @@ pub struct EventCounters {
     pub unparsable: AtomicU64,
 }
 
-/// How many drains of the ring the reader has done, and a wake-up for those waiting for one.
-#[derive(Default)]
+/// Drains asked for by the poll loop ([`EventSource::drain_now`]) and done, and a wake-up for
+/// those waiting for one.
 struct Drains {
-    done: Mutex<u64>,
+    state: Mutex<DrainState>,
     changed: Condvar,
+    /// Written to ask the reader for a drain now (it also waits on this).
+    kick: EventFd,
+}
+
+#[derive(Default)]
+struct DrainState {
+    requested: u64,
+    /// The latest request whose drain began after it was made, and has ended.
+    served: u64,
 }
 
 /// The running source: programs attached, reader draining.
@@ -249,7 +259,13 @@ impl EventSource {
         let losses: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "losses")?;
         let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(EventCounters::default());
-        let drains = Arc::new(Drains::default());
+        let kick = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| LoadError::Thread(e.into()))?;
+        let drains = Arc::new(Drains {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            kick,
+        });
         let mut drain = Drain {
             drains: drains.clone(),
             ring,
@@ -272,17 +288,20 @@ impl EventSource {
         })
     }
 
-    /// Waits (at most `limit`) until the reader has drained the ring after this call began
-    /// (two drains from now: the one in progress may have begun before); whether it did.
-    pub fn wait_drained(&self, limit: Duration) -> bool {
-        let done = self.drains.done.lock().unwrap_or_else(|e| e.into_inner());
-        let target = *done + 2;
-        let (done, _) = self
+    /// Asks the reader to drain the ring now and waits (at most `limit`) until a drain that
+    /// began after this call has ended: every event the kernel emitted before the call is
+    /// then in the queue. Whether it was.
+    pub fn drain_now(&self, limit: Duration) -> bool {
+        let mut state = self.drains.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.requested += 1;
+        let want = state.requested;
+        let _ = self.drains.kick.write(1);
+        let (state, _) = self
             .drains
             .changed
-            .wait_timeout_while(done, limit, |n| *n < target)
+            .wait_timeout_while(state, limit, |s| s.served < want)
             .unwrap_or_else(|e| e.into_inner());
-        *done >= target
+        state.served >= want
     }
 }
 
@@ -337,7 +356,10 @@ struct Drain {
 impl Drain {
     fn run(&mut self, wake: &Wake) {
         // Woken only by the programs' forced wake-ups, not by events that wait in the ring.
-        let edges = match wake.edges(self.ring.as_fd()) {
+        let edges = match wake.edges(self.ring.as_fd()).and_then(|e| {
+            e.also_readable(self.drains.kick.as_fd())?;
+            Ok(e)
+        }) {
             Ok(edges) => edges,
             Err(e) => {
                 tracing::error!(error = %e, "the kernel event reader cannot wait for the ring buffer; it stops");
@@ -349,8 +371,20 @@ impl Drain {
             if woken == Woken::Stopped {
                 return;
             }
+            // The requests made before this drain begins are served by it.
+            let _ = self.drains.kick.read();
+            let requested = self
+                .drains
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .requested;
             self.drain();
-            *self.drains.done.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            self.drains
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .served = requested;
             self.drains.changed.notify_all();
             if self.losses_read.elapsed() >= LOSS_READ_PERIOD {
                 self.read_losses();

@@ -131,6 +131,16 @@ pub struct Edges {
     epoll: Epoll,
 }
 
+impl Edges {
+    /// Also wakes for `fd`'s data (level-triggered: until it is read), e.g. an eventfd by
+    /// which another thread asks for a drain now.
+    pub fn also_readable(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, DATA))
+            .map_err(io::Error::from)
+    }
+}
+
 /// The epoll data of the stop eventfd and of the watched file.
 const STOP: u64 = 0;
 const DATA: u64 = 1;

@@ -337,8 +337,8 @@ impl Sources {
 
     /// Waits (at most `limit`) until the event reader has drained what the kernel queued
     /// before this call; false without the event source or when it did not in time.
-    pub fn wait_events_drained(&self, limit: std::time::Duration) -> bool {
-        self.events.as_ref().is_some_and(|e| e.wait_drained(limit))
+    pub fn drain_events_now(&self, limit: std::time::Duration) -> bool {
+        self.events.as_ref().is_some_and(|e| e.drain_now(limit))
     }
 
     /// Whether response times come from events.
