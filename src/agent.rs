@@ -378,6 +378,8 @@ impl Agent {
     /// waited for — until none is missing, at most [`LAST_FINALS_WAIT`] — so that their last
     /// bytes are in the window flushed at stop.
     pub fn last_poll(&mut self) {
+        // The closes of the last batch pause (100 ms with events) are read now.
+        self.sources.flush_finals(LAST_FINALS_WAIT);
         self.poll();
         let deadline = Instant::now() + LAST_FINALS_WAIT;
         while self.tracker.missing_from_last_dump() > 0 {

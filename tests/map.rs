@@ -521,6 +521,27 @@ fn chromium(page: &Path, png: &Path) -> String {
     std::fs::read_to_string(dom).unwrap()
 }
 
+/// `html` as Chromium draws it (a screenshot to `png`): what [`CHECK_SCRIPT`] measured.
+fn as_drawn(html: &str, dir: &Path, png: &Path) -> Value {
+    let checked = dir.join("checked.html");
+    std::fs::write(
+        &checked,
+        html.replace("</body>", &format!("{CHECK_SCRIPT}</body>")),
+    )
+    .unwrap();
+    let dom = chromium(&checked, png);
+    let text = dom
+        .split("<pre id=\"check\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no check output in the DOM: {dom}"));
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&text).unwrap()
+}
+
 /// The map of a real two-machine test bed (a namespace and a depmap each; the records of both
 /// in one directory), as headless Chromium renders it: both machines, their processes and the
 /// edge with its exact links and bytes are on the page, and no two labels overlap.
@@ -574,12 +595,6 @@ fn the_test_beds_map_as_chromium_draws_it() {
     );
     // The page as shipped is screenshotted; a copy with the test's script is measured.
     let html = std::fs::read_to_string(&page).unwrap();
-    let checked = d.0.join("checked.html");
-    std::fs::write(
-        &checked,
-        html.replace("</body>", &format!("{CHECK_SCRIPT}</body>")),
-    )
-    .unwrap();
     let png = match std::env::var_os("DEPMAP_MAP_SCREENSHOT") {
         Some(p) => std::path::PathBuf::from(p),
         None => d.0.join("map.png"),
@@ -590,17 +605,7 @@ fn the_test_beds_map_as_chromium_draws_it() {
         shot.len() > 1000 && shot.starts_with(b"\x89PNG"),
         "a screenshot"
     );
-    let dom = chromium(&checked, &d.0.join("checked.png"));
-    let text = dom
-        .split("<pre id=\"check\">")
-        .nth(1)
-        .and_then(|rest| rest.split("</pre>").next())
-        .unwrap_or_else(|| panic!("no check output in the DOM: {dom}"));
-    let text = text
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&");
-    let seen: Value = serde_json::from_str(&text).unwrap();
+    let seen = as_drawn(&html, &d.0, &d.0.join("checked.png"));
     println!("as drawn: {seen:#}");
 
     let machines: Vec<&str> = seen["machines"]
@@ -885,6 +890,41 @@ fn clickhouse_gives_the_map_the_files_give() {
     assert!(err.contains("Connection refused"), "{err}");
 }
 
+/// Beyond forty remote endpoints, those of a /24 fold into one node per port (a malicious one
+/// stays on its own), with their edges' sums.
+#[test]
+fn beyond_forty_remotes_a_subnet_folds() {
+    let d = records_dir();
+    let rows: Vec<Value> = (0..45)
+        .map(|i| {
+            conn(
+                "2026-12-02T10:00:00Z",
+                ("m-a", "vm-a"),
+                ("p-app", "app"),
+                "outbound",
+                ("10.80.0.1", &format!("10.96.0.{}", i + 1), 443),
+                (1, 0),
+                (10, 100),
+                (0, 0),
+                json!({}),
+            )
+        })
+        .collect();
+    write_table(&d.0, "VMConnection-20261202T10-0003.ndjson", &rows, "");
+    let frames: Value = serde_json::from_str(&ok(&map(&d.0, &["--format", "json"]))).unwrap();
+    let subnet = node(&frames, "subnet:10.96.0.0/24:443");
+    assert_eq!(subnet["title"], "10.96.0.0/24");
+    assert_eq!(subnet["subtitle"], "45 endpoints, port 443");
+    let e = edge(&frames, "p-app", "subnet:10.96.0.0/24:443");
+    assert_eq!(e["mainstat"], "45 links");
+    assert_eq!(e["secondarystat"], "↑450 B ↓4,500 B");
+    // The malicious database is not folded.
+    assert_eq!(
+        node(&frames, "remote:10.99.0.5:5432")["arc__malicious"],
+        1.0
+    );
+}
+
 /// Fifty processes on three machines, every one with edges (labels with big numbers, failed
 /// attempts, remote endpoints, client groups): no two labels overlap as Chromium draws them.
 #[test]
@@ -961,25 +1001,9 @@ fn fifty_processes_have_no_overlapping_labels_in_chromium() {
     write_table(&d.0, "VMBoundPort-20261202T10-0001.ndjson", &ports, "");
     write_table(&d.0, "VMConnection-20261202T10-0001.ndjson", &conns, "");
     let html = ok(&map(&d.0, &[]));
-    let checked = d.0.join("checked.html");
-    std::fs::write(
-        &checked,
-        html.replace("</body>", &format!("{CHECK_SCRIPT}</body>")),
-    )
-    .unwrap();
     let png = std::env::var_os("DEPMAP_MAP50_SCREENSHOT")
         .map_or_else(|| d.0.join("map50.png"), std::path::PathBuf::from);
-    let dom = chromium(&checked, &png);
-    let text = dom
-        .split("<pre id=\"check\">")
-        .nth(1)
-        .and_then(|rest| rest.split("</pre>").next())
-        .unwrap_or_else(|| panic!("no check output in the DOM: {dom}"));
-    let text = text
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&");
-    let seen: Value = serde_json::from_str(&text).unwrap();
+    let seen = as_drawn(&html, &d.0, &png);
     let nodes = seen["nodes"].as_array().unwrap();
     assert_eq!(
         nodes

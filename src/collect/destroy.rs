@@ -23,8 +23,11 @@
 //! A 4-tuple-only lookup was tried and measured no better (BENCHMARKS.md, churn).
 
 use std::io;
-use std::sync::Arc;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::time::Duration;
 
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
@@ -78,6 +81,7 @@ const QUEUE_MAX: usize = 131_072;
 pub struct DestroyListener {
     pub queue: QueueReceiver<Final>,
     pub counters: Arc<DestroyCounters>,
+    flushes: Arc<Flushes>,
     /// The receive buffer the kernel granted (bytes of its accounting; asked: [`RCVBUF`]).
     pub rcvbuf: usize,
     _reader: Reader,
@@ -102,20 +106,64 @@ impl DestroyListener {
         let lookups = Some(SockDiag::open()?);
         let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(DestroyCounters::default());
+        let flushes = Arc::new(Flushes {
+            state: Mutex::default(),
+            served: Condvar::new(),
+            kick: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+        });
         let reader = {
             let counters = counters.clone();
+            let flushes = flushes.clone();
             Reader::spawn("destroy-events", move |wake| {
                 let lookups = lookups.filter(|_| fin_lookups);
-                read_loop(wake, socket, lookups, batch, tx, &counters)
+                let out = Out {
+                    tx,
+                    counters: &counters,
+                    flushes: &flushes,
+                };
+                read_loop(wake, socket, lookups, batch, out)
             })?
         };
         Ok(DestroyListener {
             queue,
             counters,
+            flushes,
             rcvbuf,
             _reader: reader,
         })
     }
+}
+
+/// Asks for the notifications the kernel has queued to be read now, not after the batch pause
+/// (at stop: the closes of the last 100 ms must make the last window).
+struct Flushes {
+    state: Mutex<(u64, u64)>, // (requested, served)
+    served: Condvar,
+    kick: EventFd,
+}
+
+impl DestroyListener {
+    /// Has the reader read everything the kernel queued before this call, waiting at most
+    /// `limit`; whether it did.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let f = &self.flushes;
+        let mut state = f.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 += 1;
+        let want = state.0;
+        let _ = f.kick.write(1);
+        let (state, _) = f
+            .served
+            .wait_timeout_while(state, limit, |s| s.1 < want)
+            .unwrap_or_else(|e| e.into_inner());
+        state.1 >= want
+    }
+}
+
+/// Where the reader's notifications go.
+struct Out<'a> {
+    tx: QueueSender<Final>,
+    counters: &'a DestroyCounters,
+    flushes: &'a Flushes,
 }
 
 fn read_loop(
@@ -123,16 +171,29 @@ fn read_loop(
     socket: Socket,
     mut lookups: Option<SockDiag>,
     batch: Duration,
-    tx: QueueSender<Final>,
-    counters: &DestroyCounters,
+    out: Out<'_>,
 ) {
+    let Out {
+        tx,
+        counters,
+        flushes,
+    } = out;
     let mut buf = vec![0u8; 64 * 1024];
     let mut samples = Vec::new();
     // Once woken the reader pauses `batch` before it reads, so that a burst of closes is read
     // a batch at a time: woken per notification, the thread cost 8.5 µs of CPU per close at
     // 2,000 closes a second (measured, 1.7 % of a core); the socket's buffer holds far more
     // than a pause's worth (8 MiB: ≈ 40,000 notifications).
-    while wake.readable(&socket) && wake.pause(batch) {
+    // A flush (the kick eventfd) cuts the pause short.
+    loop {
+        if wake.either(socket.as_fd(), flushes.kick.as_fd()) == super::reader::Woken::Stopped {
+            return;
+        }
+        if wake.wait(flushes.kick.as_fd(), Some(batch)) == super::reader::Woken::Stopped {
+            return;
+        }
+        let _ = flushes.kick.read();
+        let requested = flushes.state.lock().unwrap_or_else(|e| e.into_inner()).0;
         // Everything queued, then poll again.
         loop {
             let n = match socket.recv(&mut &mut buf[..], 0) {
@@ -175,6 +236,8 @@ fn read_loop(
                 .unparsable
                 .fetch_add(stats.unparsable, Ordering::Relaxed);
         }
+        flushes.state.lock().unwrap_or_else(|e| e.into_inner()).1 = requested;
+        flushes.served.notify_all();
     }
 }
 

@@ -96,18 +96,29 @@ impl Wake {
         }
     }
 
+    /// Waits until `a` or `b` is readable (or stop); no timeout.
+    pub fn either(&self, a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> Woken {
+        self.poll_fds(&[a, b], None)
+    }
+
     fn poll(&self, fd: Option<BorrowedFd<'_>>, timeout: Option<Duration>) -> Woken {
+        match fd {
+            Some(fd) => self.poll_fds(&[fd], timeout),
+            None => self.poll_fds(&[], timeout),
+        }
+    }
+
+    fn poll_fds(&self, watched: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Woken {
         let timeout = match timeout {
             None => PollTimeout::NONE,
             Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
         };
-        let watched = if fd.is_some() { 2 } else { 1 };
         loop {
-            let mut fds = [
-                PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
-                PollFd::new(fd.unwrap_or(self.stop.as_fd()), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds[..watched], timeout) {
+            let mut fds: Vec<PollFd> = std::iter::once(self.stop.as_fd())
+                .chain(watched.iter().copied())
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, timeout) {
                 Ok(0) => return Woken::TimedOut,
                 Ok(_) => {
                     if fds[0].any().unwrap_or(false) {

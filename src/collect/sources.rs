@@ -425,6 +425,12 @@ impl Sources {
         found
     }
 
+    /// Has the destroy reader read what the kernel queued before this call (not after its
+    /// batch pause), waiting at most `limit`.
+    pub fn flush_finals(&self, limit: std::time::Duration) -> bool {
+        self.destroys.as_ref().is_some_and(|d| d.flush(limit))
+    }
+
     /// Waits at most `limit` for a destroy notification to arrive; whether one did (it is
     /// returned by the next [`Sources::finals`]).
     pub fn wait_for_final(&mut self, limit: std::time::Duration) -> bool {
