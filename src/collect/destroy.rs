@@ -24,16 +24,14 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::time::Duration;
 
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
 use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
-use super::reader::{Reader, Wake};
+use super::reader::{ReadNow, Reader, Wake, Woken};
 use super::sockdiag::{DumpStats, Message, SockDiag, TcpSample, for_each_message, state};
 
 const SKNLGRP_INET_TCP_DESTROY: u32 = 1;
@@ -81,7 +79,7 @@ const QUEUE_MAX: usize = 131_072;
 pub struct DestroyListener {
     pub queue: QueueReceiver<Final>,
     pub counters: Arc<DestroyCounters>,
-    flushes: Arc<Flushes>,
+    flushes: Arc<ReadNow>,
     /// The receive buffer the kernel granted (bytes of its accounting; asked: [`RCVBUF`]).
     pub rcvbuf: usize,
     _reader: Reader,
@@ -106,11 +104,7 @@ impl DestroyListener {
         let lookups = Some(SockDiag::open()?);
         let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(DestroyCounters::default());
-        let flushes = Arc::new(Flushes {
-            state: Mutex::default(),
-            served: Condvar::new(),
-            kick: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-        });
+        let flushes = Arc::new(ReadNow::new()?);
         let reader = {
             let counters = counters.clone();
             let flushes = flushes.clone();
@@ -134,28 +128,12 @@ impl DestroyListener {
     }
 }
 
-/// Asks for the notifications the kernel has queued to be read now, not after the batch pause
-/// (at stop: the closes of the last 100 ms must make the last window).
-struct Flushes {
-    state: Mutex<(u64, u64)>, // (requested, served)
-    served: Condvar,
-    kick: EventFd,
-}
-
 impl DestroyListener {
-    /// Has the reader read everything the kernel queued before this call, waiting at most
-    /// `limit`; whether it did.
+    /// Has the reader read everything the kernel queued before this call, not after its batch
+    /// pause (at stop: the closes of the last 100 ms must make the last window), waiting at
+    /// most `limit`; whether it did.
     pub fn flush(&self, limit: Duration) -> bool {
-        let f = &self.flushes;
-        let mut state = f.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 += 1;
-        let want = state.0;
-        let _ = f.kick.write(1);
-        let (state, _) = f
-            .served
-            .wait_timeout_while(state, limit, |s| s.1 < want)
-            .unwrap_or_else(|e| e.into_inner());
-        state.1 >= want
+        self.flushes.request(limit)
     }
 }
 
@@ -163,7 +141,7 @@ impl DestroyListener {
 struct Out<'a> {
     tx: QueueSender<Final>,
     counters: &'a DestroyCounters,
-    flushes: &'a Flushes,
+    flushes: &'a ReadNow,
 }
 
 fn read_loop(
@@ -186,14 +164,12 @@ fn read_loop(
     // than a pause's worth (8 MiB: ≈ 40,000 notifications).
     // A flush (the kick eventfd) cuts the pause short.
     loop {
-        if wake.either(socket.as_fd(), flushes.kick.as_fd()) == super::reader::Woken::Stopped {
+        if wake.either(socket.as_fd(), flushes.kick()) == Woken::Stopped
+            || wake.wait(flushes.kick(), Some(batch)) == Woken::Stopped
+        {
             return;
         }
-        if wake.wait(flushes.kick.as_fd(), Some(batch)) == super::reader::Woken::Stopped {
-            return;
-        }
-        let _ = flushes.kick.read();
-        let requested = flushes.state.lock().unwrap_or_else(|e| e.into_inner()).0;
+        let requested = flushes.begin();
         // Everything queued, then poll again.
         loop {
             let n = match socket.recv(&mut &mut buf[..], 0) {
@@ -236,8 +212,7 @@ fn read_loop(
                 .unparsable
                 .fetch_add(stats.unparsable, Ordering::Relaxed);
         }
-        flushes.state.lock().unwrap_or_else(|e| e.into_inner()).1 = requested;
-        flushes.served.notify_all();
+        flushes.served(requested);
     }
 }
 

@@ -30,18 +30,17 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::procinfo::ProcessInfo;
 use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
-use super::reader::{Reader, Wake, Woken};
+use super::reader::{ReadNow, Reader, Wake, Woken};
 
 /// The compiled programs (bpf/build.sh; tests/bpf_object.rs checks it matches its source).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/depmap.bpf.o");
@@ -183,22 +182,6 @@ pub struct EventCounters {
     pub unparsable: AtomicU64,
 }
 
-/// Drains asked for by the poll loop ([`EventSource::drain_now`]) and done, and a wake-up for
-/// those waiting for one.
-struct Drains {
-    state: Mutex<DrainState>,
-    changed: Condvar,
-    /// Written to ask the reader for a drain now (it also waits on this).
-    kick: EventFd,
-}
-
-#[derive(Default)]
-struct DrainState {
-    requested: u64,
-    /// The latest request whose drain began after it was made, and has ended.
-    served: u64,
-}
-
 /// The running source: programs attached, reader draining.
 pub struct EventSource {
     /// One item per drain of the ring.
@@ -207,7 +190,7 @@ pub struct EventSource {
     /// Whether response times and the owners of accepted sockets come from events (the
     /// send/recv tracepoints exist here), or why not.
     pub timing: Result<(), String>,
-    drains: Arc<Drains>,
+    drains: Arc<ReadNow>,
     // Dropping it stops the reader, which drops the programs: they are detached.
     _reader: Reader,
 }
@@ -259,13 +242,7 @@ impl EventSource {
         let losses: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "losses")?;
         let (tx, queue) = bounded(QUEUE_MAX);
         let counters = Arc::new(EventCounters::default());
-        let kick = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|e| LoadError::Thread(e.into()))?;
-        let drains = Arc::new(Drains {
-            state: Mutex::default(),
-            changed: Condvar::new(),
-            kick,
-        });
+        let drains = Arc::new(ReadNow::new().map_err(LoadError::Thread)?);
         let mut drain = Drain {
             drains: drains.clone(),
             ring,
@@ -292,16 +269,7 @@ impl EventSource {
     /// began after this call has ended: every event the kernel emitted before the call is
     /// then in the queue. Whether it was.
     pub fn drain_now(&self, limit: Duration) -> bool {
-        let mut state = self.drains.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.requested += 1;
-        let want = state.requested;
-        let _ = self.drains.kick.write(1);
-        let (state, _) = self
-            .drains
-            .changed
-            .wait_timeout_while(state, limit, |s| s.served < want)
-            .unwrap_or_else(|e| e.into_inner());
-        state.served >= want
+        self.drains.request(limit)
     }
 }
 
@@ -341,7 +309,7 @@ fn ticks_per_second() -> u64 {
 
 /// The reader thread's side.
 struct Drain {
-    drains: Arc<Drains>,
+    drains: Arc<ReadNow>,
     ring: RingBuf<MapData>,
     losses: PerCpuArray<MapData, u64>,
     tx: QueueSender<Vec<KernelEvent>>,
@@ -357,7 +325,7 @@ impl Drain {
     fn run(&mut self, wake: &Wake) {
         // Woken only by the programs' forced wake-ups, not by events that wait in the ring.
         let edges = match wake.edges(self.ring.as_fd()).and_then(|e| {
-            e.also_readable(self.drains.kick.as_fd())?;
+            e.also_readable(self.drains.kick())?;
             Ok(e)
         }) {
             Ok(edges) => edges,
@@ -372,20 +340,9 @@ impl Drain {
                 return;
             }
             // The requests made before this drain begins are served by it.
-            let _ = self.drains.kick.read();
-            let requested = self
-                .drains
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .requested;
+            let requested = self.drains.begin();
             self.drain();
-            self.drains
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .served = requested;
-            self.drains.changed.notify_all();
+            self.drains.served(requested);
             if self.losses_read.elapsed() >= LOSS_READ_PERIOD {
                 self.read_losses();
             }

@@ -15,8 +15,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -134,6 +134,58 @@ impl Wake {
                 }
             }
         }
+    }
+}
+
+/// Another thread's request that a reader read what is queued now, not after its batch pause
+/// or drain timer, and the wait for that read: a kick eventfd the reader also waits on, and the
+/// last request a finished read served (the destroy reader at stop; the event reader before a
+/// full dump and at stop).
+pub struct ReadNow {
+    /// (requested, served)
+    state: Mutex<(u64, u64)>,
+    served: Condvar,
+    kick: EventFd,
+}
+
+impl ReadNow {
+    pub fn new() -> io::Result<ReadNow> {
+        Ok(ReadNow {
+            state: Mutex::default(),
+            served: Condvar::new(),
+            kick: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// What the reader waits on besides its own file.
+    pub fn kick(&self) -> BorrowedFd<'_> {
+        self.kick.as_fd()
+    }
+
+    /// Asks for a read and waits at most `limit` until one that began after this call has
+    /// ended; whether it did.
+    pub fn request(&self, limit: Duration) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 += 1;
+        let want = state.0;
+        let _ = self.kick.write(1);
+        let (state, _) = self
+            .served
+            .wait_timeout_while(state, limit, |s| s.1 < want)
+            .unwrap_or_else(|e| e.into_inner());
+        state.1 >= want
+    }
+
+    /// The reader, before it reads: the requests this read will serve.
+    pub fn begin(&self) -> u64 {
+        let _ = self.kick.read();
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// The reader, after it read: the requests up to `begun` (from [`ReadNow::begin`]) are served.
+    pub fn served(&self, begun: u64) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = begun;
+        self.served.notify_all();
     }
 }
 
@@ -281,6 +333,24 @@ mod tests {
             wakes.recv_timeout(Duration::from_secs(5)),
             Ok(Woken::Readable)
         );
+        assert!(reader.stop(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_read_asked_for_is_waited_for_until_one_begun_after_it_ends() {
+        let now = Arc::new(ReadNow::new().unwrap());
+        assert!(!now.request(Duration::from_millis(20)), "nobody reads yet");
+        let r = now.clone();
+        let mut reader = Reader::spawn("test-read-now", move |wake| {
+            // Sleeps an hour unless asked.
+            while wake.wait(r.kick(), Some(Duration::from_secs(3600))) == Woken::Readable {
+                let begun = r.begin();
+                r.served(begun);
+            }
+        })
+        .unwrap();
+        assert!(now.request(Duration::from_secs(5)));
+        assert!(now.request(Duration::from_secs(5)));
         assert!(reader.stop(Duration::from_secs(5)));
     }
 
