@@ -126,6 +126,8 @@ pub fn run_loop(
     let mut service = ServiceManager::from_env();
     let mut out = Output::new(sink, metrics.clone());
     agent.poll();
+    // Scrapes between READY and the first tick see the baseline poll, not an empty registry.
+    metrics.set_agent(agent.self_counters());
     let now = SystemTime::now();
     out.send(agent.inventory(now));
     // The running [collect] settings; replaced only by a reload.
