@@ -65,6 +65,19 @@ fn by_process(
     out
 }
 
+/// LinksEstablished of the outbound connections to `port`, by ProcessName ("null": none).
+fn links_by_name(records: &[Value], port: u16) -> BTreeMap<String, i64> {
+    let mut by_name = BTreeMap::new();
+    for r in of_type(records, "VMConnection")
+        .into_iter()
+        .filter(|r| outbound_to(port)(r))
+    {
+        let name = r["ProcessName"].as_str().unwrap_or("null").to_string();
+        *by_name.entry(name).or_insert(0) += r["LinksEstablished"].as_i64().unwrap();
+    }
+    by_name
+}
+
 fn outbound_to(port: u16) -> impl Fn(&Value) -> bool {
     move |r: &Value| r["Direction"] == "outbound" && r["DestinationPort"] == port
 }
@@ -167,14 +180,7 @@ fn short_lived_curl_processes_are_credited_to_curl() {
     }
     assert!(dm.wait_terminated("outbound", i64::from(port), 100));
     let records = dm.stop();
-    let mut by_name: BTreeMap<String, i64> = BTreeMap::new();
-    for r in of_type(&records, "VMConnection")
-        .into_iter()
-        .filter(|r| outbound_to(port)(r))
-    {
-        let name = r["ProcessName"].as_str().unwrap_or("null").to_string();
-        *by_name.entry(name).or_insert(0) += r["LinksEstablished"].as_i64().unwrap();
-    }
+    let by_name = links_by_name(&records, port);
     println!("100 curl runs credited: {by_name:?}");
     let curl = by_name.get("curl").copied().unwrap_or(0);
     let null = by_name.get("null").copied().unwrap_or(0);
@@ -218,14 +224,7 @@ fn a_connection_after_an_exec_is_credited_to_the_new_executable() {
     );
     assert!(dm.wait_terminated("outbound", i64::from(port), 2));
     let records = dm.stop();
-    let mut by_name: BTreeMap<String, i64> = BTreeMap::new();
-    for r in of_type(&records, "VMConnection")
-        .into_iter()
-        .filter(|r| outbound_to(port)(r))
-    {
-        let name = r["ProcessName"].as_str().unwrap_or("null").to_string();
-        *by_name.entry(name).or_insert(0) += r["LinksEstablished"].as_i64().unwrap();
-    }
+    let by_name = links_by_name(&records, port);
     println!("before and after the exec: {by_name:?}");
     assert_eq!(by_name.get("curl"), Some(&1), "{by_name:?}");
     let python: i64 = by_name

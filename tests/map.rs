@@ -702,6 +702,21 @@ fn records_of(dir: &Path) -> Vec<(String, Vec<Value>)> {
     out
 }
 
+/// `depmap map` on the test's ClickHouse server as the `depmap` user.
+fn map_from_clickhouse(ns: &Netns, password: &Path) -> Command {
+    let mut cmd = ns.command(DEPMAP);
+    cmd.args([
+        "map",
+        "--clickhouse",
+        &format!("http://127.0.0.1:{}", common::clickhouse::CH_PORT),
+        "--clickhouse-user",
+        "depmap",
+        "--clickhouse-password-file",
+    ])
+    .arg(password);
+    cmd
+}
+
 /// The same records in the ClickHouse sink's tables (a real server in the test's namespace)
 /// give the same map: `depmap map --clickhouse` equals `depmap map --dir`.
 #[test]
@@ -735,17 +750,7 @@ fn clickhouse_gives_the_map_the_files_give() {
     }
     let password = dir.0.join("password");
     std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
-    let from_clickhouse = ns
-        .command(DEPMAP)
-        .args([
-            "map",
-            "--clickhouse",
-            &format!("http://127.0.0.1:{CH_PORT}"),
-            "--clickhouse-user",
-            "depmap",
-            "--clickhouse-password-file",
-        ])
-        .arg(&password)
+    let from_clickhouse = map_from_clickhouse(&ns, &password)
         .args(["--since", SINCE, "--until", UNTIL, "--format", "json"])
         .output()
         .unwrap();
@@ -863,19 +868,7 @@ fn clickhouse_gives_the_map_the_files_give() {
     );
     // A wrong password, and a server that is not there: one line, exit 1.
     std::fs::write(&password, "wrong\n").unwrap();
-    let refused = ns
-        .command(DEPMAP)
-        .args([
-            "map",
-            "--clickhouse",
-            &format!("http://127.0.0.1:{CH_PORT}"),
-            "--clickhouse-user",
-            "depmap",
-            "--clickhouse-password-file",
-        ])
-        .arg(&password)
-        .output()
-        .unwrap();
+    let refused = map_from_clickhouse(&ns, &password).output().unwrap();
     let err = one_line_error(&refused, 1);
     assert!(
         err.contains("cannot read VMComputer from ClickHouse") && err.contains("HTTP"),

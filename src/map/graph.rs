@@ -95,6 +95,14 @@ impl Graph {
     pub fn node(&self, id: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.id == id)
     }
+
+    /// A machine's name (its id when it has none).
+    pub fn machine_name(&self, id: &str) -> String {
+        self.machines
+            .iter()
+            .find(|m| m.id == id)
+            .map_or(id.to_string(), |m| m.name.clone())
+    }
 }
 
 /// Which machines the map is of: ids (`m-…`) or names, as given to `--machine`; empty: all.

@@ -291,12 +291,7 @@ pub fn dot(g: &Graph) -> String {
 /// detail__*) and `edges` (id, source, target, mainstat, secondarystat).
 pub fn json(g: &Graph) -> String {
     use serde_json::json;
-    let machine_name = |id: &str| {
-        g.machines
-            .iter()
-            .find(|m| m.id == id)
-            .map_or(id.to_string(), |m| m.name.clone())
-    };
+    let machine_name = |id: &str| g.machine_name(id);
     let nodes: Vec<_> = g
         .nodes
         .iter()
@@ -378,12 +373,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 pub fn csv(g: &Graph) -> Result<String, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(CSV_HEADER)?;
-    let machine_name = |id: &str| {
-        g.machines
-            .iter()
-            .find(|m| m.id == id)
-            .map_or(id.to_string(), |m| m.name.clone())
-    };
+    let machine_name = |id: &str| g.machine_name(id);
     for e in &g.edges {
         let (Some(s), Some(t)) = (g.node(&e.source), g.node(&e.target)) else {
             continue;
