@@ -112,6 +112,10 @@ struct owner_event {
 	__u64 start_ns;
 	__u64 cgroup;
 	char comm[16];
+	// The thread that made the call: the reader checks that /proc/TGID/task/TID still has
+	// this comm (an exec between the event and the read would have changed it).
+	__u32 tid;
+	__u32 _pad;
 };
 
 // RESPONSE: one exchange's response time.
@@ -229,6 +233,8 @@ static __always_inline int owner(__u32 kind, __u64 cookie, __u64 flags)
 	e->start_ns = start_ns;
 	e->cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->tid = (__u32)pid_tgid;
+	e->_pad = 0;
 	// A fresh connect wakes the reader: /proc is read while the process lives (a curl is
 	// gone 20 ms after its connect). Everything else waits for the next drain.
 	bpf_ringbuf_submit(e, fresh && (flags & FORCE_WAKEUP) ? FORCE_WAKEUP : NO_WAKEUP);

@@ -74,7 +74,7 @@ const OWNER: u32 = 2;
 const RESPONSE: u32 = 3;
 const CLOSED: u32 = 4;
 /// Sizes of `struct owner_event`, `struct response_event` and `struct closed_event`.
-const OWNER_EVENT_LEN: usize = 56;
+const OWNER_EVENT_LEN: usize = 64;
 const RESPONSE_EVENT_LEN: usize = 24;
 const CLOSED_EVENT_LEN: usize = 16;
 
@@ -150,6 +150,8 @@ pub struct EventProcess {
     pub cgroup_id: u64,
     /// The name of the thread that made the call.
     pub comm: String,
+    /// That thread.
+    pub tid: u32,
     /// /proc of that very process (same start time), read when the event arrived.
     pub info: Option<Arc<ProcessInfo>>,
 }
@@ -429,6 +431,7 @@ fn decode(b: &[u8], ticks_per_second: u64) -> Option<(KernelEvent, bool)> {
                     start_ticks: start_ns / (1_000_000_000 / ticks_per_second.max(1)),
                     cgroup_id: u64_at(32)?,
                     comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+                    tid: u32_at(56)?,
                     info: None,
                 },
             };
@@ -453,7 +456,10 @@ fn decode(b: &[u8], ticks_per_second: u64) -> Option<(KernelEvent, bool)> {
 }
 
 /// Processes read from /proc for owner events, reused for a while (a client making many
-/// connections is read once).
+/// connections is read once). A read is used only if the calling thread still has the name
+/// the event carried: a process that exec'd between its connect and the read (measured: a
+/// python3 that connected and exec'd curl within a millisecond, read after the exec) would
+/// otherwise lend the new executable to the old connection.
 struct ProcessCache {
     proc_root: PathBuf,
     read: HashMap<(u32, u64), (Instant, Arc<ProcessInfo>)>,
@@ -464,6 +470,23 @@ impl ProcessCache {
         ProcessCache {
             proc_root,
             read: HashMap::new(),
+        }
+    }
+
+    /// Whether the process read is the one the event saw: its thread still has the event's
+    /// name (/proc/TGID/task/TID/comm). A thread that has exited since (a server's worker)
+    /// cannot be asked; then the process's own name must be the event's (an exec renames
+    /// it: python3 → curl), else the read is not used.
+    fn unchanged_since(&self, p: &EventProcess, info: &ProcessInfo) -> bool {
+        let path = self
+            .proc_root
+            .join(p.tgid.to_string())
+            .join("task")
+            .join(p.tid.to_string())
+            .join("comm");
+        match std::fs::read(path) {
+            Ok(name) => name.trim_ascii_end() == p.comm.as_bytes(),
+            Err(_) => info.comm == p.comm,
         }
     }
 
@@ -480,6 +503,7 @@ impl ProcessCache {
         }
         let Some(info) = ProcessInfo::read(&self.proc_root, p.tgid, None)
             .filter(|info| info.start_ticks == p.start_ticks)
+            .filter(|info| self.unchanged_since(p, info))
             .map(Arc::new)
         else {
             // What was read before may describe the executable before an exec.
@@ -514,6 +538,8 @@ mod tests {
         let mut c = [0u8; 16];
         c[..comm.len()].copy_from_slice(comm);
         b.extend(c);
+        b.extend((tgid + 1).to_ne_bytes());
+        b.extend(0u32.to_ne_bytes());
         b
     }
 
@@ -539,7 +565,7 @@ mod tests {
         );
         // 12.345678901 s after boot is tick 1234 at 100 Hz, as /proc/PID/stat says.
         assert_eq!(process.start_ticks, 1234);
-        assert_eq!(process.comm, "curl");
+        assert_eq!((process.comm.as_str(), process.tid), ("curl", 43));
 
         let b = owner_bytes(OWNER, 7, 3, 0, b"0123456789abcdef");
         let Some((KernelEvent::Owner { role, process, .. }, false)) = decode(&b, 100) else {

@@ -487,6 +487,7 @@ mod tests {
             start_ticks,
             cgroup_id: 1,
             comm: comm.into(),
+            tid: pid,
             info: info.map(std::sync::Arc::new),
         }
     }
