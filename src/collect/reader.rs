@@ -79,19 +79,10 @@ impl Wake {
         let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         let mut events = [EpollEvent::empty(); 2];
         loop {
-            match edges.epoll.wait(&mut events, timeout) {
-                Ok(0) => return Woken::TimedOut,
-                Ok(n) => {
-                    if events[..n].iter().any(|e| e.data() == STOP) {
-                        return Woken::Stopped;
-                    }
-                    return Woken::Readable;
-                }
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "a kernel reader cannot wait for its socket; it stops");
-                    return Woken::Stopped;
-                }
+            let waited = edges.epoll.wait(&mut events, timeout);
+            let stop = |n: usize| events[..n].iter().any(|e| e.data() == STOP);
+            if let Some(woken) = outcome(waited, stop) {
+                return woken;
             }
         }
     }
@@ -118,21 +109,26 @@ impl Wake {
                 .chain(watched.iter().copied())
                 .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
                 .collect();
-            match poll(&mut fds, timeout) {
-                Ok(0) => return Woken::TimedOut,
-                Ok(_) => {
-                    if fds[0].any().unwrap_or(false) {
-                        return Woken::Stopped;
-                    }
-                    return Woken::Readable;
-                }
-                // A signal: wait again (a timeout restarts: the waits are short or none).
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "a kernel reader cannot wait for its socket; it stops");
-                    return Woken::Stopped;
-                }
+            let polled = poll(&mut fds, timeout).map(|n| n as usize);
+            if let Some(woken) = outcome(polled, |_| fds[0].any().unwrap_or(false)) {
+                return woken;
             }
+        }
+    }
+}
+
+/// What a wait that returned `waited` (ready count) means: `None` after a signal (wait again:
+/// a timeout restarts, the waits are short or none); `stopped(n)` says whether stop is among
+/// the `n` ready. An error that is not a signal ends the reader, logged.
+fn outcome(waited: nix::Result<usize>, stopped: impl FnOnce(usize) -> bool) -> Option<Woken> {
+    match waited {
+        Ok(0) => Some(Woken::TimedOut),
+        Ok(n) if stopped(n) => Some(Woken::Stopped),
+        Ok(_) => Some(Woken::Readable),
+        Err(Errno::EINTR) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "a kernel reader cannot wait for its socket; it stops");
+            Some(Woken::Stopped)
         }
     }
 }
