@@ -187,8 +187,10 @@ struct {
 	__type(value, __u64);
 } losses SEC(".maps");
 
-// Set at load: the network namespace (inode) whose sockets are followed.
+// Set at load: the network namespace (inode) whose sockets are followed, or every one when
+// all_netns is set (collect.namespaces = "all").
 const volatile __u32 netns_ino = 0;
+const volatile __u32 all_netns = 0;
 
 static __always_inline void lost(__u32 which)
 {
@@ -204,7 +206,7 @@ static __always_inline int followed(const struct sock *sk)
 		return 0;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == netns_ino;
+	return all_netns || BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == netns_ino;
 }
 
 static __always_inline int owner(__u32 kind, __u64 cookie, __u64 flags)

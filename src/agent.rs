@@ -69,6 +69,8 @@ pub struct Capabilities {
     pub azure_metadata: Availability,
     /// Passive DNS capture, or why it does not run.
     pub dns_capture: Availability,
+    /// Other network namespaces (`collect.namespaces`): how many are followed, or why none.
+    pub namespaces: Availability,
 }
 
 /// Counters of the agent's own work and losses.
@@ -123,7 +125,11 @@ impl Agent {
     /// Opens the kernel interfaces. Fails only when sock_diag itself is unusable; everything
     /// else degrades and is reported in [`Capabilities`].
     pub fn start(config: Config) -> Result<Agent, StartError> {
-        let sources = Sources::open(config.collect.ipv6, config.collect.events)?;
+        let sources = Sources::open(
+            config.collect.ipv6,
+            config.collect.events,
+            config.collect.namespaces,
+        )?;
         let facts = HostFacts::read();
         let agent_id = identity::agent_id(
             &config.agent.agent_id,
@@ -190,6 +196,7 @@ impl Agent {
             destroy_rcvbuf: s.destroy_rcvbuf,
             azure_metadata: self.inventory.azure_metadata.clone(),
             dns_capture: self.enricher.dns_status.clone(),
+            namespaces: s.namespaces.clone(),
         }
     }
 
@@ -519,7 +526,7 @@ impl Agent {
                             .tracker
                             .key_of(s.cookie)
                             .is_some_and(|k| k.direction == Direction::Inbound)
-                        && let Some(pool) = self.attribution.closed_inbound(s.local)
+                        && let Some(pool) = self.attribution.closed_inbound(s.netns, s.local)
                     {
                         self.tracker.attribute(s.cookie, pool);
                     }
@@ -657,9 +664,13 @@ impl Agent {
         if old.collect.events != new.collect.events {
             restart.push("collect.events");
         }
+        if old.collect.namespaces != new.collect.namespaces {
+            restart.push("collect.namespaces");
+        }
         let mut collect = new.collect.clone();
         collect.ipv6 = old.collect.ipv6;
         collect.events = old.collect.events;
+        collect.namespaces = old.collect.namespaces;
         collect.max_connections = old.collect.max_connections;
         collect.max_pools = old.collect.max_pools;
         self.config.collect = collect;
@@ -734,6 +745,18 @@ impl Agent {
             ("dns_unparsable_packets_total", dns.unparsable),
             ("dns_dropped_packets_total", dns.dropped),
             ("dns_cache_bytes", dns.cache_bytes),
+            ("namespaces_followed", k.namespaces_followed),
+            ("namespaces_entered_total", k.namespaces.entered),
+            ("namespaces_left_total", k.namespaces.left),
+            (
+                "namespace_enter_failures_total",
+                k.namespaces.enter_failures,
+            ),
+            ("namespaces_over_cap_total", k.namespaces.over_cap),
+            (
+                "namespace_unreadable_processes_total",
+                k.namespaces.unreadable,
+            ),
         ]
     }
 

@@ -45,6 +45,9 @@ pub struct EnrichConfig {
     /// Reverse (PTR) lookups of addresses no captured answer named (they send DNS queries).
     pub reverse_lookups: bool,
     pub reverse_lookups_per_second: u32,
+    /// Where Docker keeps its containers' state: `containers/<id>/config.v2.json` names a
+    /// container (VMProcess `Group`).
+    pub docker_dir: PathBuf,
 }
 
 impl Default for EnrichConfig {
@@ -60,6 +63,7 @@ impl Default for EnrichConfig {
             dns_cache_bytes: 16 << 20,
             reverse_lookups: false,
             reverse_lookups_per_second: 5,
+            docker_dir: PathBuf::from("/var/lib/docker"),
         }
     }
 }
@@ -125,6 +129,17 @@ pub enum EventsMode {
     Off,
 }
 
+/// Which network namespaces are read (`collect.namespaces`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespacesMode {
+    /// depmap's own only (needs no CAP_SYS_ADMIN).
+    Own,
+    /// Every network namespace of the host (containers): needs CAP_SYS_ADMIN (setns) and
+    /// CAP_SYS_PTRACE.
+    All,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectConfig {
@@ -155,6 +170,8 @@ pub struct CollectConfig {
     pub processes: ProcessScope,
     /// The kernel event source: owners of short connections, exact response times.
     pub events: EventsMode,
+    /// Network namespaces read: depmap's own, or every one (containers).
+    pub namespaces: NamespacesMode,
 }
 
 impl CollectConfig {
@@ -182,6 +199,7 @@ impl Default for CollectConfig {
             ipv6: true,
             processes: ProcessScope::Connected,
             events: EventsMode::Auto,
+            namespaces: NamespacesMode::Own,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::collect::containers::{self, ContainerNames};
 use crate::collect::host::HostFacts;
 use crate::collect::imds::{self, Compute, non_empty};
 use crate::collect::packages::PackageDb;
@@ -22,6 +23,7 @@ use crate::track::pools::Pool;
 /// The sources of the inventory records (see the module comment).
 pub struct Inventory {
     packages: PackageDb,
+    containers: ContainerNames,
     clock: Clock,
     /// Azure instance metadata, once it answered; whether to ask it (again); when it was.
     azure: Option<Compute>,
@@ -44,6 +46,7 @@ impl Inventory {
         };
         let mut inv = Inventory {
             packages: PackageDb::new(),
+            containers: ContainerNames::new(config.docker_dir.clone()),
             clock: Clock::read(facts),
             azure: None,
             ask_imds,
@@ -108,6 +111,7 @@ impl Inventory {
             identity,
             pool,
             &mut self.packages,
+            &mut self.containers,
             &self.clock,
             listening_ports,
             now,
@@ -271,15 +275,35 @@ pub fn process_record(
     id: &Identity,
     pool: &Pool,
     packages: &mut PackageDb,
+    names: &mut ContainerNames,
     clock: &Clock,
     listening_ports: &[u16],
     now: SystemTime,
 ) -> Record {
+    let container = pool.cgroup.as_deref().and_then(containers::from_cgroup);
+    // A container's executable path is in the container's file system: the host's package
+    // database does not describe it.
     let package = pool
         .executable_path
         .as_deref()
+        .filter(|_| container.is_none())
         .and_then(|p| packages.lookup(p));
     let unit = pool.cgroup.as_deref().and_then(systemd_unit);
+    // In a container: Group is the container (its name, else its short id) and Services its
+    // full id as `runtime://id` (README "Containers").
+    let (group, services) = match &container {
+        Some(c) => (
+            Some(names.name(c).unwrap_or_else(|| c.short().to_string())),
+            Some(vec![c.uri()]),
+        ),
+        None => (
+            package
+                .as_ref()
+                .map(|p| p.name.clone())
+                .or_else(|| unit.clone()),
+            unit.map(|u| vec![u]),
+        ),
+    };
     let oldest = pool.oldest();
     Record::Process(Box::new(VmProcess {
         origin: Origin {
@@ -291,15 +315,12 @@ pub fn process_record(
         executable_name: pool.executable_name.clone(),
         executable_path: pool.executable_path.clone(),
         first_pid: oldest.map(|(_, pid)| pid as i32),
-        group: package
-            .as_ref()
-            .map(|p| p.name.clone())
-            .or_else(|| unit.clone()),
+        group,
         process: pool.id.to_string(),
         product_name: package.as_ref().map(|p| p.name.clone()),
         product_version: package.as_ref().map(|p| p.version.clone()),
         role: infer_role(&pool.executable_name, listening_ports).map(str::to_string),
-        services: unit.map(|u| vec![u]),
+        services,
         start_time: oldest.map(|(ticks, _)| datetime(clock.start_time(ticks))),
         user_name: pool.user_name.clone(),
         working_directory: pool.working_directory.clone(),

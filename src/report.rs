@@ -13,7 +13,8 @@ pub fn capabilities(c: &Capabilities) -> String {
     let mut out = String::from("depmap capability report\n");
     let line = |out: &mut String, name: &str, r: &Availability, cost: &str, fix: &str| {
         let _ = match r {
-            Availability::Available(_) => writeln!(out, "  [ok]   {name}"),
+            Availability::Available(found) if found.is_empty() => writeln!(out, "  [ok]   {name}"),
+            Availability::Available(found) => writeln!(out, "  [ok]   {name}: {found}"),
             Availability::Unavailable(e) => writeln!(
                 out,
                 "  [--]   {name}: {e}\n         missing: {cost}\n         fix: {fix}"
@@ -69,6 +70,13 @@ pub fn capabilities(c: &Capabilities) -> String {
             "  [--]   response times: tcp_info estimates (no kernel event source)"
         ),
     };
+    line(
+        &mut out,
+        "other network namespaces (containers)",
+        &c.namespaces,
+        "the connections and listening ports of processes in other network namespaces (containers)",
+        "collect.namespaces = \"all\" with CAP_SYS_ADMIN and CAP_SYS_PTRACE (README \"Containers\": the drop-in)",
+    );
     let (readable, total) = c.proc_fd_readable;
     if readable == total {
         let _ = writeln!(

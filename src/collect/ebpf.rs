@@ -111,14 +111,7 @@ pub fn missing_capabilities() -> Vec<&'static str> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let effective = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .unwrap_or(0);
+    let effective = super::procinfo::effective_capabilities();
     let has = |cap: u32| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) {
         return Vec::new();
@@ -205,8 +198,9 @@ const EXEC: &str = "exec";
 
 impl EventSource {
     /// Loads and attaches the programs and starts the reader. `proc_root` is where owners'
-    /// processes are read.
-    pub fn start(proc_root: PathBuf) -> Result<EventSource, LoadError> {
+    /// processes are read; `all_namespaces`: the sockets of every network namespace are
+    /// followed, not only depmap's (`collect.namespaces = "all"`).
+    pub fn start(proc_root: PathBuf, all_namespaces: bool) -> Result<EventSource, LoadError> {
         let netns = std::fs::metadata("/proc/self/ns/net")
             .map_err(LoadError::Netns)?
             .ino() as u32;
@@ -214,6 +208,7 @@ impl EventSource {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("netns_ino", &netns, true)
+            .override_global("all_netns", &u32::from(all_namespaces), true)
             .map_max_entries("events", RING_BYTES)
             .map_max_entries("conns", MAX_SOCKETS)
             .load(OBJECT)
@@ -631,7 +626,7 @@ mod kernel_tests {
     /// sees this process connect, serve and answer on loopback.
     #[test]
     fn the_programs_load_and_see_this_process_connect_and_answer() {
-        let source = EventSource::start(PathBuf::from("/proc"))
+        let source = EventSource::start(PathBuf::from("/proc"), false)
             .unwrap_or_else(|e| panic!("the event source cannot load here: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

@@ -145,6 +145,19 @@ pub fn parse_status_uid(status: &str) -> Option<u32> {
         .and_then(|u| u.parse().ok())
 }
 
+/// depmap's own effective capabilities (the `CapEff:` mask of /proc/self/status; 0 when
+/// unreadable).
+pub fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The cgroup v2 path (`0::/path`), else the first hierarchy's path.
 pub fn parse_cgroup(text: &str) -> Option<String> {
     let mut first = None;

@@ -80,6 +80,9 @@ pub struct TcpSample {
     pub inode: u32,
     /// `tcp_info`, absent when the kernel sent none or one we could not read.
     pub counters: Option<TcpCounters>,
+    /// The network namespace it was read in (`collect::namespaces::NetnsId`; 0: depmap's
+    /// own). Set by whoever read it: a kernel message does not say.
+    pub netns: u64,
 }
 
 impl TcpSample {
@@ -354,6 +357,7 @@ fn parse_sample(payload: &[u8]) -> Option<TcpSample> {
         uid: h.uid,
         inode: h.inode,
         counters,
+        netns: 0,
     })
 }
 

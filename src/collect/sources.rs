@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use super::destroy::{self, DestroyListener, Final, fin_received};
 use super::ebpf::{EventSource, KernelEvent, LoadError};
+use super::namespaces::{DestroySettings, NamespaceCounters, Namespaces, NetnsId, SCAN_PERIOD};
 use super::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
 use super::sockdiag::{Family, SockDiag, TcpSample};
-use crate::config::EventsMode;
+use crate::config::{EventsMode, NamespacesMode};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 
 /// The capability line while the proc connector subscription is still on its way.
@@ -64,6 +65,8 @@ pub struct SourceStatus {
     pub event_timing: Availability,
     /// Receive buffer of the destroy-notification socket (0: no subscription).
     pub destroy_rcvbuf: usize,
+    /// Other network namespaces (`collect.namespaces`): how many are followed, or why none.
+    pub namespaces: Availability,
 }
 
 /// Counters of the readers' work and losses.
@@ -81,6 +84,9 @@ pub struct SourceCounters {
     pub kernel_events_map_full: u64,
     pub kernel_events_queue_full: u64,
     pub kernel_events_unparsable: u64,
+    pub namespaces: NamespaceCounters,
+    /// Other namespaces followed now.
+    pub namespaces_followed: u64,
 }
 
 /// One dump (its sockets went to the caller's buffer).
@@ -116,6 +122,7 @@ const EVENTS_COST: &str = "the processes of connections that open and close betw
 /// off or cannot run under `auto`.
 fn start_events(
     mode: EventsMode,
+    all_namespaces: bool,
 ) -> Result<(Option<EventSource>, Availability, Availability), StartError> {
     if mode == EventsMode::Off {
         let why = "off (collect.events = \"off\")".to_string();
@@ -125,7 +132,7 @@ fn start_events(
             Availability::Unavailable(why),
         ));
     }
-    match EventSource::start("/proc".into()) {
+    match EventSource::start("/proc".into(), all_namespaces) {
         Ok(source) => {
             let timing = match &source.timing {
                 Ok(()) => Availability::YES,
@@ -171,6 +178,10 @@ fn events_unavailable(e: &LoadError) -> String {
 pub struct Sources {
     diag: SockDiag,
     destroys: Option<DestroyListener>,
+    /// The other network namespaces' readers, with `collect.namespaces = "all"`.
+    namespaces: Option<Namespaces>,
+    /// When they were last looked for.
+    namespaces_scanned: Option<Instant>,
     proc_events: Option<ProcEvents>,
     events: Option<EventSource>,
     /// What CLOSED events said of sockets whose destroy notification is still to come.
@@ -181,8 +192,11 @@ pub struct Sources {
     epoch: Instant,
     pub status: SourceStatus,
     counters: SourceCounters,
-    /// Finals taken from the queue by [`Sources::wait_for_final`], handed out first.
+    /// Finals taken from the queues by [`Sources::wait_for_final`] and of namespaces gone,
+    /// handed out first.
     waited: Vec<Final>,
+    /// Destroy notifications received and dropped by the readers of namespaces gone.
+    gone_destroy_counts: (u64, u64),
     reported_overruns: u64,
     reported_event_losses: u64,
     event_loss_log: Throttle,
@@ -193,7 +207,11 @@ pub struct Sources {
 impl Sources {
     /// Opens the readers. Fails only when sock_diag itself is unusable; everything else
     /// degrades and is reported in [`SourceStatus`].
-    pub fn open(ipv6: bool, events: EventsMode) -> Result<Sources, StartError> {
+    pub fn open(
+        ipv6: bool,
+        events: EventsMode,
+        namespaces: NamespacesMode,
+    ) -> Result<Sources, StartError> {
         let mut diag = SockDiag::open().map_err(StartError::Open)?;
         diag.dump(Family::V4, |_| {}).map_err(StartError::Dump)?;
         // IPv6 sockets are dumped even with `ipv6 = false`: a dual-stack (`::`) socket carries
@@ -204,7 +222,8 @@ impl Sources {
         };
         // Attached before the first (baseline) dump: every socket it does not hold was opened
         // under the programs' eyes.
-        let (events, kernel_events, event_timing) = start_events(events)?;
+        let (events, kernel_events, event_timing) =
+            start_events(events, namespaces == NamespacesMode::All)?;
         // With events, whether a closed socket had its peer's FIN comes from its CLOSED event.
         let fin_lookups = events.is_none();
         let batch = if events.is_some() {
@@ -212,8 +231,14 @@ impl Sources {
         } else {
             destroy::BATCH_PAUSE
         };
+        let settings = DestroySettings {
+            ipv6: sock_diag_v6.is_available(),
+            fin_lookups,
+            batch,
+        };
+        let (namespaces, namespaces_status) = follow_namespaces(namespaces, settings);
         let (destroys, destroy_events) =
-            match DestroyListener::start(sock_diag_v6.is_available(), fin_lookups, batch) {
+            match DestroyListener::start(settings.ipv6, fin_lookups, batch) {
                 Ok(d) => (Some(d), Availability::YES),
                 Err(e) => (
                     None,
@@ -232,7 +257,7 @@ impl Sources {
                 Availability::Unavailable(proc_connector_unavailable(&e.to_string())),
             ),
         };
-        Ok(Sources {
+        let mut sources = Sources {
             status: SourceStatus {
                 sock_diag: Availability::YES,
                 sock_diag_v6,
@@ -241,9 +266,12 @@ impl Sources {
                 kernel_events,
                 event_timing,
                 destroy_rcvbuf: destroys.as_ref().map_or(0, |d| d.rcvbuf),
+                namespaces: namespaces_status,
             },
             diag,
             destroys,
+            namespaces,
+            namespaces_scanned: None,
             proc_events,
             events,
             closed_fins: HashMap::new(),
@@ -251,12 +279,16 @@ impl Sources {
             epoch: Instant::now(),
             counters: SourceCounters::default(),
             waited: Vec::new(),
+            gone_destroy_counts: (0, 0),
             reported_overruns: 0,
             reported_event_losses: 0,
             event_loss_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             dump_failures: Throttle::new(PROBLEM_LOG_INTERVAL),
             overrun_log: Throttle::new(PROBLEM_LOG_INTERVAL),
-        })
+        };
+        // The first scan now: the capability report says what is followed from the start.
+        sources.rescan_namespaces();
+        Ok(sources)
     }
 
     /// Milliseconds on the sources' monotonic clock.
@@ -325,7 +357,7 @@ impl Sources {
             Some((fin, _)) => fin,
             None => {
                 self.counters.fin_lookups += 1;
-                fin_received(&mut self.diag, &f.sample)
+                self.fin_received(&f.sample)
             }
         }
     }
@@ -378,8 +410,11 @@ impl Sources {
     }
 
     /// Dumps every TCP socket of both families into `samples` (cleared first: the caller's
-    /// buffer is reused from poll to poll).
+    /// buffer is reused from poll to poll), of depmap's namespace and, with
+    /// `collect.namespaces = "all"`, of every other one (looked for again every
+    /// [`SCAN_PERIOD`]).
     pub fn dump(&mut self, samples: &mut Vec<TcpSample>) -> Dump {
+        self.rescan_namespaces();
         let begin = self.clock_ms();
         let mut complete = true;
         samples.clear();
@@ -388,18 +423,26 @@ impl Sources {
             families.push(Family::V6);
         }
         let ipv6 = self.ipv6;
-        for family in families {
-            match self.diag.dump(family, |s| {
-                if s.is_listener() || kept(ipv6, &s) {
-                    samples.push(s)
-                }
-            }) {
-                Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
-                Err(e) => {
-                    complete = false;
-                    self.counters.dump_errors += 1;
-                    if let Some(more) = self.dump_failures.ready() {
-                        tracing::warn!(error = %e, ?family, also_since_last_log = more, "sock_diag dump failed; this poll is partial");
+        let others = self
+            .namespaces
+            .iter_mut()
+            .flat_map(|n| n.followed.iter_mut().map(|(id, ns)| (*id, &mut ns.diag)));
+        let readers = std::iter::once((0, &mut self.diag)).chain(others);
+        for (netns, diag) in readers {
+            for &family in &families {
+                match diag.dump(family, |mut s| {
+                    if s.is_listener() || kept(ipv6, &s) {
+                        s.netns = netns;
+                        samples.push(s)
+                    }
+                }) {
+                    Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
+                    Err(e) => {
+                        complete = false;
+                        self.counters.dump_errors += 1;
+                        if let Some(more) = self.dump_failures.ready() {
+                            tracing::warn!(error = %e, ?family, netns, also_since_last_log = more, "sock_diag dump failed; this poll is partial");
+                        }
                     }
                 }
             }
@@ -410,39 +453,119 @@ impl Sources {
         }
     }
 
-    /// Whether the peer's FIN is in a socket's counters, when its state does not say (an
-    /// exact re-read).
-    pub fn fin_received(&mut self, s: &TcpSample) -> bool {
-        fin_received(&mut self.diag, s)
+    /// With `collect.namespaces = "all"`, once every [`SCAN_PERIOD`]: follows the namespaces
+    /// that appeared, and closes the readers of those gone (their last destroy notifications
+    /// are kept for [`Sources::finals`]).
+    fn rescan_namespaces(&mut self) {
+        let Some(namespaces) = &mut self.namespaces else {
+            return;
+        };
+        if self
+            .namespaces_scanned
+            .is_some_and(|at| at.elapsed() < SCAN_PERIOD)
+        {
+            return;
+        }
+        self.namespaces_scanned = Some(Instant::now());
+        for (id, ns) in namespaces.rescan() {
+            if let Some(d) = &ns.destroys {
+                d.flush(GONE_FLUSH_WAIT);
+                self.waited
+                    .extend(d.queue.try_iter().map(|f| in_netns(f, id)));
+                self.gone_destroy_counts.0 += d.counters.received.load(Ordering::Relaxed);
+                self.gone_destroy_counts.1 += d.counters.overruns.load(Ordering::Relaxed);
+            }
+        }
+        self.status.namespaces = namespaces_line(namespaces);
     }
 
-    /// An exact re-read of one socket; `None` once it closed.
+    /// The sock_diag socket reading namespace `netns`; `None` once it is no longer followed.
+    fn diag_of(&mut self, netns: NetnsId) -> Option<&mut SockDiag> {
+        if netns == 0 {
+            return Some(&mut self.diag);
+        }
+        let ns = self.namespaces.as_mut()?.followed.get_mut(&netns)?;
+        Some(&mut ns.diag)
+    }
+
+    /// Whether the peer's FIN is in a socket's counters, when its state does not say (an
+    /// exact re-read, in the socket's namespace).
+    pub fn fin_received(&mut self, s: &TcpSample) -> bool {
+        match self.diag_of(s.netns) {
+            Some(diag) => fin_received(diag, s),
+            // Its namespace is gone: taken as the usual close (see `destroy`).
+            None => true,
+        }
+    }
+
+    /// An exact re-read of one socket; `None` once it closed (or its namespace is gone).
     pub fn lookup(&mut self, s: &TcpSample) -> std::io::Result<Option<TcpSample>> {
-        let found = self.diag.lookup(s);
+        let netns = s.netns;
+        let Some(diag) = self.diag_of(netns) else {
+            return Ok(None);
+        };
+        let found = diag.lookup(s).map(|f| {
+            f.map(|mut f| {
+                f.netns = netns;
+                f
+            })
+        });
         if found.is_err() {
             self.counters.dump_errors += 1;
         }
         found
     }
 
-    /// Has the destroy reader read what the kernel queued before this call (not after its
-    /// batch pause), waiting at most `limit`.
+    /// Every destroy subscription: the own one and those of the other namespaces followed.
+    fn destroy_listeners(&self) -> impl Iterator<Item = (NetnsId, &DestroyListener)> {
+        let others = self.namespaces.iter().flat_map(|n| {
+            n.followed
+                .iter()
+                .filter_map(|(id, ns)| Some((*id, ns.destroys.as_ref()?)))
+        });
+        self.destroys.iter().map(|d| (0, d)).chain(others)
+    }
+
+    /// Has the destroy readers read what the kernel queued before this call (not after their
+    /// batch pause), waiting at most `limit` for each; whether all did.
     pub fn flush_finals(&self, limit: std::time::Duration) -> bool {
-        self.destroys.as_ref().is_some_and(|d| d.flush(limit))
+        let mut all = self.destroys.is_some();
+        for (_, d) in self.destroy_listeners() {
+            all &= d.flush(limit);
+        }
+        all
     }
 
     /// Waits at most `limit` for a destroy notification to arrive; whether one did (it is
     /// returned by the next [`Sources::finals`]).
     pub fn wait_for_final(&mut self, limit: std::time::Duration) -> bool {
-        let Some(d) = &self.destroys else {
-            return false;
-        };
-        match d.queue.recv_timeout(limit) {
-            Ok(f) => {
-                self.waited.push(f);
-                true
+        let deadline = Instant::now() + limit;
+        let followed = self
+            .namespaces
+            .as_ref()
+            .is_some_and(|n| !n.followed.is_empty());
+        loop {
+            let mut got = Vec::new();
+            for (netns, d) in self.destroy_listeners() {
+                got.extend(d.queue.try_iter().map(|f| in_netns(f, netns)));
             }
-            Err(_) => false,
+            if !got.is_empty() {
+                self.waited.extend(got);
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(own) = &self.destroys else {
+                return false;
+            };
+            if left.is_zero() {
+                return false;
+            }
+            // Several queues: looked at in slices; one: waited on.
+            let slice = if followed { left.min(WAIT_SLICE) } else { left };
+            if let Ok(f) = own.queue.recv_timeout(slice) {
+                self.waited.push(f);
+                return true;
+            }
         }
     }
 
@@ -450,12 +573,11 @@ impl Sources {
     /// `ipv6 = false`, IPv6 connections left out), with their close time on the sources'
     /// clock.
     pub fn finals(&mut self) -> Vec<(Final, u64)> {
-        let Some(d) = &self.destroys else {
-            return Vec::new();
-        };
         let mut finals = std::mem::take(&mut self.waited);
-        finals.extend(d.queue.try_iter());
-        let overruns = d.counters.overruns.load(Ordering::Relaxed);
+        for (netns, d) in self.destroy_listeners() {
+            finals.extend(d.queue.try_iter().map(|f| in_netns(f, netns)));
+        }
+        let overruns = self.counters().destroy_overruns;
         if overruns > self.reported_overruns && self.overrun_log.ready().is_some() {
             tracing::warn!(
                 overruns,
@@ -475,12 +597,11 @@ impl Sources {
     }
 
     pub fn counters(&self) -> SourceCounters {
-        let (destroy_received, destroy_overruns) = self.destroys.as_ref().map_or((0, 0), |d| {
-            (
-                d.counters.received.load(Ordering::Relaxed),
-                d.counters.overruns.load(Ordering::Relaxed),
-            )
-        });
+        let (mut destroy_received, mut destroy_overruns) = self.gone_destroy_counts;
+        for (_, d) in self.destroy_listeners() {
+            destroy_received += d.counters.received.load(Ordering::Relaxed);
+            destroy_overruns += d.counters.overruns.load(Ordering::Relaxed);
+        }
         let events = |f: fn(&super::ebpf::EventCounters) -> &std::sync::atomic::AtomicU64| {
             self.events
                 .as_ref()
@@ -498,7 +619,67 @@ impl Sources {
                 .proc_events
                 .as_ref()
                 .map_or(0, |p| p.errors.load(Ordering::Relaxed)),
+            namespaces: self
+                .namespaces
+                .as_ref()
+                .map_or_else(NamespaceCounters::default, |n| n.counters),
+            namespaces_followed: self
+                .namespaces
+                .as_ref()
+                .map_or(0, |n| n.followed.len() as u64),
             ..self.counters
+        }
+    }
+}
+
+/// A final read in namespace `netns` (the kernel message does not say which).
+fn in_netns(mut f: Final, netns: NetnsId) -> Final {
+    f.sample.netns = netns;
+    f
+}
+
+/// How long a gone namespace's destroy reader is given to read its last notifications.
+const GONE_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// With several destroy queues, how often [`Sources::wait_for_final`] looks at them all.
+const WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Sets up the following of other namespaces as `collect.namespaces` says (the first scan is
+/// the first dump's), with the capability line.
+fn follow_namespaces(
+    mode: NamespacesMode,
+    settings: DestroySettings,
+) -> (Option<Namespaces>, Availability) {
+    if mode == NamespacesMode::Own {
+        let why = "not followed (collect.namespaces = \"own\")".to_string();
+        return (None, Availability::Unavailable(why));
+    }
+    match Namespaces::new("/proc".into(), settings) {
+        Ok(n) => {
+            let line = namespaces_line(&n);
+            (Some(n), line)
+        }
+        Err(e) => {
+            let why = format!("cannot read /proc/self/ns/net: {e}");
+            tracing::warn!(error = %why, "other network namespaces are not followed");
+            (None, Availability::Unavailable(why))
+        }
+    }
+}
+
+/// The capability line of the namespaces followed: how many, or why none could be.
+fn namespaces_line(n: &Namespaces) -> Availability {
+    match (&n.last_failure, n.followed.len()) {
+        (Some(why), 0) => {
+            let missing = super::namespaces::missing_capabilities();
+            let lacks = if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (this process lacks {})", missing.join(" and "))
+            };
+            Availability::Unavailable(format!("none could be entered: {why}{lacks}"))
+        }
+        (_, followed) => {
+            Availability::Available(format!("{followed} other network namespaces followed"))
         }
     }
 }

@@ -39,7 +39,7 @@ pub struct Attribution {
     listeners: Listeners,
     window_listeners: Listeners,
     /// Per listening address, the pool last seen holding a socket accepted on it.
-    acceptors: HashMap<SocketAddr, PoolId>,
+    acceptors: HashMap<(u64, SocketAddr), PoolId>,
     /// Owners named by kernel events for sockets not keyed yet, by cookie.
     event_owners: HashMap<u64, EventOwner>,
     pub event_stats: EventOwnerStats,
@@ -207,6 +207,7 @@ impl Attribution {
             let owners = self.pools_holding(s.inode);
             self.listeners.insert(Listener {
                 addr: s.local,
+                netns: s.netns,
                 owners,
             });
         }
@@ -224,11 +225,12 @@ impl Attribution {
         std::mem::replace(&mut self.window_listeners, self.listeners.clone())
     }
 
-    /// The listener accepting on `local`, in this dump or earlier in the window.
-    fn accepting(&self, local: SocketAddr) -> Option<&Listener> {
+    /// The listener accepting on `local` in namespace `netns`, in this dump or earlier in the
+    /// window.
+    fn accepting(&self, netns: u64, local: SocketAddr) -> Option<&Listener> {
         self.listeners
-            .accepting(local)
-            .or_else(|| self.window_listeners.accepting(local))
+            .accepting(netns, local)
+            .or_else(|| self.window_listeners.accepting(netns, local))
     }
 
     /// The grouping key of a socket seen for the first time (see the module comment).
@@ -256,7 +258,7 @@ impl Attribution {
 
     /// A socket's direction and owner by the polling rules (no event named it).
     fn polled_owner(&mut self, s: &TcpSample) -> (Direction, Option<PoolId>) {
-        let listener = self.accepting(s.local).cloned();
+        let listener = self.accepting(s.netns, s.local).cloned();
         let direction = if listener.is_some() {
             Direction::Inbound
         } else {
@@ -277,25 +279,26 @@ impl Attribution {
             return None;
         }
         let pool = self.pools_holding(s.inode).into_iter().next()?;
-        if let Some(l) = self.listeners.accepting(s.local)
+        if let Some(l) = self.listeners.accepting(s.netns, s.local)
             && l.owners.contains(&pool)
         {
-            self.acceptors.insert(l.addr, pool.clone());
+            self.acceptors.insert((l.netns, l.addr), pool.clone());
         }
         Some(pool)
     }
 
     /// For an inbound socket closing unattributed (it left its file before its holder was
     /// found): the pool its listener's rule credits.
-    pub fn closed_inbound(&self, local: SocketAddr) -> Option<PoolId> {
-        self.accepting(local).and_then(|l| self.acceptor_of(l))
+    pub fn closed_inbound(&self, netns: u64, local: SocketAddr) -> Option<PoolId> {
+        self.accepting(netns, local)
+            .and_then(|l| self.acceptor_of(l))
     }
 
     /// The pool credited with a socket accepted on `l` that left its file before a holder was
     /// found: the pool last seen holding sockets accepted on it, else its only holder.
     fn acceptor_of(&self, l: &Listener) -> Option<PoolId> {
         self.acceptors
-            .get(&l.addr)
+            .get(&(l.netns, l.addr))
             .filter(|p| l.owners.contains(p))
             .cloned()
             .or_else(|| (l.owners.len() == 1).then(|| l.owners[0].clone()))
@@ -396,6 +399,7 @@ mod tests {
             uid: 0,
             inode,
             counters: None,
+            netns: 0,
         }
     }
 
@@ -449,7 +453,7 @@ mod tests {
         let k = a.key_for(&gone);
         assert_eq!(k.direction, Direction::Inbound);
         assert!(k.process.is_some(), "credited to the only holder");
-        assert_eq!(a.closed_inbound(gone.local), k.process);
+        assert_eq!(a.closed_inbound(0, gone.local), k.process);
         // Outbound sockets that left their file are never guessed.
         let out = sample("10.0.0.1:6000", "10.0.0.7:443", 0);
         assert_eq!(a.key_for(&out).process, None);
@@ -472,7 +476,7 @@ mod tests {
         let worker = a.key_for(&accepted).process.expect("held");
         assert_eq!(a.pools().get(&worker).unwrap().executable_name, "worker");
         assert_eq!(a.key_for(&gone).process, Some(worker.clone()));
-        assert_eq!(a.closed_inbound(gone.local), Some(worker));
+        assert_eq!(a.closed_inbound(0, gone.local), Some(worker));
     }
 
     fn event_process(

@@ -17,6 +17,9 @@ use super::sockets::{ConnKey, ConnStats, Direction, PoolId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub addr: SocketAddr,
+    /// The network namespace it listens in (0: depmap's own): a listener accepts only the
+    /// connections of its own namespace.
+    pub netns: u64,
     /// Holders' pools, deduplicated; empty when no readable process holds it.
     pub owners: Vec<PoolId>,
 }
@@ -30,7 +33,10 @@ pub struct Listeners {
 impl Listeners {
     pub fn insert(&mut self, l: Listener) {
         let at = self.by_port.entry(l.addr.port()).or_default();
-        if let Some(existing) = at.iter_mut().find(|e| e.addr == l.addr) {
+        if let Some(existing) = at
+            .iter_mut()
+            .find(|e| e.addr == l.addr && e.netns == l.netns)
+        {
             for o in l.owners {
                 if !existing.owners.contains(&o) {
                     existing.owners.push(o);
@@ -41,16 +47,40 @@ impl Listeners {
         }
     }
 
-    /// The listener that accepts connections for local endpoint `local`: the one bound to that
-    /// address, else a wildcard one of a compatible family (`::` accepts IPv4 too).
-    pub fn accepting(&self, local: SocketAddr) -> Option<&Listener> {
+    /// The listener that accepts connections for local endpoint `local` in namespace `netns`:
+    /// the one bound to that address, else a wildcard one of a compatible family (`::`
+    /// accepts IPv4 too).
+    pub fn accepting(&self, netns: u64, local: SocketAddr) -> Option<&Listener> {
         let at = self.by_port.get(&local.port())?;
-        at.iter().find(|l| l.addr.ip() == local.ip()).or_else(|| {
-            at.iter().find(|l| {
+        let here = || at.iter().filter(|l| l.netns == netns);
+        here().find(|l| l.addr.ip() == local.ip()).or_else(|| {
+            here().find(|l| {
                 is_wildcard(l.addr.ip())
                     && (l.addr.is_ipv6() || local.is_ipv4() == l.addr.is_ipv4())
             })
         })
+    }
+
+    /// For a record (which names no namespace): the listener accepting on `local` in the
+    /// namespace of `process`'s listener, else in any namespace, own first.
+    fn accepting_for(&self, local: SocketAddr, process: Option<&PoolId>) -> Option<&Listener> {
+        let at = self.by_port.get(&local.port())?;
+        let mut namespaces: Vec<u64> = at.iter().map(|l| l.netns).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let mut candidates = namespaces
+            .iter()
+            .filter_map(|&ns| self.accepting(ns, local));
+        match process {
+            Some(p) => {
+                let all: Vec<&Listener> = candidates.collect();
+                all.iter()
+                    .find(|l| l.owners.contains(p))
+                    .or(all.first())
+                    .copied()
+            }
+            None => candidates.next(),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Listener> {
@@ -107,7 +137,7 @@ pub fn bound_ports(
         .filter(|(k, _)| k.direction == Direction::Inbound)
     {
         let local = SocketAddr::new(key.destination_ip, key.destination_port);
-        let Some(l) = listeners.accepting(local) else {
+        let Some(l) = listeners.accepting_for(local, key.process.as_ref()) else {
             continue;
         };
         let process = match &key.process {
@@ -154,6 +184,7 @@ mod tests {
     fn listener(addr: &str, owner: &str) -> Listener {
         Listener {
             addr: addr.parse().unwrap(),
+            netns: 0,
             owners: vec![owner.into()],
         }
     }
@@ -223,22 +254,55 @@ mod tests {
         ls.insert(listener("[::]:8080", "p-a"));
         ls.insert(listener("10.0.0.1:8080", "p-b"));
         assert_eq!(
-            ls.accepting("10.0.0.1:8080".parse().unwrap())
+            ls.accepting(0, "10.0.0.1:8080".parse().unwrap())
                 .unwrap()
                 .owners[0]
                 .as_ref(),
             "p-b"
         );
         assert_eq!(
-            ls.accepting("10.0.0.2:8080".parse().unwrap())
+            ls.accepting(0, "10.0.0.2:8080".parse().unwrap())
                 .unwrap()
                 .owners[0]
                 .as_ref(),
             "p-a"
         );
-        assert!(ls.accepting("10.0.0.2:8081".parse().unwrap()).is_none());
+        assert!(ls.accepting(0, "10.0.0.2:8081".parse().unwrap()).is_none());
         let mut v4 = Listeners::default();
         v4.insert(listener("0.0.0.0:22", "p-c"));
-        assert!(v4.accepting("[fd00::1]:22".parse().unwrap()).is_none());
+        assert!(v4.accepting(0, "[fd00::1]:22".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn listeners_accept_only_in_their_namespace() {
+        let mut ls = Listeners::default();
+        ls.insert(listener("0.0.0.0:80", "p-a"));
+        ls.insert(Listener {
+            netns: 7,
+            ..listener("0.0.0.0:80", "p-b")
+        });
+        let local = "172.17.0.2:80".parse().unwrap();
+        assert_eq!(ls.accepting(0, local).unwrap().owners[0].as_ref(), "p-a");
+        assert_eq!(ls.accepting(7, local).unwrap().owners[0].as_ref(), "p-b");
+        assert!(ls.accepting(8, local).is_none());
+        // The bound-port sums of an inbound connection of p-b go to p-b's listener.
+        let mut conns = HashMap::new();
+        let stats = ConnStats {
+            links_established: 1,
+            bytes_received: 3,
+            ..Default::default()
+        };
+        conns.insert(inbound("172.17.0.2", 80, "p-b"), stats);
+        let ports = bound_ports(&ls, &conns);
+        let b = ports
+            .iter()
+            .find(|(k, _)| k.process.as_deref() == Some("p-b") && k.ip == local.ip())
+            .expect("p-b's record");
+        assert_eq!(b.1.stats.bytes_received, 3);
+        assert!(
+            !ports
+                .iter()
+                .any(|(k, v)| k.process.as_deref() == Some("p-a") && v.stats.bytes_received > 0)
+        );
     }
 }

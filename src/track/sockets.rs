@@ -739,6 +739,7 @@ mod tests {
                 bytes_received: recv,
                 ..Default::default()
             }),
+            netns: 0,
         }
     }
 
