@@ -299,6 +299,21 @@ impl Depmap {
     fn spawn_logging(ns: &Netns, dir: TempDir, cfg: &std::path::Path, log: Stdio) -> Depmap {
         let mut cmd = ns.command(DEPMAP);
         cmd.args(["run", "--config"]).arg(cfg);
+        Depmap::spawn_command(cmd, dir, log)
+    }
+
+    /// depmap in the test's own network namespace (the initial one: it sees the host's
+    /// sockets too, so tests filter on their own addresses), its configuration `rest` after
+    /// `[agent] state_dir`, records to stdout.
+    pub fn start_in_initial_namespace(rest: &str) -> Depmap {
+        let dir = TempDir::new("cfg");
+        let cfg = config_file(&dir, &format!("{rest}[sink]\nkind = \"stdout\"\n"));
+        let mut cmd = Command::new(DEPMAP);
+        cmd.args(["run", "--config"]).arg(&cfg);
+        Depmap::spawn_command(cmd, dir, Stdio::inherit())
+    }
+
+    fn spawn_command(cmd: Command, dir: TempDir, log: Stdio) -> Depmap {
         let mut proc = Proc::spawn_logging(cmd, log);
         let first = proc.line(Duration::from_secs(20));
         assert!(first.contains("VMComputer"), "first record: {first}");
