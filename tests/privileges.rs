@@ -178,3 +178,31 @@ fn as_nobody_without_capabilities_depmap_says_what_is_missing_and_keeps_reportin
         assert!(r["BytesSent"].as_i64().unwrap_or(0) > 0, "{r}");
     }
 }
+
+#[test]
+fn other_namespaces_need_cap_sys_admin_and_say_so() {
+    let _serial = serial();
+    // The unit's capabilities: the namespaces are found (CAP_SYS_PTRACE) but not entered.
+    let (report, records) = once_as_nobody("nsdeny", UNIT_CAPS, "namespaces = \"all\"\n");
+    assert!(
+        report.contains("[--]   other network namespaces (containers): none could be entered")
+            && report.contains("this process lacks CAP_SYS_ADMIN")
+            && report.contains("missing: the connections and listening ports of processes in other network namespaces"),
+        "{report}"
+    );
+    // Its own namespace is still read.
+    assert!(!inbound(&records).is_empty(), "{records:?}");
+    // With the README drop-in's capability added: followed.
+    let (report, records) = once_as_nobody(
+        "nsallow",
+        &format!("{UNIT_CAPS},+sys_admin"),
+        "namespaces = \"all\"\n",
+    );
+    assert!(
+        report.contains("[ok]   other network namespaces (containers): ")
+            && report.contains("other network namespaces followed")
+            && !report.contains("none could be entered"),
+        "{report}"
+    );
+    assert!(!inbound(&records).is_empty(), "{records:?}");
+}

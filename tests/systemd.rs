@@ -628,6 +628,34 @@ fn the_package_under_a_real_systemd() {
     assert!(c.journal().contains("Watchdog timeout"), "{}", c.journal());
     c.ok("rm /etc/systemd/system/depmap.service.d/watchdog.conf && systemctl daemon-reload");
 
+    // Other network namespaces: without the README's drop-in depmap says why it cannot enter
+    // them (and runs on); with it, a listener in another namespace is in the records.
+    c.ok("(unshare -n python3 /mnt/peers/peer.py serve --host 0.0.0.0 --port 9877 >/dev/null 2>&1 &)");
+    c.write(CONFIG, &format!("{TEST_CONFIG}namespaces = \"all\"\n"));
+    c.ok("systemctl restart depmap");
+    let refused = || c.journal().contains("needs CAP_SYS_ADMIN");
+    assert!(
+        wait_until(Duration::from_secs(30), refused),
+        "{}",
+        c.journal()
+    );
+    assert_eq!(c.show("ActiveState"), "active");
+    c.write(
+        "/etc/systemd/system/depmap.service.d/namespaces.conf",
+        &format!("[Service]\n{}", readme_drop_in("CAP_SYS_ADMIN")),
+    );
+    c.ok("systemctl daemon-reload && systemctl restart depmap");
+    let other = wait_records(
+        &c,
+        "/var/lib/depmap/records",
+        "VMBoundPort",
+        Duration::from_secs(30),
+        |r| r.iter().any(|p| p["Port"] == 9877),
+    );
+    assert!(other.iter().any(|p| p["Port"] == 9877), "{}", c.journal());
+    c.ok("rm /etc/systemd/system/depmap.service.d/namespaces.conf && systemctl daemon-reload");
+    let _ = c.run("pkill -f 'peer.py serve --host 0.0.0.0 --port 9877'");
+
     // A bad configuration at start: failed, not restarted every RestartSec.
     c.write(CONFIG, BAD_CONFIG);
     let (started, _) = c.run("systemctl restart depmap");
@@ -681,4 +709,20 @@ fn the_mirror_comes_from_either_sources_format() {
         Some("http://m.example/debian".into())
     );
     assert_eq!(mirror_in(deb822, "sid"), None);
+}
+
+/// The `[Service]` lines of the README's drop-in whose capability line names `cap` (without
+/// their `# ` prefix): the test runs what the README tells people to write.
+fn readme_drop_in(cap: &str) -> String {
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).expect("README.md");
+    let lines: Vec<&str> = readme.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("# CapabilityBoundingSet=") && l.ends_with(cap))
+        .unwrap_or_else(|| panic!("no drop-in for {cap} in README.md"));
+    lines[at..]
+        .iter()
+        .take_while(|l| l.starts_with("# ") && !l.starts_with("# ["))
+        .map(|l| format!("{}\n", &l[2..]))
+        .collect()
 }
