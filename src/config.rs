@@ -1106,6 +1106,15 @@ mod tests {
                 .to_string();
             assert!(e.contains(&format!("{section}.{key}")), "{e}");
         }
+        let e = Config::parse("[collect]\nnamespaces = \"host\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("collect.namespaces") && e.contains("`own` or `all`"),
+            "{e}"
+        );
+        let all = Config::parse("[collect]\nnamespaces = \"all\"\n").unwrap();
+        assert_eq!(all.collect.namespaces, NamespacesMode::All);
         let e = Config::parse("[sink.http.headers]\n\"X Bad\" = \"v\"\n")
             .unwrap_err()
             .to_string();
