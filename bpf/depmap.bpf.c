@@ -17,6 +17,10 @@
 //                        a RESPONSE event (client), or the mirror on a server socket.
 //   sched_process_exec   a process that exec'd is new again (its /proc facts changed).
 //
+// Two cgroup_skb programs on the cgroup v2 root see every UDP datagram of every process
+// (collect.udp): they sum its payload per (socket cookie, local and remote address and port)
+// in the udp_flows map, which the poll loop reads (UDP has no counters in sock_diag).
+//
 // Built by bpf/build.sh (clang -target bpf); the object is committed beside this file and the
 // test suite checks that it matches. The kernel types below are declared with only the fields
 // read, and `preserve_access_index`: the loader relocates every offset against the running
@@ -47,10 +51,14 @@ char LICENSE[] SEC("license") = "GPL";
 #define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_F_NO_PREALLOC 1
 #define BPF_ANY 0
+#define BPF_NOEXIST 1
 
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
@@ -178,7 +186,7 @@ struct {
 } processes SEC(".maps");
 
 // Losses, per CPU: the loader sums them.
-enum loss { RING_FULL = 0, MAP_FULL = 1, LOSSES = 2 };
+enum loss { RING_FULL = 0, MAP_FULL = 1, UDP_FULL = 2, LOSSES = 3 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -344,4 +352,168 @@ int BPF_PROG(exec, struct task_struct *p, int old_pid, void *bprm)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	bpf_map_delete_elem(&processes, &tgid);
 	return 0;
+}
+
+// ---- UDP flows (cgroup_skb/egress and ingress on the cgroup v2 root) ----
+
+// The first bytes of the UAPI __sk_buff (include/uapi/linux/bpf.h): a context the verifier
+// rewrites by offset, so its layout is ABI (no CO-RE).
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol;
+};
+
+struct ipv4_header {
+	__u8 ihl_version; // ihl in the low 4 bits (little-endian bitfield order)
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ipv6_header {
+	__u32 vtc_flow;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u32 saddr[4];
+	__u32 daddr[4];
+};
+
+struct udp_header {
+	__be16 source;
+	__be16 dest;
+	__be16 len;
+	__u16 check;
+};
+
+// A UDP flow: one socket and one remote endpoint (addresses in network order, ports in host
+// order; IPv4 in the first word). Mirrors collect::ebpf::UdpFlowKey.
+struct udp_flow_key {
+	__u64 cookie;
+	__u32 local[4];
+	__u32 remote[4];
+	__u16 lport;
+	__u16 rport;
+	__u16 family;
+	__u16 _pad;
+};
+
+struct udp_flow {
+	__u64 bytes_out; // UDP payload sent
+	__u64 bytes_in;  // and received
+	__u64 datagrams_out;
+	__u64 datagrams_in;
+	__u32 first_in; // 1: its first datagram was received (an inbound flow)
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); // set by the loader (collect::ebpf::MAX_UDP_FLOWS)
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct udp_flow_key);
+	__type(value, struct udp_flow);
+} udp_flows SEC(".maps");
+
+// Set at load: the network namespace (cookie) whose datagrams are summed (all_netns: every).
+const volatile __u64 netns_cookie = 0;
+
+
+static __always_inline int udp_account(struct __sk_buff *skb, int in)
+{
+	struct udp_flow_key k = {};
+	__u32 l4 = 0;
+	if (skb->protocol == __builtin_bswap16(ETH_P_IP)) {
+		struct ipv4_header ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return 1;
+		// Later fragments carry no UDP header; the first one's length covers the datagram.
+		if (ip.protocol != IPPROTO_UDP || (ip.frag_off & __builtin_bswap16(0x1fff)))
+			return 1;
+		k.family = AF_INET;
+		k.local[0] = in ? ip.daddr : ip.saddr;
+		k.remote[0] = in ? ip.saddr : ip.daddr;
+		l4 = (ip.ihl_version & 0xf) * 4;
+	} else if (skb->protocol == __builtin_bswap16(ETH_P_IPV6)) {
+		struct ipv6_header ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return 1;
+		// Extension headers are not followed: such datagrams are not counted.
+		if (ip6.nexthdr != IPPROTO_UDP)
+			return 1;
+		k.family = AF_INET6;
+		__builtin_memcpy(k.local, in ? ip6.daddr : ip6.saddr, 16);
+		__builtin_memcpy(k.remote, in ? ip6.saddr : ip6.daddr, 16);
+		l4 = 40;
+	} else {
+		return 1;
+	}
+	if (!all_netns && bpf_get_netns_cookie(skb) != netns_cookie)
+		return 1;
+	struct udp_header uh;
+	if (bpf_skb_load_bytes(skb, l4, &uh, sizeof(uh)))
+		return 1;
+	__u16 len = __builtin_bswap16(uh.len);
+	__u64 payload = len > 8 ? len - 8 : 0;
+	k.lport = __builtin_bswap16(in ? uh.dest : uh.source);
+	k.rport = __builtin_bswap16(in ? uh.source : uh.dest);
+	k.cookie = bpf_get_socket_cookie(skb);
+	struct udp_flow *f = bpf_map_lookup_elem(&udp_flows, &k);
+	if (f) {
+		if (in) {
+			__sync_fetch_and_add(&f->bytes_in, payload);
+			__sync_fetch_and_add(&f->datagrams_in, 1);
+		} else {
+			__sync_fetch_and_add(&f->bytes_out, payload);
+			__sync_fetch_and_add(&f->datagrams_out, 1);
+		}
+		return 1;
+	}
+	struct udp_flow n = {};
+	if (in) {
+		n.bytes_in = payload;
+		n.datagrams_in = 1;
+	} else {
+		n.bytes_out = payload;
+		n.datagrams_out = 1;
+	}
+	n.first_in = in;
+	// Two CPUs may create the same flow at once: the loser adds to the winner's entry.
+	if (bpf_map_update_elem(&udp_flows, &k, &n, BPF_NOEXIST)) {
+		f = bpf_map_lookup_elem(&udp_flows, &k);
+		if (!f) {
+			lost(UDP_FULL);
+			return 1;
+		}
+		if (in) {
+			__sync_fetch_and_add(&f->bytes_in, payload);
+			__sync_fetch_and_add(&f->datagrams_in, 1);
+		} else {
+			__sync_fetch_and_add(&f->bytes_out, payload);
+			__sync_fetch_and_add(&f->datagrams_out, 1);
+		}
+	}
+	return 1;
+}
+
+// Both only read: they return 1 (let the datagram through) whatever happens.
+SEC("cgroup_skb/egress")
+int udp_egress(struct __sk_buff *skb)
+{
+	return udp_account(skb, 0);
+}
+
+SEC("cgroup_skb/ingress")
+int udp_ingress(struct __sk_buff *skb)
+{
+	return udp_account(skb, 1);
 }

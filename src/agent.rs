@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::collect::destroy::Final;
 use crate::collect::ebpf::KernelEvent;
 use crate::collect::host::HostFacts;
-use crate::collect::sockdiag::TcpSample;
+use crate::collect::sockdiag::{TcpSample, UdpSample};
 use crate::collect::sources::{Availability, Sources};
+use crate::collect::udp_flows::{FlowCounts, FlowKey};
 use crate::config::{Config, ProcessScope, SinkKind};
 use crate::enrich::Enricher;
 use crate::identity::{self, Identity};
@@ -25,7 +26,10 @@ use crate::records::{Record, window};
 use crate::schedule::{PollSchedule, Woke, process_cpu, thread_cpu, wait_tick};
 use crate::track::attribution::Attribution;
 use crate::track::ports::bound_ports;
-use crate::track::sockets::{ConnKey, Direction, Known, PoolId, SocketTracker, fin_received_in};
+use crate::track::sockets::{
+    ConnKey, Direction, Known, PoolId, Protocol, SocketTracker, fin_received_in,
+};
+use crate::track::udp::UdpTracker;
 
 /// A socket of this poll waiting for its process: (index in the dump, what the tracker knew,
 /// FIN received).
@@ -71,6 +75,10 @@ pub struct Capabilities {
     pub dns_capture: Availability,
     /// Other network namespaces (`collect.namespaces`): how many are followed, or why none.
     pub namespaces: Availability,
+    /// UDP bound ports from the dumps (`collect.udp`).
+    pub udp_ports: Availability,
+    /// UDP flows from the event source's cgroup programs.
+    pub udp_flows: Availability,
 }
 
 /// Counters of the agent's own work and losses.
@@ -98,6 +106,13 @@ pub struct Agent {
     inventory: Inventory,
     /// The latest dump's sockets (a buffer reused from poll to poll).
     samples: Vec<TcpSample>,
+    /// The last UDP dump's bound ports (reused buffer), and every UDP socket of it by cookie
+    /// (inode, uid): the holders of UDP flows.
+    udp_ports: Vec<UdpSample>,
+    udp_sockets: HashMap<u64, (u32, u32)>,
+    /// UDP flows (with the event source's UDP programs), and the last read (reused buffer).
+    udp: UdpTracker,
+    udp_read: Vec<(FlowKey, FlowCounts)>,
     /// This poll's sockets waiting for their process (a buffer reused from poll to poll).
     waiting: Vec<Waiting>,
     /// Sockets re-read between full dumps for response times (active in the last dump).
@@ -129,6 +144,7 @@ impl Agent {
             config.collect.ipv6,
             config.collect.events,
             config.collect.namespaces,
+            config.collect.udp,
         )?;
         let facts = HostFacts::read();
         let agent_id = identity::agent_id(
@@ -158,6 +174,10 @@ impl Agent {
             tracker,
             inventory,
             samples: Vec::new(),
+            udp_ports: Vec::new(),
+            udp_sockets: HashMap::new(),
+            udp: UdpTracker::new(crate::collect::udp_flows::MAX_UDP_FLOWS as usize),
+            udp_read: Vec::new(),
             waiting: Vec::new(),
             hot: Vec::new(),
             counters: AgentCounters::default(),
@@ -197,6 +217,12 @@ impl Agent {
             azure_metadata: self.inventory.azure_metadata.clone(),
             dns_capture: self.enricher.dns_status.clone(),
             namespaces: s.namespaces.clone(),
+            udp_ports: if self.config.collect.udp {
+                Availability::YES
+            } else {
+                Availability::Unavailable("off (collect.udp = false)".into())
+            },
+            udp_flows: self.sources.udp_flows_status(),
         }
     }
 
@@ -271,6 +297,7 @@ impl Agent {
         self.apply_kernel_events();
         self.apply_proc_changes();
         self.apply_destroys(false, true);
+        self.apply_udp_flows();
         self.report_shedding();
         self.counters.polls += 1;
     }
@@ -288,9 +315,11 @@ impl Agent {
         let baseline_poll = !self.tracker.baseline_done();
         let mut samples = std::mem::take(&mut self.samples);
         let dump = self.sources.dump(&mut samples);
+        self.dump_udp();
         let waiting = self.observe_attributed(&samples, dump.at_ms);
         self.resolve_processes(&samples, &waiting, hints);
         self.observe_waiting(&samples, &waiting, dump.at_ms);
+        self.apply_udp_flows();
         self.waiting = waiting;
         self.counters.sockets_last_poll = samples.len() as u64;
         self.choose_hot_set(&samples);
@@ -337,12 +366,14 @@ impl Agent {
         waiting: &[Waiting],
         mut hints: Vec<u32>,
     ) {
+        let udp = self.udp_ports.iter().map(|s| (s.inode, s.uid));
         let wanted: HashMap<u32, u32> = samples
             .iter()
             .filter(|s| s.is_listener())
             .chain(waiting.iter().map(|(i, ..)| &samples[*i]))
-            .filter(|s| s.inode != 0)
             .map(|s| (s.inode, s.uid))
+            .chain(udp)
+            .filter(|(inode, _)| *inode != 0)
             .collect();
         if wanted.is_empty() {
             hints.clear();
@@ -350,6 +381,58 @@ impl Agent {
         self.attribution.resolve(&wanted, &hints, Instant::now());
         self.attribution
             .set_listeners(samples.iter().filter(|s| s.is_listener()));
+        self.attribution.add_udp_ports(self.udp_ports.iter());
+    }
+
+    /// The UDP sockets now: the bound ports, and the holders of flows (none with
+    /// `collect.udp = false`).
+    fn dump_udp(&mut self) {
+        self.udp_ports.clear();
+        self.udp_sockets.clear();
+        if !self.config.collect.udp {
+            return;
+        }
+        let mut all = Vec::new();
+        self.sources.dump_udp(&mut all);
+        for s in all {
+            self.udp_sockets.insert(s.cookie, (s.inode, s.uid));
+            if self.sources.is_udp_port(&s) {
+                self.udp_ports.push(s);
+            }
+        }
+    }
+
+    /// The UDP flows' counters since the last read (with the event source's UDP programs).
+    /// Flows of sockets the last UDP dump did not have make a dump now, and their holders
+    /// are read from /proc.
+    fn apply_udp_flows(&mut self) {
+        if !self.config.collect.udp {
+            return;
+        }
+        let mut read = std::mem::take(&mut self.udp_read);
+        if !self.sources.read_udp_flows(&mut read) {
+            return;
+        }
+        let unknown = |k: &FlowKey| !self.udp_sockets.contains_key(&k.cookie);
+        if read.iter().any(|(k, _)| unknown(k) && self.udp.is_new(k)) {
+            self.dump_udp();
+        }
+        let wanted: HashMap<u32, u32> = read
+            .iter()
+            .filter(|(k, _)| self.udp.needs_owner(k))
+            .filter_map(|(k, _)| self.udp_sockets.get(&k.cookie).copied())
+            .filter(|(inode, _)| *inode != 0)
+            .collect();
+        if !wanted.is_empty() {
+            self.attribution.resolve(&wanted, &[], Instant::now());
+        }
+        let at = self.sources.clock_ms();
+        let (sockets, attribution) = (&self.udp_sockets, &mut self.attribution);
+        let idle = self.udp.observe(&read, at, |cookie| {
+            attribution.pool_holding(sockets.get(&cookie)?.0)
+        });
+        self.sources.forget_udp_flows(&idle);
+        self.udp_read = read;
     }
 
     /// Observes the waiting sockets now that their processes are known: a new one is keyed
@@ -540,7 +623,10 @@ impl Agent {
     /// Closes the window that started at `start`: VMConnection and VMBoundPort records.
     pub fn close_window(&mut self, start: SystemTime) -> Vec<Record> {
         self.enricher.refresh();
-        let conns = self.tracker.close_window();
+        let mut conns = self.tracker.close_window();
+        for (key, stats) in self.udp.close_window() {
+            conns.entry(key).or_default().add(&stats);
+        }
         self.counters.unattributed_links += conns
             .iter()
             .filter(|(k, _)| k.process.is_none())
@@ -554,7 +640,8 @@ impl Agent {
         let out = window::records(&self.identity, start, &conns, &ports, name_of, |record| {
             enricher.connection(record)
         });
-        let in_use = self.tracker.processes();
+        let mut in_use = self.tracker.processes();
+        in_use.extend(self.udp.processes().cloned());
         self.attribution.prune_pools(&in_use);
         out
     }
@@ -587,7 +674,7 @@ impl Agent {
             .attribution
             .pools()
             .pools()
-            .filter(|p| (all || p.has_tcp) && p.reportable() && !(only_new && p.reported))
+            .filter(|p| (all || p.has_sockets) && p.reportable() && !(only_new && p.reported))
             .map(|p| p.id.clone())
             .collect();
         ids.sort();
@@ -716,6 +803,9 @@ impl Agent {
             ("kernel_events_total", k.kernel_events),
             ("kernel_events_ring_full_total", k.kernel_events_ring_full),
             ("kernel_events_map_full_total", k.kernel_events_map_full),
+            ("kernel_events_udp_full_total", k.kernel_events_udp_full),
+            ("udp_flows_total", self.udp.stats.flows_seen),
+            ("udp_flows_shed_total", self.udp.stats.shed),
             ("kernel_events_queue_full_total", k.kernel_events_queue_full),
             ("kernel_events_unparsable_total", k.kernel_events_unparsable),
             (
@@ -788,6 +878,7 @@ fn unreachable_key(s: &TcpSample) -> ConnKey {
         source_ip: s.local.ip(),
         destination_ip: s.remote.ip(),
         destination_port: s.remote.port(),
+        protocol: Protocol::Tcp,
     }
 }
 

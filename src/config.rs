@@ -111,7 +111,7 @@ impl Default for AgentConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessScope {
-    /// Processes that hold TCP sockets.
+    /// Processes that hold TCP sockets or bound UDP ports.
     Connected,
     /// Every process.
     All,
@@ -172,6 +172,8 @@ pub struct CollectConfig {
     pub events: EventsMode,
     /// Network namespaces read: depmap's own, or every one (containers).
     pub namespaces: NamespacesMode,
+    /// UDP: bound ports (VMBoundPort, `Protocol = "udp"`) from the dumps.
+    pub udp: bool,
 }
 
 impl CollectConfig {
@@ -200,6 +202,7 @@ impl Default for CollectConfig {
             processes: ProcessScope::Connected,
             events: EventsMode::Auto,
             namespaces: NamespacesMode::Own,
+            udp: true,
         }
     }
 }

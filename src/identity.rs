@@ -91,6 +91,7 @@ pub fn connection_id(
     source_ip: &str,
     destination_ip: &str,
     destination_port: u16,
+    protocol: &str,
 ) -> String {
     hashed(
         "c-",
@@ -101,14 +102,14 @@ pub fn connection_id(
             source_ip,
             destination_ip,
             &destination_port.to_string(),
-            "tcp",
+            protocol,
         ],
     )
 }
 
 /// `b-` id of a bound port: (Machine, Process, Ip, Port, Protocol).
-pub fn port_id(machine: &str, process: &str, ip: &str, port: u16) -> String {
-    hashed("b-", &[machine, process, ip, &port.to_string(), "tcp"])
+pub fn port_id(machine: &str, process: &str, ip: &str, port: u16, protocol: &str) -> String {
+    hashed("b-", &[machine, process, ip, &port.to_string(), protocol])
 }
 
 #[cfg(test)]
@@ -130,8 +131,14 @@ mod tests {
             process_id("m", "ab", "c", "", ""),
             process_id("m", "a", "bc", "", "")
         );
-        assert!(connection_id("inbound", "m", "p", "1.1.1.1", "2.2.2.2", 80).starts_with("c-"));
-        assert!(port_id("m", "p", "0.0.0.0", 80).starts_with("b-"));
+        assert!(
+            connection_id("inbound", "m", "p", "1.1.1.1", "2.2.2.2", 80, "tcp").starts_with("c-")
+        );
+        assert!(port_id("m", "p", "0.0.0.0", 80, "tcp").starts_with("b-"));
+        assert_ne!(
+            port_id("m", "p", "0.0.0.0", 53, "tcp"),
+            port_id("m", "p", "0.0.0.0", 53, "udp")
+        );
     }
 
     #[test]

@@ -77,6 +77,20 @@ pub fn capabilities(c: &Capabilities) -> String {
         "the connections and listening ports of processes in other network namespaces (containers)",
         "collect.namespaces = \"all\" with CAP_SYS_ADMIN and CAP_SYS_PTRACE (README \"Containers\": the drop-in)",
     );
+    line(
+        &mut out,
+        "UDP bound ports (sock_diag)",
+        &c.udp_ports,
+        "VMBoundPort records with Protocol = udp (servers' UDP ports)",
+        "collect.udp = true",
+    );
+    line(
+        &mut out,
+        "UDP flows (eBPF cgroup programs)",
+        &c.udp_flows,
+        "VMConnection records with Protocol = udp (bytes, links and remotes of UDP traffic: DNS, NTP, syslog, QUIC); sock_diag has no UDP byte counters",
+        "the kernel event source with CAP_NET_ADMIN besides CAP_BPF and CAP_PERFMON, a cgroup v2 hierarchy, collect.udp = true (README \"UDP\": the drop-in)",
+    );
     let (readable, total) = c.proc_fd_readable;
     if readable == total {
         let _ = writeln!(

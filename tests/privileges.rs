@@ -206,3 +206,20 @@ fn other_namespaces_need_cap_sys_admin_and_say_so() {
     );
     assert!(!inbound(&records).is_empty(), "{records:?}");
 }
+
+#[test]
+fn udp_flows_need_cap_net_admin_and_say_so() {
+    let _serial = serial();
+    let (report, _) = once_as_nobody("udpdeny", UNIT_CAPS, "");
+    assert!(
+        report.contains("[ok]   UDP bound ports (sock_diag)")
+            && report.contains("[--]   UDP flows (eBPF cgroup programs): ")
+            && report.contains("CAP_NET_ADMIN"),
+        "{report}"
+    );
+    let (report, _) = once_as_nobody("udpallow", &format!("{UNIT_CAPS},+net_admin"), "");
+    assert!(
+        report.contains("[ok]   UDP flows (eBPF cgroup programs)"),
+        "{report}"
+    );
+}

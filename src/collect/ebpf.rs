@@ -41,6 +41,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use super::procinfo::ProcessInfo;
 use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
 use super::reader::{ReadNow, Reader, Wake, Woken};
+use super::udp_flows::{MAX_UDP_FLOWS, UdpError, UdpFlows, own_netns_cookie};
 
 /// The compiled programs (bpf/build.sh; tests/bpf_object.rs checks it matches its source).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/depmap.bpf.o");
@@ -172,6 +173,8 @@ pub struct EventCounters {
     pub ring_full: AtomicU64,
     /// Sockets the programs could not follow (their map was full).
     pub map_full: AtomicU64,
+    /// UDP flows not counted: the kernel's flow map was full (`MAX_UDP_FLOWS`).
+    pub udp_full: AtomicU64,
     /// Events dropped because the poll loop was behind.
     pub queue_full: AtomicU64,
     pub unparsable: AtomicU64,
@@ -185,6 +188,8 @@ pub struct EventSource {
     /// Whether response times and the owners of accepted sockets come from events (the
     /// send/recv tracepoints exist here), or why not.
     pub timing: Result<(), String>,
+    /// The UDP flow counters (cgroup programs), or why they do not run.
+    pub udp_flows: Result<UdpFlows, String>,
     drains: Arc<ReadNow>,
     // Dropping it stops the reader, which drops the programs: they are detached.
     _reader: Reader,
@@ -200,15 +205,25 @@ impl EventSource {
     /// Loads and attaches the programs and starts the reader. `proc_root` is where owners'
     /// processes are read; `all_namespaces`: the sockets of every network namespace are
     /// followed, not only depmap's (`collect.namespaces = "all"`).
-    pub fn start(proc_root: PathBuf, all_namespaces: bool) -> Result<EventSource, LoadError> {
+    /// `udp`: the UDP flow programs are attached too (where they can be: `udp_flows`).
+    pub fn start(
+        proc_root: PathBuf,
+        all_namespaces: bool,
+        udp: bool,
+    ) -> Result<EventSource, LoadError> {
         let netns = std::fs::metadata("/proc/self/ns/net")
             .map_err(LoadError::Netns)?
             .ino() as u32;
+        // 0 where unknown: then only with all_namespaces are datagrams summed (udp_flows
+        // reports why not).
+        let netns_cookie = own_netns_cookie();
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("netns_ino", &netns, true)
             .override_global("all_netns", &u32::from(all_namespaces), true)
+            .override_global("netns_cookie", netns_cookie.as_ref().unwrap_or(&0), true)
+            .map_max_entries("udp_flows", MAX_UDP_FLOWS)
             .map_max_entries("events", RING_BYTES)
             .map_max_entries("conns", MAX_SOCKETS)
             .load(OBJECT)
@@ -227,6 +242,14 @@ impl EventSource {
                 Err(e.to_string())
             }
         };
+        let udp_flows = match (udp, netns_cookie) {
+            (false, _) => Err("off (collect.udp = false)".to_string()),
+            (true, Err(e)) if !all_namespaces => Err(UdpError::NetnsCookie(e).to_string()),
+            (true, _) => UdpFlows::attach(&mut ebpf).map_err(|e| e.to_string()),
+        };
+        if let (true, Err(why)) = (udp, &udp_flows) {
+            tracing::warn!(error = %why, "UDP flows are not measured: the cgroup programs cannot run (they need CAP_NET_ADMIN besides CAP_BPF and CAP_PERFMON); UDP ports still come from the dumps");
+        }
         drop(btf);
         // Parsing the kernel's BTF (≈ 6 MB here) and relocating against it took ≈ 35 MB of
         // heap that glibc kept after it was freed (measured: RSS 32 MB a few seconds after
@@ -257,6 +280,7 @@ impl EventSource {
             queue,
             counters,
             timing,
+            udp_flows,
             drains,
             _reader: reader,
         })
@@ -399,6 +423,7 @@ impl Drain {
         };
         self.counters.ring_full.store(sum(0), Ordering::Relaxed);
         self.counters.map_full.store(sum(1), Ordering::Relaxed);
+        self.counters.udp_full.store(sum(2), Ordering::Relaxed);
     }
 }
 
@@ -626,7 +651,7 @@ mod kernel_tests {
     /// sees this process connect, serve and answer on loopback.
     #[test]
     fn the_programs_load_and_see_this_process_connect_and_answer() {
-        let source = EventSource::start(PathBuf::from("/proc"), false)
+        let source = EventSource::start(PathBuf::from("/proc"), false, false)
             .unwrap_or_else(|e| panic!("the event source cannot load here: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

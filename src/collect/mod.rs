@@ -15,3 +15,4 @@ pub mod queue;
 pub mod reader;
 pub mod sockdiag;
 pub mod sources;
+pub mod udp_flows;

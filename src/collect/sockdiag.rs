@@ -1,4 +1,4 @@
-//! NETLINK_SOCK_DIAG: the kernel's table of TCP sockets.
+//! NETLINK_SOCK_DIAG: the kernel's tables of TCP and UDP sockets.
 //!
 //! Owns the netlink conversation (dump requests, exact single-socket lookups, destroy
 //! notifications all speak the same message format) and turns each kernel message into a
@@ -18,7 +18,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,
-    constants::{AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY},
+    constants::{AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, IPPROTO_UDP, SOCK_DIAG_BY_FAMILY},
     inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags, nlas::TcpInfo},
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
@@ -97,6 +97,27 @@ impl TcpSample {
     }
 }
 
+/// One UDP socket as a dump reported it: bound (`remote` port 0) or connected. UDP sockets
+/// carry no byte counters in sock_diag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpSample {
+    pub cookie: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub uid: u32,
+    pub inode: u32,
+    /// The network namespace it was read in (0: depmap's own), as [`TcpSample::netns`].
+    pub netns: u64,
+}
+
+impl UdpSample {
+    /// Bound to a port and not connected: it receives from anyone (a server's socket, or a
+    /// client's that sends with `sendto`).
+    pub fn is_unconnected(&self) -> bool {
+        self.remote.port() == 0 && self.local.port() != 0
+    }
+}
+
 /// Which address families a dump covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -139,17 +160,33 @@ impl SockDiag {
         })
     }
 
-    /// Sends one inet_diag request (a dump when `dump`, else an exact lookup).
+    /// Sends one inet_diag request for TCP (a dump when `dump`, else an exact lookup).
     fn request(&mut self, socket_id: SocketId, states: StateFlags, dump: bool) -> io::Result<()> {
+        self.request_of(IPPROTO_TCP, socket_id, states, dump)
+    }
+
+    /// Sends one inet_diag request for `protocol`.
+    fn request_of(
+        &mut self,
+        protocol: u8,
+        socket_id: SocketId,
+        states: StateFlags,
+        dump: bool,
+    ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let family = match socket_id.source_address {
             IpAddr::V4(_) => AF_INET,
             IpAddr::V6(_) => AF_INET6,
         };
+        let extensions = if protocol == IPPROTO_TCP {
+            ExtensionFlags::INFO
+        } else {
+            ExtensionFlags::empty()
+        };
         let request = InetRequest {
             family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
+            protocol,
+            extensions,
             states,
             socket_id,
         };
@@ -210,6 +247,41 @@ impl SockDiag {
             Family::V6 => SocketId::new_v6(),
         };
         self.request(socket_id, dumped_states(), true)?;
+        self.read_dump(|m| {
+            if let Message::Sample(s) = m {
+                each(s)
+            }
+        })
+    }
+
+    /// Dumps every UDP socket of one family (bound or connected; UDP has no counters to ask
+    /// for), calling `each` per socket.
+    pub fn dump_udp(
+        &mut self,
+        family: Family,
+        mut each: impl FnMut(UdpSample),
+    ) -> io::Result<DumpStats> {
+        let socket_id = match family {
+            Family::V4 => SocketId::new_v4(),
+            Family::V6 => SocketId::new_v6(),
+        };
+        self.request_of(IPPROTO_UDP, socket_id, StateFlags::all(), true)?;
+        self.read_dump(|m| {
+            if let Message::Sample(s) = m {
+                each(UdpSample {
+                    cookie: s.cookie,
+                    local: s.local,
+                    remote: s.remote,
+                    uid: s.uid,
+                    inode: s.inode,
+                    netns: 0,
+                })
+            }
+        })
+    }
+
+    /// Reads a dump's answers until its end, handing each message to `f`.
+    fn read_dump(&mut self, mut f: impl FnMut(Message)) -> io::Result<DumpStats> {
         let mut stats = DumpStats::default();
         loop {
             let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
@@ -222,12 +294,12 @@ impl SockDiag {
             let mut done = false;
             let mut error = 0;
             for_each_message(&self.buf[..size], &mut stats, |event| match event {
-                Message::Sample(s) => each(s),
                 Message::Done => done = true,
                 Message::Error(code) => {
                     done = true;
                     error = code;
                 }
+                sample => f(sample),
             });
             if error != 0 {
                 return Err(io::Error::from_raw_os_error(-error));
@@ -409,6 +481,22 @@ mod tests {
         data[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         for_each_message(&data, &mut stats, |_| seen += 1);
         assert_eq!(stats.unparsable, 2);
+    }
+
+    #[test]
+    fn udp_dump_sees_bound_and_connected_sockets() {
+        let bound = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let connected = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        connected.connect(bound.local_addr().unwrap()).unwrap();
+        let mut diag = SockDiag::open().unwrap();
+        let mut seen = Vec::new();
+        diag.dump_udp(Family::V4, |s| seen.push(s)).unwrap();
+        let of = |a: SocketAddr| seen.iter().find(|s| s.local == a).cloned();
+        let b = of(bound.local_addr().unwrap()).expect("the bound socket");
+        assert!(b.is_unconnected() && b.inode != 0 && b.cookie != 0);
+        let c = of(connected.local_addr().unwrap()).expect("the connected socket");
+        assert!(!c.is_unconnected());
+        assert_eq!(c.remote, bound.local_addr().unwrap());
     }
 
     #[test]

@@ -16,7 +16,8 @@ use super::destroy::{self, DestroyListener, Final, fin_received};
 use super::ebpf::{EventSource, KernelEvent, LoadError};
 use super::namespaces::{DestroySettings, NamespaceCounters, Namespaces, NetnsId, SCAN_PERIOD};
 use super::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
-use super::sockdiag::{Family, SockDiag, TcpSample};
+use super::sockdiag::{Family, SockDiag, TcpSample, UdpSample};
+use super::udp_flows::{FlowCounts, FlowKey};
 use crate::config::{EventsMode, NamespacesMode};
 use crate::logging::{PROBLEM_LOG_INTERVAL, Throttle};
 
@@ -82,6 +83,7 @@ pub struct SourceCounters {
     pub kernel_events: u64,
     pub kernel_events_ring_full: u64,
     pub kernel_events_map_full: u64,
+    pub kernel_events_udp_full: u64,
     pub kernel_events_queue_full: u64,
     pub kernel_events_unparsable: u64,
     pub namespaces: NamespaceCounters,
@@ -123,6 +125,7 @@ const EVENTS_COST: &str = "the processes of connections that open and close betw
 fn start_events(
     mode: EventsMode,
     all_namespaces: bool,
+    udp: bool,
 ) -> Result<(Option<EventSource>, Availability, Availability), StartError> {
     if mode == EventsMode::Off {
         let why = "off (collect.events = \"off\")".to_string();
@@ -132,7 +135,7 @@ fn start_events(
             Availability::Unavailable(why),
         ));
     }
-    match EventSource::start("/proc".into(), all_namespaces) {
+    match EventSource::start("/proc".into(), all_namespaces, udp) {
         Ok(source) => {
             let timing = match &source.timing {
                 Ok(()) => Availability::YES,
@@ -188,6 +191,9 @@ pub struct Sources {
     closed_fins: HashMap<u64, (bool, std::time::Duration)>,
     /// Keep connections with IPv6 remote addresses (`collect.ipv6`).
     ipv6: bool,
+    /// The ephemeral port range (`net.ipv4.ip_local_port_range` of depmap's namespace): an
+    /// unconnected UDP socket bound in it is a client's, not a bound port.
+    ephemeral: std::ops::RangeInclusive<u16>,
     /// The monotonic clock origin; sample times are milliseconds since it.
     epoch: Instant,
     pub status: SourceStatus,
@@ -211,6 +217,7 @@ impl Sources {
         ipv6: bool,
         events: EventsMode,
         namespaces: NamespacesMode,
+        udp: bool,
     ) -> Result<Sources, StartError> {
         let mut diag = SockDiag::open().map_err(StartError::Open)?;
         diag.dump(Family::V4, |_| {}).map_err(StartError::Dump)?;
@@ -223,7 +230,7 @@ impl Sources {
         // Attached before the first (baseline) dump: every socket it does not hold was opened
         // under the programs' eyes.
         let (events, kernel_events, event_timing) =
-            start_events(events, namespaces == NamespacesMode::All)?;
+            start_events(events, namespaces == NamespacesMode::All, udp)?;
         // With events, whether a closed socket had its peer's FIN comes from its CLOSED event.
         let fin_lookups = events.is_none();
         let batch = if events.is_some() {
@@ -276,6 +283,7 @@ impl Sources {
             events,
             closed_fins: HashMap::new(),
             ipv6,
+            ephemeral: ephemeral_ports(),
             epoch: Instant::now(),
             counters: SourceCounters::default(),
             waited: Vec::new(),
@@ -453,6 +461,75 @@ impl Sources {
         }
     }
 
+    /// Every UDP socket of every namespace read, into `out` (cleared first): the bound ports
+    /// among them ([`Sources::is_udp_port`]) and the holders of UDP flows.
+    pub fn dump_udp(&mut self, out: &mut Vec<UdpSample>) {
+        out.clear();
+        let mut families = vec![Family::V4];
+        if self.status.sock_diag_v6.is_available() {
+            families.push(Family::V6);
+        }
+        let others = self
+            .namespaces
+            .iter_mut()
+            .flat_map(|n| n.followed.iter_mut().map(|(id, ns)| (*id, &mut ns.diag)));
+        let readers = std::iter::once((0, &mut self.diag)).chain(others);
+        for (netns, diag) in readers {
+            for &family in &families {
+                let dumped = diag.dump_udp(family, |mut s| {
+                    s.netns = netns;
+                    out.push(s)
+                });
+                match dumped {
+                    Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
+                    Err(e) => {
+                        self.counters.dump_errors += 1;
+                        if let Some(more) = self.dump_failures.ready() {
+                            tracing::warn!(error = %e, ?family, netns, also_since_last_log = more, "sock_diag UDP dump failed; this poll's UDP ports are partial");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a UDP socket is a bound port: unconnected, on a port outside the ephemeral
+    /// range — a server's; a client's socket that sends with `sendto` is bound to an
+    /// ephemeral port, and a connected socket is a flow's end, not a port.
+    pub fn is_udp_port(&self, s: &UdpSample) -> bool {
+        s.is_unconnected() && !self.ephemeral.contains(&s.local.port())
+    }
+
+    /// The UDP flows' counters now, into `out`; false where they are not measured (no event
+    /// source, or its UDP programs cannot run).
+    pub fn read_udp_flows(&mut self, out: &mut Vec<(FlowKey, FlowCounts)>) -> bool {
+        match self.events.as_ref().map(|e| &e.udp_flows) {
+            Some(Ok(flows)) => {
+                flows.read(out);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets idle flows in the kernel.
+    pub fn forget_udp_flows(&mut self, idle: &[FlowKey]) {
+        if let Some(Ok(flows)) = self.events.as_mut().map(|e| &mut e.udp_flows) {
+            for k in idle {
+                flows.remove(k);
+            }
+        }
+    }
+
+    /// Whether UDP flows are measured here, or why not (the capability report).
+    pub fn udp_flows_status(&self) -> Availability {
+        match self.events.as_ref().map(|e| &e.udp_flows) {
+            Some(Ok(_)) => Availability::YES,
+            Some(Err(why)) => Availability::Unavailable(why.clone()),
+            None => Availability::Unavailable("no kernel event source".into()),
+        }
+    }
+
     /// With `collect.namespaces = "all"`, once every [`SCAN_PERIOD`]: follows the namespaces
     /// that appeared, and closes the readers of those gone (their last destroy notifications
     /// are kept for [`Sources::finals`]).
@@ -613,6 +690,7 @@ impl Sources {
             kernel_events: events(|c| &c.received),
             kernel_events_ring_full: events(|c| &c.ring_full),
             kernel_events_map_full: events(|c| &c.map_full),
+            kernel_events_udp_full: events(|c| &c.udp_full),
             kernel_events_queue_full: events(|c| &c.queue_full),
             kernel_events_unparsable: events(|c| &c.unparsable),
             proc_event_errors: self
@@ -629,6 +707,19 @@ impl Sources {
                 .map_or(0, |n| n.followed.len() as u64),
             ..self.counters
         }
+    }
+}
+
+/// `net.ipv4.ip_local_port_range` (the kernel's default, 32768–60999, when unreadable).
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut ports = text
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u16>().ok());
+    match (ports.next(), ports.next()) {
+        (Some(lo), Some(hi)) if lo <= hi => lo..=hi,
+        _ => 32768..=60999,
     }
 }
 

@@ -45,6 +45,7 @@ pub fn records(
                 &src.to_string(),
                 &dst.to_string(),
                 key.destination_port,
+                key.protocol.as_str(),
             ),
             destination_ip: dst,
             destination_port: i32::from(key.destination_port),
@@ -56,7 +57,7 @@ pub fn records(
             links_terminated: st.links_terminated as i64,
             process: key.process.as_ref().map(|p| p.to_string()),
             process_name: name_of(&key.process),
-            protocol: "tcp".into(),
+            protocol: key.protocol.as_str().into(),
             remote_ip: remote,
             responses: Some(st.rt.responses as i64),
             response_time_max: rt_value(&st.rt, st.rt.max_us),
@@ -75,7 +76,13 @@ pub fn records(
             origin: Origin::new(id, time.clone()),
             bytes_received: p.stats.bytes_received as i64,
             bytes_sent: p.stats.bytes_sent as i64,
-            port_id: port_id(&id.machine, process, &ip.to_string(), key.port),
+            port_id: port_id(
+                &id.machine,
+                process,
+                &ip.to_string(),
+                key.port,
+                key.protocol.as_str(),
+            ),
             ip,
             is_wildcard_bind: p.is_wildcard_bind,
             links_established: p.stats.links_established as i64,
@@ -84,7 +91,7 @@ pub fn records(
             port: i32::from(key.port),
             process: key.process.as_ref().map(|p| p.to_string()),
             process_name: name_of(&key.process),
-            protocol: "tcp".into(),
+            protocol: key.protocol.as_str().into(),
             responses: Some(p.stats.rt.responses as i64),
             response_time_max: rt_value(&p.stats.rt, p.stats.rt.max_us),
             response_time_min: rt_value(&p.stats.rt, p.stats.rt.min_us),
@@ -103,6 +110,7 @@ fn rt_value(rt: &RtStats, us: u64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::track::sockets::Protocol;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn key(direction: Direction, process: Option<&str>) -> ConnKey {
@@ -112,6 +120,7 @@ mod tests {
             source_ip: "10.0.0.9".parse().unwrap(),
             destination_ip: "10.0.0.1".parse().unwrap(),
             destination_port: 80,
+            protocol: Protocol::Tcp,
         }
     }
 

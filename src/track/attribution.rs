@@ -25,12 +25,12 @@ use std::time::Instant;
 
 use super::pools::PoolRegistry;
 use super::ports::{Listener, Listeners};
-use super::sockets::{ConnKey, Direction, PoolId};
+use super::sockets::{ConnKey, Direction, PoolId, Protocol};
 use crate::collect::ebpf::{EventProcess, Role};
 use crate::collect::ownership::SocketOwners;
 use crate::collect::proc_events::ProcChange;
 use crate::collect::procinfo::ProcessInfo;
-use crate::collect::sockdiag::TcpSample;
+use crate::collect::sockdiag::{TcpSample, UdpSample};
 
 pub struct Attribution {
     owners: SocketOwners,
@@ -122,7 +122,7 @@ impl Attribution {
             },
         };
         if let Some(pool) = id.as_ref().and_then(|id| self.pools.get_mut(id)) {
-            pool.has_tcp = true;
+            pool.has_sockets = true;
         }
         id
     }
@@ -208,6 +208,21 @@ impl Attribution {
             self.listeners.insert(Listener {
                 addr: s.local,
                 netns: s.netns,
+                protocol: Protocol::Tcp,
+                owners,
+            });
+        }
+    }
+
+    /// This dump's bound UDP ports (which sockets are: `Sources::dump_udp`), with their
+    /// holders' pools; after [`Attribution::set_listeners`], which starts the dump's set.
+    pub fn add_udp_ports<'a>(&mut self, bound: impl Iterator<Item = &'a UdpSample>) {
+        for s in bound {
+            let owners = self.pools_holding(s.inode);
+            self.listeners.insert(Listener {
+                addr: s.local,
+                netns: s.netns,
+                protocol: Protocol::Udp,
                 owners,
             });
         }
@@ -253,6 +268,7 @@ impl Attribution {
             source_ip,
             destination_ip: destination.ip(),
             destination_port: destination.port(),
+            protocol: Protocol::Tcp,
         }
     }
 
@@ -304,6 +320,14 @@ impl Attribution {
             .or_else(|| (l.owners.len() == 1).then(|| l.owners[0].clone()))
     }
 
+    /// The pool holding a socket inode (lowest pid first), if a readable process holds it.
+    pub fn pool_holding(&mut self, inode: u32) -> Option<PoolId> {
+        if inode == 0 {
+            return None;
+        }
+        self.pools_holding(inode).into_iter().next()
+    }
+
     /// Pools of the processes holding a socket inode, lowest pid first, deduplicated.
     fn pools_holding(&mut self, inode: u32) -> Vec<PoolId> {
         let pids: Vec<u32> = self.owners.owners(inode).to_vec();
@@ -311,7 +335,7 @@ impl Attribution {
         for pid in pids {
             if let Some(id) = self.pools.pool_of(pid) {
                 if let Some(p) = self.pools.get_mut(&id) {
-                    p.has_tcp = true;
+                    p.has_sockets = true;
                 }
                 if !out.contains(&id) {
                     out.push(id);

@@ -5,4 +5,5 @@ pub mod pools;
 pub mod ports;
 pub mod response;
 pub mod sockets;
+pub mod udp;
 pub mod window;

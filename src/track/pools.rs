@@ -26,8 +26,9 @@ pub struct Pool {
     /// before its first VMProcess record (a `curl` that lived 20 ms, known from a kernel
     /// event) is still reported once, with that process as FirstPid.
     pub last_member: Option<(u64, u32)>,
-    /// Whether the pool has held a TCP socket (VMProcess reports those by default).
-    pub has_tcp: bool,
+    /// Whether the pool has held a TCP or bound UDP socket (VMProcess reports those by
+    /// default).
+    pub has_sockets: bool,
     /// Whether a VMProcess record was emitted since the pool appeared.
     pub reported: bool,
 }
@@ -135,7 +136,7 @@ impl PoolRegistry {
             cgroup: info.cgroup.clone(),
             members: BTreeSet::new(),
             last_member: None,
-            has_tcp: false,
+            has_sockets: false,
             reported: false,
         });
         // Members that died without an exit event (no proc connector) leave now.

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::collect::sockdiag::is_wildcard;
 
-use super::sockets::{ConnKey, ConnStats, Direction, PoolId};
+use super::sockets::{ConnKey, ConnStats, Direction, PoolId, Protocol};
 
 /// One listening socket and the pools holding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct Listener {
     /// The network namespace it listens in (0: depmap's own): a listener accepts only the
     /// connections of its own namespace.
     pub netns: u64,
+    /// A TCP listener, or a UDP socket bound to a (non-ephemeral) port.
+    pub protocol: Protocol,
     /// Holders' pools, deduplicated; empty when no readable process holds it.
     pub owners: Vec<PoolId>,
 }
@@ -35,7 +37,7 @@ impl Listeners {
         let at = self.by_port.entry(l.addr.port()).or_default();
         if let Some(existing) = at
             .iter_mut()
-            .find(|e| e.addr == l.addr && e.netns == l.netns)
+            .find(|e| e.addr == l.addr && e.netns == l.netns && e.protocol == l.protocol)
         {
             for o in l.owners {
                 if !existing.owners.contains(&o) {
@@ -52,7 +54,10 @@ impl Listeners {
     /// accepts IPv4 too).
     pub fn accepting(&self, netns: u64, local: SocketAddr) -> Option<&Listener> {
         let at = self.by_port.get(&local.port())?;
-        let here = || at.iter().filter(|l| l.netns == netns);
+        let here = || {
+            at.iter()
+                .filter(|l| l.netns == netns && l.protocol == Protocol::Tcp)
+        };
         here().find(|l| l.addr.ip() == local.ip()).or_else(|| {
             here().find(|l| {
                 is_wildcard(l.addr.ip())
@@ -101,6 +106,7 @@ pub struct PortKey {
     pub process: Option<PoolId>,
     pub ip: IpAddr,
     pub port: u16,
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,6 +134,7 @@ pub fn bound_ports(
                 process,
                 ip: l.addr.ip(),
                 port: l.addr.port(),
+                protocol: l.protocol,
             })
             .or_default();
         }
@@ -149,6 +156,7 @@ pub fn bound_ports(
                 process,
                 ip: key.destination_ip,
                 port: key.destination_port,
+                protocol: l.protocol,
             })
             .or_default();
         entry.is_wildcard_bind = is_wildcard(l.addr.ip());
@@ -157,7 +165,10 @@ pub fn bound_ports(
     for l in listeners.iter().filter(|l| is_wildcard(l.addr.ip())) {
         for process in owners_or_none(l) {
             let covered = out.iter().any(|(k, v)| {
-                v.is_wildcard_bind && k.process == process && k.port == l.addr.port()
+                v.is_wildcard_bind
+                    && k.process == process
+                    && k.port == l.addr.port()
+                    && k.protocol == l.protocol
             });
             if !covered {
                 out.insert(
@@ -165,6 +176,7 @@ pub fn bound_ports(
                         process,
                         ip: l.addr.ip(),
                         port: l.addr.port(),
+                        protocol: l.protocol,
                     },
                     PortStats {
                         is_wildcard_bind: true,
@@ -185,6 +197,7 @@ mod tests {
         Listener {
             addr: addr.parse().unwrap(),
             netns: 0,
+            protocol: Protocol::Tcp,
             owners: vec![owner.into()],
         }
     }
@@ -196,6 +209,7 @@ mod tests {
             source_ip: "10.9.9.9".parse().unwrap(),
             destination_ip: dst.parse().unwrap(),
             destination_port: port,
+            protocol: Protocol::Tcp,
         }
     }
 
@@ -271,6 +285,44 @@ mod tests {
         let mut v4 = Listeners::default();
         v4.insert(listener("0.0.0.0:22", "p-c"));
         assert!(v4.accepting(0, "[fd00::1]:22".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn udp_ports_are_bound_ports_of_their_own() {
+        let mut ls = Listeners::default();
+        ls.insert(Listener {
+            protocol: Protocol::Udp,
+            ..listener("0.0.0.0:53", "p-dns")
+        });
+        ls.insert(listener("0.0.0.0:53", "p-dns"));
+        // A TCP connection to 53 is accepted by the TCP listener only.
+        assert_eq!(
+            ls.accepting(0, "10.0.0.1:53".parse().unwrap())
+                .unwrap()
+                .protocol,
+            Protocol::Tcp
+        );
+        let mut conns = HashMap::new();
+        conns.insert(
+            inbound("10.0.0.1", 53, "p-dns"),
+            ConnStats {
+                links_established: 1,
+                ..Default::default()
+            },
+        );
+        let ports = bound_ports(&ls, &conns);
+        let keys: Vec<_> = ports
+            .iter()
+            .map(|(k, v)| (k.ip.to_string(), k.protocol, v.stats.links_established))
+            .collect();
+        // TCP: the address that accepted; UDP: its wildcard record, idle.
+        assert_eq!(
+            keys,
+            vec![
+                ("0.0.0.0".into(), Protocol::Udp, 0),
+                ("10.0.0.1".into(), Protocol::Tcp, 1)
+            ]
+        );
     }
 
     #[test]

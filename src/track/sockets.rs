@@ -40,6 +40,23 @@ impl Direction {
     }
 }
 
+/// A socket's transport (the `Protocol` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 /// The VMConnection grouping key (Machine and Protocol are the same for every record).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
@@ -49,6 +66,7 @@ pub struct ConnKey {
     pub source_ip: IpAddr,
     pub destination_ip: IpAddr,
     pub destination_port: u16,
+    pub protocol: Protocol,
 }
 
 /// Sums of one logical connection (or one bound port) over a window.
@@ -720,6 +738,7 @@ mod tests {
             source_ip: "10.0.0.1".parse().unwrap(),
             destination_ip: "10.0.0.2".parse().unwrap(),
             destination_port: 80,
+            protocol: Protocol::Tcp,
         }
     }
 

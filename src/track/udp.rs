@@ -1,0 +1,280 @@
+//! UDP flows across reads of the kernel's flow counters, and their window sums.
+//!
+//! A flow is one socket and one remote endpoint (README "UDP" has the rules):
+//! * **established** when first seen (`LinksEstablished` of that window);
+//! * **direction**: inbound when its first datagram was received, else outbound (the side
+//!   that sent first is the client: a DNS query, an NTP request, a syslog message);
+//! * **terminated** once idle — no datagram either way — for [`IDLE_AFTER`] (`LinksTerminated`
+//!   of the window that sees it idle; the kernel forgets it then, and a later datagram is a
+//!   new flow);
+//! * **live** at a window's end when not terminated (`LinksLive`);
+//! * bytes: UDP payload each way, the deltas of the kernel's sums; `Responses` 0 (no
+//!   request/response pairing yet), response times null.
+//!
+//! No I/O: the poll loop hands it each read and the owners it knows.
+
+use std::collections::HashMap;
+
+use super::sockets::{ConnKey, ConnStats, Direction, PoolId, Protocol};
+use crate::collect::udp_flows::{FlowCounts, FlowKey};
+
+/// How long a flow may be idle before it is terminated (conntrack's timeout for a UDP
+/// "stream" is 120 s, for a single exchange 30 s; a window is 60 s by default).
+pub const IDLE_AFTER_MS: u64 = 60_000;
+
+struct Flow {
+    key: ConnKey,
+    last: FlowCounts,
+    /// When its counters last moved (sources' clock).
+    active_ms: u64,
+}
+
+/// Counters of the flows' tracking.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UdpStats {
+    pub flows_seen: u64,
+    /// Flows beyond [`UdpTracker::max_flows`] (not tracked; their bytes are missing).
+    pub shed: u64,
+}
+
+pub struct UdpTracker {
+    flows: HashMap<FlowKey, Flow>,
+    window: HashMap<ConnKey, ConnStats>,
+    max_flows: usize,
+    pub stats: UdpStats,
+}
+
+impl UdpTracker {
+    pub fn new(max_flows: usize) -> UdpTracker {
+        UdpTracker {
+            flows: HashMap::new(),
+            window: HashMap::new(),
+            max_flows,
+            stats: UdpStats::default(),
+        }
+    }
+
+    /// Applies one read of the kernel's flows at `now_ms`; `owner` names a socket's pool by
+    /// its cookie where known. Returns the flows to forget in the kernel (idle).
+    pub fn observe(
+        &mut self,
+        read: &[(FlowKey, FlowCounts)],
+        now_ms: u64,
+        mut owner: impl FnMut(u64) -> Option<PoolId>,
+    ) -> Vec<FlowKey> {
+        for (k, c) in read {
+            match self.flows.get_mut(k) {
+                Some(flow) => {
+                    let out = c.bytes_out.saturating_sub(flow.last.bytes_out);
+                    let inb = c.bytes_in.saturating_sub(flow.last.bytes_in);
+                    let moved = c.datagrams_out != flow.last.datagrams_out
+                        || c.datagrams_in != flow.last.datagrams_in;
+                    if flow.key.process.is_none()
+                        && let Some(pool) = owner(k.cookie)
+                    {
+                        flow.key.process = Some(pool);
+                    }
+                    flow.last = *c;
+                    if moved {
+                        flow.active_ms = now_ms;
+                        let w = self.window.entry(flow.key.clone()).or_default();
+                        w.bytes_sent += out;
+                        w.bytes_received += inb;
+                    }
+                }
+                None => {
+                    if self.flows.len() >= self.max_flows {
+                        self.stats.shed += 1;
+                        continue;
+                    }
+                    self.stats.flows_seen += 1;
+                    let key = conn_key(k, c, owner(k.cookie));
+                    let w = self.window.entry(key.clone()).or_default();
+                    w.links_established += 1;
+                    w.bytes_sent += c.bytes_out;
+                    w.bytes_received += c.bytes_in;
+                    self.flows.insert(
+                        *k,
+                        Flow {
+                            key,
+                            last: *c,
+                            active_ms: now_ms,
+                        },
+                    );
+                }
+            }
+        }
+        let idle: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| now_ms.saturating_sub(f.active_ms) >= IDLE_AFTER_MS)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &idle {
+            if let Some(f) = self.flows.remove(k) {
+                self.window.entry(f.key).or_default().links_terminated += 1;
+            }
+        }
+        idle
+    }
+
+    /// Whether `k` is not tracked yet.
+    pub fn is_new(&self, k: &FlowKey) -> bool {
+        !self.flows.contains_key(k)
+    }
+
+    /// Whether `k` is new or has no process yet.
+    pub fn needs_owner(&self, k: &FlowKey) -> bool {
+        self.flows.get(k).is_none_or(|f| f.key.process.is_none())
+    }
+
+    /// Whether any flow has no process yet.
+    pub fn unattributed(&self) -> bool {
+        self.flows.values().any(|f| f.key.process.is_none())
+    }
+
+    /// The processes of the flows tracked (their pools are kept).
+    pub fn processes(&self) -> impl Iterator<Item = &PoolId> {
+        self.flows.values().filter_map(|f| f.key.process.as_ref())
+    }
+
+    /// The window's sums (flows not terminated count as live), and a fresh window.
+    pub fn close_window(&mut self) -> HashMap<ConnKey, ConnStats> {
+        let mut out = std::mem::take(&mut self.window);
+        for f in self.flows.values() {
+            out.entry(f.key.clone()).or_default().links_live += 1;
+        }
+        out
+    }
+}
+
+/// A new flow's grouping key (`Protocol = udp`).
+fn conn_key(k: &FlowKey, c: &FlowCounts, process: Option<PoolId>) -> ConnKey {
+    let (local, remote) = (k.local(), k.remote());
+    let (direction, source_ip, destination) = if c.received_first() {
+        (Direction::Inbound, remote.ip(), local)
+    } else {
+        (Direction::Outbound, local.ip(), remote)
+    };
+    ConnKey {
+        direction,
+        process,
+        source_ip,
+        destination_ip: destination.ip(),
+        destination_port: destination.port(),
+        protocol: Protocol::Udp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(cookie: u64) -> FlowKey {
+        FlowKey::new(
+            cookie,
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:53".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn flows_are_established_summed_and_terminated_when_idle() {
+        let mut t = UdpTracker::new(10);
+        let owner = |c: u64| (c == 1).then(|| PoolId::from("p-client"));
+        // First sight: established, its bytes so far.
+        let idle = t.observe(
+            &[(key(1), FlowCounts::new((40, 100), (1, 1), false))],
+            0,
+            owner,
+        );
+        assert!(idle.is_empty());
+        t.observe(
+            &[(key(1), FlowCounts::new((80, 300), (2, 2), false))],
+            1_000,
+            owner,
+        );
+        let w = t.close_window();
+        let (k, s) = w.iter().next().unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            (
+                k.direction,
+                k.protocol,
+                k.destination_port,
+                k.process.as_deref()
+            ),
+            (Direction::Outbound, Protocol::Udp, 53, Some("p-client"))
+        );
+        assert_eq!(
+            (k.source_ip.to_string(), k.destination_ip.to_string()),
+            ("10.0.0.1".into(), "10.0.0.2".into())
+        );
+        assert_eq!(
+            (
+                s.links_established,
+                s.links_live,
+                s.links_terminated,
+                s.bytes_sent,
+                s.bytes_received
+            ),
+            (1, 1, 0, 80, 300)
+        );
+        // Idle for IDLE_AFTER_MS: terminated, and forgotten in the kernel.
+        let same = [(key(1), FlowCounts::new((80, 300), (2, 2), false))];
+        assert!(
+            t.observe(&same, 1_000 + IDLE_AFTER_MS - 1, owner)
+                .is_empty()
+        );
+        assert_eq!(t.observe(&same, 1_000 + IDLE_AFTER_MS, owner), vec![key(1)]);
+        let w = t.close_window();
+        let s = w.values().next().unwrap();
+        assert_eq!(
+            (
+                s.links_established,
+                s.links_live,
+                s.links_terminated,
+                s.bytes_sent
+            ),
+            (0, 0, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_flow_whose_first_datagram_arrived_is_inbound_and_owners_come_late() {
+        let mut t = UdpTracker::new(1);
+        let none = |_: u64| None;
+        t.observe(&[(key(2), FlowCounts::new((0, 30), (0, 1), true))], 0, none);
+        // Past the cap: shed, counted.
+        t.observe(&[(key(3), FlowCounts::new((5, 0), (1, 0), false))], 0, none);
+        assert_eq!(t.stats.shed, 1);
+        assert!(t.unattributed());
+        t.observe(
+            &[(key(2), FlowCounts::new((60, 30), (1, 1), true))],
+            10,
+            |_| Some(PoolId::from("p-srv")),
+        );
+        assert!(!t.unattributed());
+        let w = t.close_window();
+        let inbound: Vec<_> = w
+            .iter()
+            .filter(|(k, _)| k.direction == Direction::Inbound)
+            .collect();
+        // Before its owner was known: null; after: the pool (the bytes of each part exact).
+        assert_eq!(inbound.len(), 2);
+        for (k, s) in inbound {
+            assert_eq!(
+                (k.source_ip.to_string(), k.destination_port),
+                ("10.0.0.2".into(), 40000)
+            );
+            match k.process.as_deref() {
+                None => assert_eq!(
+                    (s.links_established, s.bytes_received, s.bytes_sent),
+                    (1, 30, 0)
+                ),
+                Some("p-srv") => assert_eq!((s.links_live, s.bytes_sent), (1, 60)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! UDP from the dumps: servers' bound UDP ports are VMBoundPort records with
+//! `Protocol = "udp"` and their process; a client's socket (bound to an ephemeral port by its
+//! first `sendto`) and connected sockets are not ports; a TCP listener on the same port number
+//! stays a record of its own; `collect.udp = false` turns them off.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// A Python program in `ns` that prints "ready <port>" once its sockets are set up, then
+/// holds them.
+fn hold(ns: &Netns, program: &str) -> (Proc, u16) {
+    let mut cmd = ns.command("python3");
+    cmd.args(["-c", program]);
+    let mut p = Proc::spawn(cmd);
+    let line = p.line(Duration::from_secs(20));
+    let port = line
+        .strip_prefix("ready ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("not ready: {line}"));
+    (p, port)
+}
+
+const SERVERS: &str = r#"
+import socket, time
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); dns.bind(("0.0.0.0", 5353))
+syslog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); syslog.bind(("127.0.0.1", 5514))
+tcp = socket.socket(); tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("0.0.0.0", 5353)); tcp.listen()
+print("ready 5353", flush=True)
+time.sleep(600)
+"#;
+
+/// An unconnected client socket that sent once (bound to an ephemeral port), and a
+/// connected one.
+const CLIENT: &str = r#"
+import socket, time
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.sendto(b"q" * 30, ("127.0.0.1", 5353))
+k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); k.connect(("127.0.0.1", 5514)); k.send(b"x")
+print("ready", c.getsockname()[1], flush=True)
+time.sleep(600)
+"#;
+
+fn udp_ports(records: &[Value]) -> Vec<&Value> {
+    of_type(records, "VMBoundPort")
+        .into_iter()
+        .filter(|r| r["Protocol"] == "udp")
+        .collect()
+}
+
+#[test]
+fn servers_udp_ports_are_bound_ports_and_clients_are_not() {
+    let _serial = serial();
+    let ns = Netns::new("udpports");
+    let (_servers, _) = hold(&ns, SERVERS);
+    let (_client, ephemeral) = hold(&ns, CLIENT);
+    let mut depmap = Depmap::start(&ns);
+    let seen = depmap.wait_for(Duration::from_secs(20), |r| {
+        let udp = udp_ports(r);
+        udp.iter().any(|p| p["Port"] == 5353) && udp.iter().any(|p| p["Port"] == 5514)
+    });
+    assert!(seen, "no UDP bound ports");
+    let records = depmap.stop();
+    let udp = udp_ports(&records);
+    let dns: Vec<&&Value> = udp.iter().filter(|p| p["Port"] == 5353).collect();
+    let syslog: Vec<&&Value> = udp.iter().filter(|p| p["Port"] == 5514).collect();
+    for p in &dns {
+        assert_eq!(
+            (&p["Ip"], &p["IsWildcardBind"]),
+            (&Value::from("0.0.0.0"), &Value::from(true)),
+            "{p}"
+        );
+    }
+    for p in &syslog {
+        assert_eq!(
+            (&p["Ip"], &p["IsWildcardBind"]),
+            (&Value::from("127.0.0.1"), &Value::from(false)),
+            "{p}"
+        );
+    }
+    for p in dns.iter().chain(&syslog) {
+        assert!(is_python(&p["ProcessName"]), "{p}");
+        assert_eq!(p["LinksEstablished"], 0, "UDP has no links from dumps: {p}");
+        assert_ne!(p["Process"], Value::Null, "{p}");
+    }
+    // The client's ephemeral port, the connected socket's and nothing else.
+    let others: Vec<&&Value> = udp
+        .iter()
+        .filter(|p| p["Port"] != 5353 && p["Port"] != 5514)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "client sockets as ports (ephemeral {ephemeral}): {others:?}"
+    );
+    // The TCP listener on 5353 is a record of its own, with the same process.
+    let tcp: Vec<&Value> = of_type(&records, "VMBoundPort")
+        .into_iter()
+        .filter(|r| r["Protocol"] == "tcp" && r["Port"] == 5353)
+        .collect();
+    assert!(!tcp.is_empty(), "{records:?}");
+    assert_eq!(tcp[0]["Process"], dns[0]["Process"]);
+    assert_ne!(
+        tcp[0]["PortId"], dns[0]["PortId"],
+        "the protocol is part of PortId"
+    );
+    // Their process is reported (it holds UDP ports, no TCP connection).
+    assert!(
+        of_type(&records, "VMProcess")
+            .iter()
+            .any(|r| r["Process"] == dns[0]["Process"]),
+        "no VMProcess record for the UDP server"
+    );
+}
+
+#[test]
+fn collect_udp_false_turns_udp_ports_off() {
+    let _serial = serial();
+    let ns = Netns::new("udpoff");
+    let (_servers, _) = hold(&ns, SERVERS);
+    let mut depmap = Depmap::start_with(&ns, "udp = false\n");
+    // The TCP listener's record says a window with the UDP sockets closed.
+    let seen = depmap.wait_for(Duration::from_secs(20), |r| {
+        of_type(r, "VMBoundPort").iter().any(|p| p["Port"] == 5353)
+    });
+    assert!(seen);
+    let records = depmap.stop();
+    assert!(udp_ports(&records).is_empty(), "{records:?}");
+}
+
+/// A DNS-like server (unconnected: `recvfrom`/`sendto`, answers 120 B per query) on 5353 and
+/// a syslog-like sink (reads, never answers) on 5514.
+const UDP_SERVERS: &str = r#"
+import socket, threading, time
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); dns.bind(("127.0.0.1", 5353))
+sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sink.bind(("127.0.0.1", 5514))
+def answer():
+    while True:
+        q, peer = dns.recvfrom(2048)
+        dns.sendto(b"a" * 120, peer)
+def drain():
+    while True:
+        sink.recv(2048)
+threading.Thread(target=answer, daemon=True).start()
+threading.Thread(target=drain, daemon=True).start()
+print("ready 5353", flush=True)
+time.sleep(600)
+"#;
+
+/// 500 queries of 40 B with `sendto` (each answered), then 500 datagrams of 100 B on a
+/// connected socket: 1,000 datagrams of known sizes out, 500 in.
+const UDP_CLIENT: &str = r#"
+import socket, time
+q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.settimeout(5)
+for _ in range(500):
+    q.sendto(b"q" * 40, ("127.0.0.1", 5353))
+    q.recvfrom(2048)
+k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); k.connect(("127.0.0.1", 5514))
+for _ in range(500):
+    k.send(b"x" * 100)
+print("ready", q.getsockname()[1], flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn udp_flows_are_exact_on_both_ends_with_the_event_source() {
+    let _serial = serial();
+    let ns = Netns::new("udpflows");
+    let (_servers, _) = hold(&ns, UDP_SERVERS);
+    let mut depmap = Depmap::start_with(&ns, "events = \"ebpf\"\n");
+    let (_client, _) = hold(&ns, UDP_CLIENT);
+    let udp = |direction: &'static str, port: i64| {
+        move |r: &Value| {
+            r["Protocol"] == "udp" && r["Direction"] == direction && r["DestinationPort"] == port
+        }
+    };
+    let done = depmap.wait_for(Duration::from_secs(30), |r| {
+        conn_sums(r, udp("outbound", 5353)).get("BytesReceived") == Some(&60_000)
+            && conn_sums(r, udp("inbound", 5514)).get("BytesReceived") == Some(&50_000)
+    });
+    assert!(done, "the UDP flows' bytes never reached their totals");
+    let records = depmap.stop();
+    let flows = |f: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+        of_type(&records, "VMConnection")
+            .into_iter()
+            .filter(|r| f(r))
+            .cloned()
+            .collect()
+    };
+    let check = |f: &dyn Fn(&Value) -> bool, sent: i64, received: i64| {
+        let all = flows(f);
+        assert!(!all.is_empty());
+        let sum = |c: &str| all.iter().map(|r| r[c].as_i64().unwrap_or(0)).sum::<i64>();
+        assert_eq!(
+            (
+                sum("LinksEstablished"),
+                sum("BytesSent"),
+                sum("BytesReceived")
+            ),
+            (1, sent, received),
+            "{all:?}"
+        );
+        for r in &all {
+            assert!(is_python(&r["ProcessName"]), "{r}");
+            assert_eq!(r["SourceIp"], "127.0.0.1");
+            assert_eq!(r["DestinationIp"], "127.0.0.1");
+            assert_eq!(r["ResponseTimeSum"], Value::Null, "{r}");
+        }
+        all[0]["Process"].clone()
+    };
+    // The DNS-like exchange: the client's one socket to one remote, the server's one flow.
+    let client = check(&udp("outbound", 5353), 20_000, 60_000);
+    let dns = check(&udp("inbound", 5353), 60_000, 20_000);
+    // The connected socket's datagrams, never answered.
+    let sender = check(&udp("outbound", 5514), 50_000, 0);
+    let sink = check(&udp("inbound", 5514), 0, 50_000);
+    assert_eq!(client, sender, "one client process");
+    assert_eq!(dns, sink, "one server process");
+    assert_ne!(client, dns);
+    // Nothing else of this namespace's UDP (no flow to another port).
+    let others = flows(&|r: &Value| {
+        r["Protocol"] == "udp" && r["DestinationPort"] != 5353 && r["DestinationPort"] != 5514
+    });
+    assert!(others.is_empty(), "{others:?}");
+}
