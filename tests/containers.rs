@@ -1,5 +1,5 @@
 //! Containers: two "containers" — each a child cgroup named like a Docker scope with a network
-//! namespace of its own — serve TCP to each other over a veth, while depmap runs in the
+//! namespace of its own — serve TCP and UDP (DNS-like) to each other over a veth, while depmap runs in the
 //! initial namespace with `collect.namespaces = "all"`. Every connection and bound port of both
 //! must appear with exact bytes, as the containers' own addresses, and their processes must
 //! say which container they are in (Group: the name Docker's config.v2.json gives, else the
@@ -25,6 +25,7 @@ const IP_A: &str = "10.231.0.1";
 const IP_B: &str = "10.231.0.2";
 const PORT_A: u16 = 8181;
 const PORT_B: u16 = 8282;
+const PORT_UDP: u16 = 5353;
 
 /// The cgroup v2 mount (`/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a
 /// hybrid one like this kind of machine).
@@ -107,6 +108,31 @@ impl Container {
         p
     }
 
+    /// A DNS-like UDP server on 0.0.0.0:`port`: answers each datagram with 200 B.
+    fn serve_udp(&self, port: u16) -> Proc {
+        let program = format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0', {port}))\nprint('ready', flush=True)\n\
+             while True:\n    q, peer = s.recvfrom(2048)\n    s.sendto(b'a' * 200, peer)\n"
+        );
+        let mut p = Proc::spawn(self.command(&["python3", "-c", &program]));
+        assert_eq!(p.line(Duration::from_secs(20)), "ready");
+        p
+    }
+
+    /// `n` queries of `size` B to host:port, each answered; the socket is held 1.5 s after
+    /// (its holder is read from /proc while it lives).
+    fn udp_client(&self, host: &str, port: u16, n: u32, size: u32) {
+        let program = format!(
+            "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.settimeout(5)\nfor _ in range({n}):\n    s.sendto(b'q' * {size}, ('{host}', {port}))\n\
+             \x20   s.recvfrom(2048)\nprint('done', flush=True)\ntime.sleep(1.5)\n"
+        );
+        let mut p = Proc::spawn(self.command(&["python3", "-c", &program]));
+        assert_eq!(p.line(Duration::from_secs(20)), "done");
+        let _ = p.child.wait();
+    }
+
     fn client(&self, host: &str, port: u16, conns: u32, req: u32, resp: u32) -> Value {
         let args = [
             "--host".to_string(),
@@ -186,6 +212,7 @@ fn containers_with(events: &str, metrics_port: u16) {
 
     let a = Container::new("ctra", &parent.0, ID_A);
     let _server_a = a.serve(PORT_A);
+    let _udp_a = a.serve_udp(PORT_UDP);
     let mut depmap = Depmap::start_in_initial_namespace(&format!(
         "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n\
          namespaces = \"all\"\nevents = \"{events}\"\n\
@@ -196,6 +223,7 @@ fn containers_with(events: &str, metrics_port: u16) {
     let b = Container::new("ctrb", &parent.0, ID_B);
     veth(&a.ns, IP_A, &b.ns, IP_B);
     let _server_b = b.serve(PORT_B);
+    let udp_b = b.serve_udp(PORT_UDP);
     let followed = depmap.wait_for(Duration::from_secs(20), |r| {
         of_type(r, "VMBoundPort")
             .iter()
@@ -205,13 +233,27 @@ fn containers_with(events: &str, metrics_port: u16) {
 
     let b_to_a = b.client(IP_A, PORT_A, 5, 100, 1000);
     let a_to_b = a.client(IP_B, PORT_B, 3, 50, 2000);
+    b.udp_client(IP_A, PORT_UDP, 10, 40);
+    a.udp_client(IP_B, PORT_UDP, 7, 30);
+    let flows = events != "off";
     assert_eq!(
         (b_to_a["conns"].as_i64(), a_to_b["conns"].as_i64()),
         (Some(5), Some(3))
     );
     let to = |ip: &'static str, port: u16, direction: &'static str| {
         move |r: &Value| {
-            r["Direction"] == direction && r["DestinationIp"] == ip && r["DestinationPort"] == port
+            r["Direction"] == direction
+                && r["DestinationIp"] == ip
+                && r["DestinationPort"] == port
+                && r["Protocol"] == "tcp"
+        }
+    };
+    let udp = |ip: &'static str, direction: &'static str| {
+        move |r: &Value| {
+            r["Direction"] == direction
+                && r["DestinationIp"] == ip
+                && r["DestinationPort"] == PORT_UDP
+                && r["Protocol"] == "udp"
         }
     };
     let done = depmap.wait_for(Duration::from_secs(20), |r| {
@@ -227,12 +269,17 @@ fn containers_with(events: &str, metrics_port: u16) {
             ]
             .iter()
             .all(|(f, n)| conn_sums(r, f).get("LinksTerminated") == Some(n))
+            && (!flows
+                || [(udp(IP_A, "inbound"), 400), (udp(IP_B, "inbound"), 210)]
+                    .iter()
+                    .all(|(f, n)| conn_sums(r, f).get("BytesReceived") == Some(n)))
     });
     assert!(done, "not every connection was terminated in the records");
 
     // B goes away: its namespace's readers are closed.
     let left_before = metric_value(&metrics(metrics_port), "depmap_namespaces_left_total");
     drop(_server_b);
+    drop(udp_b);
     drop(b);
     let left = wait_until(Duration::from_secs(20), || {
         metric_value(&metrics(metrics_port), "depmap_namespaces_left_total") > left_before
@@ -289,11 +336,64 @@ fn containers_with(events: &str, metrics_port: u16) {
         // Not from the host's package database: the executable is the container's.
         assert_eq!(r["ProductName"], Value::Null, "{r}");
     }
+    // UDP: each container's server is a bound port of its own namespace (the same port
+    // number in both), and with the event source each flow is exact on both ends.
+    for (group, id) in [("web-a", ID_A), (&ID_B[..12], ID_B)] {
+        let servers: Vec<&Value> = of_type(&records, "VMBoundPort")
+            .into_iter()
+            .filter(|r| r["Protocol"] == "udp" && r["Port"] == PORT_UDP)
+            .filter(|r| process(&records, &r["Process"])["Group"] == group)
+            .collect();
+        assert!(!servers.is_empty(), "no UDP port of {group}");
+        let r = process(&records, &servers[0]["Process"]);
+        assert_eq!(r["Services"], json!([format!("docker://{id}")]), "{r}");
+    }
+    let udp_flows = of_type(&records, "VMConnection")
+        .into_iter()
+        .filter(|r| r["Protocol"] == "udp" && r["DestinationPort"] == PORT_UDP)
+        .count();
+    if flows {
+        // (server ip, client ip, queries × size, answers × 200, server's group, client's)
+        for (server, client, sent, answered, server_group, client_group) in [
+            (IP_A, IP_B, 400, 2_000, "web-a", &ID_B[..12]),
+            (IP_B, IP_A, 210, 1_400, &ID_B[..12], "web-a"),
+        ] {
+            let (out, out_process) = sums_and_process(&records, udp(server, "outbound"));
+            let (inb, in_process) = sums_and_process(&records, udp(server, "inbound"));
+            assert_eq!(
+                (
+                    out["LinksEstablished"],
+                    out["BytesSent"],
+                    out["BytesReceived"]
+                ),
+                (1, sent, answered),
+                "UDP to {server}: {out:?}"
+            );
+            assert_eq!(
+                (
+                    inb["LinksEstablished"],
+                    inb["BytesSent"],
+                    inb["BytesReceived"]
+                ),
+                (1, answered, sent),
+                "UDP at {server}: {inb:?}"
+            );
+            assert_eq!(process(&records, &out_process)["Group"], client_group);
+            assert_eq!(process(&records, &in_process)["Group"], server_group);
+            for r in of_type(&records, "VMConnection") {
+                if udp(server, "outbound")(r) || udp(server, "inbound")(r) {
+                    assert_eq!(r["SourceIp"], client, "{r}");
+                }
+            }
+        }
+    } else {
+        assert_eq!(udp_flows, 0, "UDP flows need the event source");
+    }
     // The bound ports, with the addresses that accepted and their sums.
     for (port, ip, server, n) in [(PORT_A, IP_A, &a_server, 5), (PORT_B, IP_B, &b_server, 3)] {
         let ports: Vec<&Value> = of_type(&records, "VMBoundPort")
             .into_iter()
-            .filter(|r| r["Port"] == port && r["Ip"] == ip)
+            .filter(|r| r["Port"] == port && r["Ip"] == ip && r["Protocol"] == "tcp")
             .collect();
         assert!(!ports.is_empty(), "no VMBoundPort {ip}:{port}");
         let links: i64 = ports
