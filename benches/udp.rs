@@ -70,9 +70,39 @@ fn role(ns: &Netns, which: &str, rate: u64) -> Child {
     child
 }
 
-/// depmap with `collect` keys for `secs` after a warm-up: (depmap, sender + sink) CPU as a
-/// share of one core.
-fn measure(ns: &Netns, collect: &str, load: &[u32], secs: u64) -> (f64, f64) {
+/// The kernel time (ns) and runs of depmap's cgroup_skb programs (prog_type 8), from the
+/// fdinfo of its program fds (counted while `kernel.bpf_stats_enabled` = 1).
+fn program_stats(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return total;
+    };
+    for fd in fds.flatten() {
+        let text = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if field("prog_type:") == Some(8) {
+            total.0 += field("run_time_ns:").unwrap_or(0);
+            total.1 += field("run_cnt:").unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// What one mode cost, as shares of one core.
+struct Cost {
+    depmap: f64,
+    load: f64,
+    /// The UDP programs' own kernel time (bpf_stats), and their runs a second.
+    programs: f64,
+    runs_per_s: f64,
+}
+
+/// depmap with `collect` keys for `secs` after a warm-up.
+fn measure(ns: &Netns, collect: &str, load: &[u32], secs: u64) -> Cost {
     let dir = std::env::temp_dir().join(format!("depmap-udpbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let cfg = dir.join("depmap.toml");
@@ -102,11 +132,11 @@ fn measure(ns: &Netns, collect: &str, load: &[u32], secs: u64) -> (f64, f64) {
     // `ip netns exec` execs depmap: the child's pid is depmap's.
     let pid = run.id();
     let load_ticks = || load.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
-    let (d0, l0) = (cpu_ticks(pid), load_ticks());
+    let (d0, l0, p0) = (cpu_ticks(pid), load_ticks(), program_stats(pid));
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let wall = start.elapsed().as_secs_f64();
-    let (d1, l1) = (cpu_ticks(pid), load_ticks());
+    let (d1, l1, p1) = (cpu_ticks(pid), load_ticks(), program_stats(pid));
     // SAFETY: kill(2) on our own child.
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
@@ -114,7 +144,12 @@ fn measure(ns: &Netns, collect: &str, load: &[u32], secs: u64) -> (f64, f64) {
     let _ = run.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let share = |t: u64| t as f64 / 100.0 / wall;
-    (share(d1 - d0), share(l1 - l0))
+    Cost {
+        depmap: share(d1 - d0),
+        load: share(l1 - l0),
+        programs: (p1.0 - p0.0) as f64 / 1e9 / wall,
+        runs_per_s: (p1.1 - p0.1) as f64 / wall,
+    }
 }
 
 fn main() {
@@ -134,32 +169,42 @@ fn main() {
         ("events on, udp = false", "events = \"ebpf\"\nudp = false\n"),
         ("events on, udp = true", "events = \"ebpf\"\nudp = true\n"),
     ];
+    // The programs' own time is counted only with bpf_stats on (restored after).
+    let stats = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(stats).unwrap_or_else(|_| "0".into());
+    let _ = std::fs::write(stats, "1");
     let mut rows = Vec::new();
     for (name, collect) in modes {
-        let (depmap, load_cpu) = measure(&ns, collect, &load, secs);
-        rows.push((name, depmap, load_cpu));
+        rows.push((name, measure(&ns, collect, &load, secs)));
     }
+    let _ = std::fs::write(stats, before.trim());
     let _ = sender.kill();
     let _ = sink.kill();
     let _ = sender.wait();
     let _ = sink.wait();
-    println!("{rate} datagrams/s of {SIZE} B, {secs} s per mode");
-    println!("| mode | depmap | sender + sink | in all |");
-    println!("|---|---|---|---|");
-    for (name, d, l) in &rows {
+    println!("{rate} datagrams/s of {SIZE} B over loopback, {secs} s per mode");
+    println!("| mode | depmap | sender + sink | UDP programs (bpf_stats) | program runs/s |");
+    println!("|---|---|---|---|---|");
+    for (name, c) in &rows {
         println!(
-            "| {name} | {:.2} % | {:.1} % | {:.1} % |",
-            d * 100.0,
-            l * 100.0,
-            (d + l) * 100.0
+            "| {name} | {:.2} % | {:.1} % | {:.2} % | {:.0} |",
+            c.depmap * 100.0,
+            c.load * 100.0,
+            c.programs * 100.0,
+            c.runs_per_s
         );
     }
-    let (_, d_off, l_off) = rows[1];
-    let (_, d_on, l_on) = rows[2];
+    let (off, on) = (&rows[1].1, &rows[2].1);
+    let per_run = if on.runs_per_s > 0.0 {
+        on.programs * 1e9 / on.runs_per_s
+    } else {
+        0.0
+    };
     println!(
-        "UDP flows cost in all: {:.2} % of one core (depmap {:+.2} %, sender + sink {:+.2} %)",
-        (d_on + l_on - d_off - l_off) * 100.0,
-        (d_on - d_off) * 100.0,
-        (l_on - l_off) * 100.0
+        "UDP flows cost: depmap {:+.2} %, programs {:.2} % ({per_run:.0} ns a run), in all {:.2} % of one core; sender + sink {:+.1} % (noise: compare the first two rows)",
+        (on.depmap - off.depmap) * 100.0,
+        on.programs * 100.0,
+        (on.depmap - off.depmap + on.programs) * 100.0,
+        (on.load - off.load) * 100.0
     );
 }

@@ -132,7 +132,7 @@ pub struct Agent {
     pub counters: AgentCounters,
     /// Recurring problems, logged once per interval.
     period_log: Throttle,
-    reported_shed: (u64, u64),
+    reported_shed: (u64, u64, u64),
     shed_log: Throttle,
 }
 
@@ -187,7 +187,7 @@ impl Agent {
             hints: Vec::new(),
             settling: Vec::new(),
             period_log: Throttle::new(PROBLEM_LOG_INTERVAL),
-            reported_shed: (0, 0),
+            reported_shed: (0, 0, 0),
             shed_log: Throttle::new(PROBLEM_LOG_INTERVAL),
             config,
         })
@@ -708,7 +708,12 @@ impl Agent {
 
     /// Logs (once a minute at most) that the caps on connections or pools shed data.
     fn report_shedding(&mut self) {
-        let shed = (self.tracker.stats.shed, self.attribution.pools().shed);
+        let udp_full = self.sources.counters().kernel_events_udp_full;
+        let shed = (
+            self.tracker.stats.shed,
+            self.attribution.pools().shed,
+            self.udp.stats.shed + udp_full,
+        );
         if shed == self.reported_shed {
             return;
         }
@@ -719,9 +724,11 @@ impl Agent {
             also_since_last_log = more,
             shed_socket_observations = shed.0,
             shed_processes = shed.1,
+            shed_udp_flows = shed.2,
             max_connections = self.config.collect.max_connections,
             max_pools = self.config.collect.max_pools,
-            "caps reached: new connections are not tracked / new process pools not attributed; raise collect.max_connections or collect.max_pools"
+            max_udp_flows = crate::collect::udp_flows::MAX_UDP_FLOWS,
+            "caps reached: new connections are not tracked / new process pools not attributed / new UDP flows not counted; raise collect.max_connections or collect.max_pools (UDP flows: a fixed map)"
         );
         self.reported_shed = shed;
     }
