@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use depmap::agent::Agent;
 use depmap::collect::namespaces::within;
@@ -27,28 +27,7 @@ use depmap::config::{Config, NamespacesMode};
 
 mod common;
 
-use common::{Netns, env_or};
-
-const ROUNDS: usize = 21;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(mut f: F) -> Duration {
-    let mut runs = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let t = Instant::now();
-        f();
-        runs.push(t.elapsed());
-    }
-    median(runs)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
+use common::{Netns, ROUNDS, env_or, ms, time};
 
 /// A farm of `conns` loopback connections (2 × `conns` sockets) in `ns`, once ready.
 fn farm(ns: &Netns, port: u16, conns: usize) -> Child {

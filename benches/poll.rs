@@ -24,29 +24,9 @@ use depmap::config::Config;
 
 mod common;
 
-use common::{Netns, cpu_ticks, default_config, env_or, status_kb};
+use common::{Netns, ROUNDS, cpu_ticks, default_config, env_or, ms, status_kb, time};
 
-const ROUNDS: usize = 21;
 const PER_FARM: usize = 2_500;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(mut f: F) -> Duration {
-    let mut runs = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let t = Instant::now();
-        f();
-        runs.push(t.elapsed());
-    }
-    median(runs)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
 
 fn main() {
     let conns = env_or("DEPMAP_BENCH_CONNS", 10_000) as usize;

@@ -428,6 +428,17 @@ struct {
 const volatile __u64 netns_cookie = 0;
 
 
+static __always_inline void udp_add(struct udp_flow *f, int in, __u64 payload)
+{
+	if (in) {
+		__sync_fetch_and_add(&f->bytes_in, payload);
+		__sync_fetch_and_add(&f->datagrams_in, 1);
+	} else {
+		__sync_fetch_and_add(&f->bytes_out, payload);
+		__sync_fetch_and_add(&f->datagrams_out, 1);
+	}
+}
+
 static __always_inline int udp_account(struct __sk_buff *skb, int in)
 {
 	struct udp_flow_key k = {};
@@ -469,13 +480,7 @@ static __always_inline int udp_account(struct __sk_buff *skb, int in)
 	k.cookie = bpf_get_socket_cookie(skb);
 	struct udp_flow *f = bpf_map_lookup_elem(&udp_flows, &k);
 	if (f) {
-		if (in) {
-			__sync_fetch_and_add(&f->bytes_in, payload);
-			__sync_fetch_and_add(&f->datagrams_in, 1);
-		} else {
-			__sync_fetch_and_add(&f->bytes_out, payload);
-			__sync_fetch_and_add(&f->datagrams_out, 1);
-		}
+		udp_add(f, in, payload);
 		return 1;
 	}
 	struct udp_flow n = {};
@@ -494,13 +499,7 @@ static __always_inline int udp_account(struct __sk_buff *skb, int in)
 			lost(UDP_FULL);
 			return 1;
 		}
-		if (in) {
-			__sync_fetch_and_add(&f->bytes_in, payload);
-			__sync_fetch_and_add(&f->datagrams_in, 1);
-		} else {
-			__sync_fetch_and_add(&f->bytes_out, payload);
-			__sync_fetch_and_add(&f->datagrams_out, 1);
-		}
+		udp_add(f, in, payload);
 	}
 	return 1;
 }

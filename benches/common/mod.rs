@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A network namespace made for a benchmark; dropping it kills everything in it (but the
 /// bench itself, which may have entered it) and deletes it, also when the bench panics.
@@ -83,4 +84,27 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Runs per timed measurement (the median is reported).
+pub const ROUNDS: usize = 21;
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The median of [`ROUNDS`] runs of `f`.
+pub fn time<F: FnMut()>(mut f: F) -> Duration {
+    let mut runs = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        f();
+        runs.push(t.elapsed());
+    }
+    median(runs)
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }

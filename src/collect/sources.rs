@@ -426,17 +426,9 @@ impl Sources {
         let begin = self.clock_ms();
         let mut complete = true;
         samples.clear();
-        let mut families = vec![Family::V4];
-        if self.status.sock_diag_v6.is_available() {
-            families.push(Family::V6);
-        }
+        let families = self.families();
         let ipv6 = self.ipv6;
-        let others = self
-            .namespaces
-            .iter_mut()
-            .flat_map(|n| n.followed.iter_mut().map(|(id, ns)| (*id, &mut ns.diag)));
-        let readers = std::iter::once((0, &mut self.diag)).chain(others);
-        for (netns, diag) in readers {
+        for (netns, diag) in readers(&mut self.diag, &mut self.namespaces) {
             for &family in &families {
                 match diag.dump(family, |mut s| {
                     if s.is_listener() || kept(ipv6, &s) {
@@ -465,16 +457,8 @@ impl Sources {
     /// among them ([`Sources::is_udp_port`]) and the holders of UDP flows.
     pub fn dump_udp(&mut self, out: &mut Vec<UdpSample>) {
         out.clear();
-        let mut families = vec![Family::V4];
-        if self.status.sock_diag_v6.is_available() {
-            families.push(Family::V6);
-        }
-        let others = self
-            .namespaces
-            .iter_mut()
-            .flat_map(|n| n.followed.iter_mut().map(|(id, ns)| (*id, &mut ns.diag)));
-        let readers = std::iter::once((0, &mut self.diag)).chain(others);
-        for (netns, diag) in readers {
+        let families = self.families();
+        for (netns, diag) in readers(&mut self.diag, &mut self.namespaces) {
             for &family in &families {
                 let dumped = diag.dump_udp(family, |mut s| {
                     s.netns = netns;
@@ -591,6 +575,15 @@ impl Sources {
             self.counters.dump_errors += 1;
         }
         found
+    }
+
+    /// The address families dumped (IPv6 where its dump works).
+    fn families(&self) -> Vec<Family> {
+        let mut families = vec![Family::V4];
+        if self.status.sock_diag_v6.is_available() {
+            families.push(Family::V6);
+        }
+        families
     }
 
     /// Every destroy subscription: the own one and those of the other namespaces followed.
@@ -721,6 +714,17 @@ fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
         (Some(lo), Some(hi)) if lo <= hi => lo..=hi,
         _ => 32768..=60999,
     }
+}
+
+/// Every sock_diag socket that dumps: depmap's namespace's (0) and each other one followed.
+fn readers<'a>(
+    own: &'a mut SockDiag,
+    namespaces: &'a mut Option<Namespaces>,
+) -> impl Iterator<Item = (NetnsId, &'a mut SockDiag)> {
+    let others = namespaces
+        .iter_mut()
+        .flat_map(|n| n.followed.iter_mut().map(|(id, ns)| (*id, &mut ns.diag)));
+    std::iter::once((0, own)).chain(others)
 }
 
 /// A final read in namespace `netns` (the kernel message does not say which).

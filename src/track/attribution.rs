@@ -204,28 +204,26 @@ impl Attribution {
     pub fn set_listeners<'a>(&mut self, listening: impl Iterator<Item = &'a TcpSample>) {
         self.listeners = Listeners::default();
         for s in listening {
-            let owners = self.pools_holding(s.inode);
-            self.listeners.insert(Listener {
-                addr: s.local,
-                netns: s.netns,
-                protocol: Protocol::Tcp,
-                owners,
-            });
+            self.add_listener(s.local, s.netns, s.inode, Protocol::Tcp);
         }
     }
 
-    /// This dump's bound UDP ports (which sockets are: `Sources::dump_udp`), with their
+    /// This dump's bound UDP ports (which sockets are: `Sources::is_udp_port`), with their
     /// holders' pools; after [`Attribution::set_listeners`], which starts the dump's set.
     pub fn add_udp_ports<'a>(&mut self, bound: impl Iterator<Item = &'a UdpSample>) {
         for s in bound {
-            let owners = self.pools_holding(s.inode);
-            self.listeners.insert(Listener {
-                addr: s.local,
-                netns: s.netns,
-                protocol: Protocol::Udp,
-                owners,
-            });
+            self.add_listener(s.local, s.netns, s.inode, Protocol::Udp);
         }
+    }
+
+    fn add_listener(&mut self, addr: SocketAddr, netns: u64, inode: u32, protocol: Protocol) {
+        let owners = self.pools_holding(inode);
+        self.listeners.insert(Listener {
+            addr,
+            netns,
+            protocol,
+            owners,
+        });
     }
 
     /// The end of a poll: this dump's listeners join the window's.
@@ -258,18 +256,7 @@ impl Attribution {
             }) => (direction, Some(pool)),
             _ => self.polled_owner(s),
         };
-        let (source_ip, destination) = match direction {
-            Direction::Inbound => (s.remote.ip(), s.local),
-            Direction::Outbound => (s.local.ip(), s.remote),
-        };
-        ConnKey {
-            direction,
-            process,
-            source_ip,
-            destination_ip: destination.ip(),
-            destination_port: destination.port(),
-            protocol: Protocol::Tcp,
-        }
+        ConnKey::between(direction, process, s.local, s.remote, Protocol::Tcp)
     }
 
     /// A socket's direction and owner by the polling rules (no event named it).

@@ -69,6 +69,31 @@ pub struct ConnKey {
     pub protocol: Protocol,
 }
 
+impl ConnKey {
+    /// The key of a socket between `local` and `remote` (SPEC: inbound records name the
+    /// remote end as source, outbound ones the local end; the destination is the other).
+    pub fn between(
+        direction: Direction,
+        process: Option<PoolId>,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        protocol: Protocol,
+    ) -> ConnKey {
+        let (source_ip, destination) = match direction {
+            Direction::Inbound => (remote.ip(), local),
+            Direction::Outbound => (local.ip(), remote),
+        };
+        ConnKey {
+            direction,
+            process,
+            source_ip,
+            destination_ip: destination.ip(),
+            destination_port: destination.port(),
+            protocol,
+        }
+    }
+}
+
 /// Sums of one logical connection (or one bound port) over a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnStats {

@@ -148,22 +148,14 @@ impl UdpTracker {
     }
 }
 
-/// A new flow's grouping key (`Protocol = udp`).
+/// A new flow's grouping key (`Protocol = udp`): inbound when its first datagram arrived.
 fn conn_key(k: &FlowKey, c: &FlowCounts, process: Option<PoolId>) -> ConnKey {
-    let (local, remote) = (k.local(), k.remote());
-    let (direction, source_ip, destination) = if c.received_first() {
-        (Direction::Inbound, remote.ip(), local)
+    let direction = if c.received_first() {
+        Direction::Inbound
     } else {
-        (Direction::Outbound, local.ip(), remote)
+        Direction::Outbound
     };
-    ConnKey {
-        direction,
-        process,
-        source_ip,
-        destination_ip: destination.ip(),
-        destination_port: destination.port(),
-        protocol: Protocol::Udp,
-    }
+    ConnKey::between(direction, process, k.local(), k.remote(), Protocol::Udp)
 }
 
 #[cfg(test)]
