@@ -19,7 +19,8 @@
 //
 // Two cgroup_skb programs on the cgroup v2 root see every UDP datagram of every process
 // (collect.udp): they sum its payload per (socket cookie, local and remote address and port)
-// in the udp_flows map, which the poll loop reads (UDP has no counters in sock_diag).
+// in the udp_flows map, which the poll loop reads (UDP has no counters in sock_diag); a
+// cgroup/sock_create program names the process that creates each UDP socket (UDP_OWNER).
 //
 // Built by bpf/build.sh (clang -target bpf); the object is committed beside this file and the
 // test suite checks that it matches. The kernel types below are declared with only the fields
@@ -104,7 +105,7 @@ struct task_struct {
 } __attribute__((preserve_access_index));
 
 // Event kinds; the first field of every event (src/collect/ebpf.rs decodes them).
-enum kind { CONNECT = 1, OWNER = 2, RESPONSE = 3, CLOSED = 4 };
+enum kind { CONNECT = 1, OWNER = 2, RESPONSE = 3, CLOSED = 4, UDP_OWNER = 5 };
 
 // CONNECT and OWNER: the process that opened, or first used, the socket.
 struct owner_event {
@@ -501,6 +502,27 @@ static __always_inline int udp_account(struct __sk_buff *skb, int in)
 		}
 		udp_add(f, in, payload);
 	}
+	return 1;
+}
+
+// The first fields of the UAPI bpf_sock (include/uapi/linux/bpf.h): a context, by offset.
+struct bpf_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+};
+
+// In the task that creates a UDP socket: its owner (a resolver's socket lives a millisecond,
+// too short for /proc to find its holder). Returns 1: creation goes on.
+SEC("cgroup/sock_create")
+int udp_create(struct bpf_sock *sk)
+{
+	if (sk->protocol != IPPROTO_UDP || (sk->family != AF_INET && sk->family != AF_INET6))
+		return 1;
+	if (!all_netns && bpf_get_netns_cookie(sk) != netns_cookie)
+		return 1;
+	owner(UDP_OWNER, bpf_get_socket_cookie(sk), FORCE_WAKEUP);
 	return 1;
 }
 

@@ -428,8 +428,11 @@ impl Agent {
         }
         let at = self.sources.clock_ms();
         let (sockets, attribution) = (&self.udp_sockets, &mut self.attribution);
+        // The creator an event named, else the holder /proc shows.
         let idle = self.udp.observe(&read, at, |cookie| {
-            attribution.pool_holding(sockets.get(&cookie)?.0)
+            attribution
+                .udp_owner(cookie)
+                .or_else(|| attribution.pool_holding(sockets.get(&cookie)?.0))
         });
         self.sources.forget_udp_flows(&idle);
         self.udp_read = read;

@@ -225,3 +225,62 @@ fn udp_flows_are_exact_on_both_ends_with_the_event_source() {
     });
     assert!(others.is_empty(), "{others:?}");
 }
+
+/// Three resolver-like sockets, one query each (answered), each closed at once (no dump sees
+/// them); the process lives 300 ms more, so that its /proc entry can be read (a process gone
+/// even sooner is pooled from the event: name only).
+const SHORT_CLIENT: &str = r#"
+import socket, time
+for _ in range(3):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    s.sendto(b"q" * 40, ("127.0.0.1", 5353)); s.recvfrom(2048); s.close()
+print("ready 0", flush=True)
+time.sleep(0.3)
+"#;
+
+#[test]
+fn short_udp_sockets_are_credited_to_the_process_that_created_them() {
+    let _serial = serial();
+    let ns = Netns::new("udpshort");
+    let (_servers, _) = hold(&ns, UDP_SERVERS);
+    let mut depmap = Depmap::start_with(&ns, "events = \"ebpf\"\n");
+    let mut cmd = ns.command("python3");
+    cmd.args(["-c", SHORT_CLIENT, "resolver-tag"]);
+    let mut p = Proc::spawn(cmd);
+    assert_eq!(p.line(Duration::from_secs(20)), "ready 0");
+    let _ = p.child.wait();
+    let out = |r: &Value| {
+        r["Protocol"] == "udp" && r["Direction"] == "outbound" && r["DestinationPort"] == 5353
+    };
+    let done = depmap.wait_for(Duration::from_secs(30), |r| {
+        conn_sums(r, out).get("LinksEstablished") == Some(&3)
+    });
+    assert!(done, "the three flows never appeared");
+    let records = depmap.stop();
+    let sums = conn_sums(&records, out);
+    assert_eq!(
+        (
+            sums["LinksEstablished"],
+            sums["BytesSent"],
+            sums["BytesReceived"]
+        ),
+        (3, 120, 360),
+        "{sums:?}"
+    );
+    for r in of_type(&records, "VMConnection")
+        .into_iter()
+        .filter(|r| out(r))
+    {
+        let p = of_type(&records, "VMProcess")
+            .into_iter()
+            .find(|v| v["Process"] == r["Process"])
+            .unwrap_or_else(|| panic!("no process for {r}"));
+        assert!(is_python(&p["ExecutableName"]), "{p}");
+        assert!(
+            p["CommandLine"]
+                .as_str()
+                .is_some_and(|c| c.contains("resolver-tag")),
+            "credited to the process that created the sockets: {p}"
+        );
+    }
+}

@@ -74,6 +74,7 @@ const CONNECT: u32 = 1;
 const OWNER: u32 = 2;
 const RESPONSE: u32 = 3;
 const CLOSED: u32 = 4;
+const UDP_OWNER: u32 = 5;
 /// Sizes of `struct owner_event`, `struct response_event` and `struct closed_event`.
 const OWNER_EVENT_LEN: usize = 64;
 const RESPONSE_EVENT_LEN: usize = 24;
@@ -131,6 +132,8 @@ pub enum Role {
     Connected,
     /// It first sent or received on an accepted socket (inbound).
     Served,
+    /// It created a UDP socket (the direction of its flows is their own).
+    Udp,
 }
 
 /// The process an owner event names, as the event carried it and, when it could be read
@@ -433,16 +436,16 @@ fn decode(b: &[u8], ticks_per_second: u64) -> Option<(KernelEvent, bool)> {
     let u32_at = |o: usize| Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?));
     let u64_at = |o: usize| Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?));
     match u32_at(0)? {
-        kind @ (CONNECT | OWNER) if b.len() >= OWNER_EVENT_LEN => {
+        kind @ (CONNECT | OWNER | UDP_OWNER) if b.len() >= OWNER_EVENT_LEN => {
             let comm = &b[40..56];
             let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
             let start_ns = u64_at(24)?;
             let owner = KernelEvent::Owner {
                 cookie: u64_at(16)?,
-                role: if kind == CONNECT {
-                    Role::Connected
-                } else {
-                    Role::Served
+                role: match kind {
+                    CONNECT => Role::Connected,
+                    UDP_OWNER => Role::Udp,
+                    _ => Role::Served,
                 },
                 process: EventProcess {
                     tgid: u32_at(4)?,
@@ -682,6 +685,7 @@ mod kernel_tests {
                         match role {
                             Role::Connected => connected = true,
                             Role::Served => served = true,
+                            Role::Udp => {}
                         }
                     }
                     KernelEvent::Response { micros, .. } => responses.push(micros),

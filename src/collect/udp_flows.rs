@@ -1,7 +1,8 @@
 //! UDP flows from the event source's cgroup programs (`bpf/depmap.bpf.c`, `udp_egress` and
 //! `udp_ingress` on the cgroup v2 root): the payload bytes and datagrams of every
 //! (socket, local endpoint, remote endpoint), which sock_diag cannot give (UDP sockets have no
-//! byte counters there). The poll loop reads the whole map each poll and removes flows idle
+//! byte counters there); and `udp_create` (cgroup/sock_create), whose owner events name the
+//! process that created each UDP socket. The poll loop reads the whole map each poll and removes flows idle
 //! for long (the tracking layer says which).
 //!
 //! Privileges: CAP_BPF + CAP_NET_ADMIN (attaching to a cgroup) + CAP_PERFMON (research
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock};
 
 use super::sockdiag::canonical_ip;
 
@@ -185,6 +186,23 @@ impl UdpFlows {
             p.attach(cgroup.as_fd(), kind, CgroupAttachMode::Single)
                 .map_err(refused)?;
         }
+        // The owners of UDP sockets (events of kind UDP_OWNER, read like TCP owners).
+        let program = "udp_create";
+        let refused = |source: aya::programs::ProgramError| UdpError::Program {
+            program,
+            cause: std::error::Error::source(&source)
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+            source,
+        };
+        let p: &mut CgroupSock = ebpf
+            .program_mut(program)
+            .ok_or(UdpError::Missing(program))?
+            .try_into()
+            .map_err(refused)?;
+        p.load().map_err(refused)?;
+        p.attach(cgroup.as_fd(), CgroupAttachMode::Single)
+            .map_err(refused)?;
         let raw = ebpf
             .take_map("udp_flows")
             .ok_or(UdpError::Missing("udp_flows"))?;

@@ -42,6 +42,8 @@ pub struct Attribution {
     acceptors: HashMap<(u64, SocketAddr), PoolId>,
     /// Owners named by kernel events for sockets not keyed yet, by cookie.
     event_owners: HashMap<u64, EventOwner>,
+    /// The processes that created UDP sockets (events), by cookie, for their flows.
+    udp_owners: HashMap<u64, (PoolId, Instant)>,
     pub event_stats: EventOwnerStats,
 }
 
@@ -56,6 +58,9 @@ struct EventOwner {
 /// Most owners kept for sockets not seen yet; how long one waits for its socket.
 const EVENT_OWNERS_MAX: usize = 131_072;
 const EVENT_OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long a UDP socket's creator is kept for its flows (they are read every poll; a socket
+/// quiet for longer is found in the dumps).
+const UDP_OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What became of the owners that kernel events named.
 #[derive(Debug, Default, Clone, Copy)]
@@ -79,6 +84,7 @@ impl Attribution {
             window_listeners: Listeners::default(),
             acceptors: HashMap::new(),
             event_owners: HashMap::new(),
+            udp_owners: HashMap::new(),
             event_stats: EventOwnerStats::default(),
         }
     }
@@ -134,6 +140,7 @@ impl Attribution {
             .event_owners
             .values()
             .filter_map(|o| o.pool.as_ref())
+            .chain(self.udp_owners.values().map(|(p, _)| p))
             .collect();
         self.pools
             .prune(|pool| in_use.contains(pool) || awaited.contains(pool));
@@ -141,13 +148,19 @@ impl Attribution {
 
     /// Remembers the owner an event named for a socket not keyed yet.
     pub fn remember_owner(&mut self, cookie: u64, role: Role, pool: Option<PoolId>, now: Instant) {
-        if self.event_owners.len() >= EVENT_OWNERS_MAX {
+        if self.event_owners.len() + self.udp_owners.len() >= EVENT_OWNERS_MAX {
             self.event_stats.unmatched += 1;
             return;
         }
         let direction = match role {
             Role::Connected => Direction::Outbound,
             Role::Served => Direction::Inbound,
+            Role::Udp => {
+                if let Some(pool) = pool {
+                    self.udp_owners.insert(cookie, (pool, now));
+                }
+                return;
+            }
         };
         self.event_owners.insert(
             cookie,
@@ -157,6 +170,11 @@ impl Attribution {
                 at: now,
             },
         );
+    }
+
+    /// The process that created UDP socket `cookie`, as its event named it.
+    pub fn udp_owner(&self, cookie: u64) -> Option<PoolId> {
+        self.udp_owners.get(&cookie).map(|(p, _)| p.clone())
     }
 
     /// Whether an event named the owner of this socket (not keyed yet).
@@ -169,6 +187,8 @@ impl Attribution {
         let before = self.event_owners.len();
         self.event_owners
             .retain(|_, o| now.saturating_duration_since(o.at) < EVENT_OWNER_WAIT);
+        self.udp_owners
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < UDP_OWNER_WAIT);
         self.event_stats.unmatched += (before - self.event_owners.len()) as u64;
     }
 

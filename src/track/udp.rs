@@ -21,6 +21,10 @@ use crate::collect::udp_flows::{FlowCounts, FlowKey};
 /// How long a flow may be idle before it is terminated (conntrack's timeout for a UDP
 /// "stream" is 120 s, for a single exchange 30 s; a window is 60 s by default).
 pub const IDLE_AFTER_MS: u64 = 60_000;
+/// How long a new flow whose socket's owner is not known yet waits for it (its creator's
+/// event may wait in the ring for a drain, 200 ms) before it is keyed without a process. The
+/// kernel's sums are cumulative: waiting loses no byte.
+pub const OWNER_WAIT_MS: u64 = 600;
 
 struct Flow {
     key: ConnKey,
@@ -39,6 +43,8 @@ pub struct UdpStats {
 
 pub struct UdpTracker {
     flows: HashMap<FlowKey, Flow>,
+    /// New flows waiting for their owner: when first seen.
+    pending: HashMap<FlowKey, u64>,
     window: HashMap<ConnKey, ConnStats>,
     max_flows: usize,
     pub stats: UdpStats,
@@ -48,6 +54,7 @@ impl UdpTracker {
     pub fn new(max_flows: usize) -> UdpTracker {
         UdpTracker {
             flows: HashMap::new(),
+            pending: HashMap::new(),
             window: HashMap::new(),
             max_flows,
             stats: UdpStats::default(),
@@ -87,8 +94,16 @@ impl UdpTracker {
                         self.stats.shed += 1;
                         continue;
                     }
+                    let process = owner(k.cookie);
+                    if process.is_none() {
+                        let first = *self.pending.entry(*k).or_insert(now_ms);
+                        if now_ms.saturating_sub(first) < OWNER_WAIT_MS {
+                            continue;
+                        }
+                    }
+                    self.pending.remove(k);
                     self.stats.flows_seen += 1;
-                    let key = conn_key(k, c, owner(k.cookie));
+                    let key = conn_key(k, c, process);
                     let w = self.window.entry(key.clone()).or_default();
                     w.links_established += 1;
                     w.bytes_sent += c.bytes_out;
@@ -236,14 +251,28 @@ mod tests {
     fn a_flow_whose_first_datagram_arrived_is_inbound_and_owners_come_late() {
         let mut t = UdpTracker::new(1);
         let none = |_: u64| None;
-        t.observe(&[(key(2), FlowCounts::new((0, 30), (0, 1), true))], 0, none);
+        // No owner yet: it waits (its bytes stay in the kernel's sums) ...
+        t.observe(&[(key(2), FlowCounts::new((0, 20), (0, 1), true))], 0, none);
+        assert!(t.is_new(&key(2)));
+        // ... at most OWNER_WAIT_MS, then it is keyed without a process.
+        let late = OWNER_WAIT_MS;
+        t.observe(
+            &[(key(2), FlowCounts::new((0, 30), (0, 1), true))],
+            late,
+            none,
+        );
+        assert!(!t.is_new(&key(2)));
         // Past the cap: shed, counted.
-        t.observe(&[(key(3), FlowCounts::new((5, 0), (1, 0), false))], 0, none);
+        t.observe(
+            &[(key(3), FlowCounts::new((5, 0), (1, 0), false))],
+            late,
+            none,
+        );
         assert_eq!(t.stats.shed, 1);
         assert!(t.unattributed());
         t.observe(
             &[(key(2), FlowCounts::new((60, 30), (1, 1), true))],
-            10,
+            late + 10,
             |_| Some(PoolId::from("p-srv")),
         );
         assert!(!t.unattributed());
