@@ -3,7 +3,7 @@
 //! against the same load without them, in the same run (target: ≤ 3 % of one core).
 //!
 //! In a network namespace of its own, a sender sends `DEPMAP_UDP_RATE` (50,000) datagrams of
-//! 100 B a second over loopback to a sink that reads them (both this binary, run again with
+//! 100 B a second over loopback (in `DEPMAP_UDP_FLOWS` flows, default 1) to a sink that reads them (both this binary, run again with
 //! `DEPMAP_UDP_ROLE`), while `depmap run` (default settings, stdout to /dev/null) runs in
 //! three modes for `DEPMAP_UDP_SECS` (20) each after a 5 s warm-up: events off (no programs),
 //! events on with `collect.udp = false`, events on with `collect.udp = true`. CPU of each
@@ -22,17 +22,30 @@ use common::{Netns, cpu_ticks, env_or};
 const PORT: u16 = 47_100;
 const SIZE: usize = 100;
 
-/// The sender: `rate` datagrams a second, in bursts every millisecond.
-fn send(rate: u64) {
+/// The sender: `rate` datagrams a second, in bursts every millisecond; with `flows` > 1 from
+/// one unconnected socket to that many loopback addresses (127.0.x.y) in turn, each a flow.
+fn send(rate: u64, flows: u64) {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.connect(("127.0.0.1", PORT)).expect("connect");
+    let targets: Vec<std::net::SocketAddr> = (0..flows.max(1))
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250 + 1) as u8);
+            std::net::SocketAddr::from((ip, PORT))
+        })
+        .collect();
+    if flows <= 1 {
+        s.connect(targets[0]).expect("connect");
+    }
     let payload = [b'u'; SIZE];
     let start = Instant::now();
     let mut sent = 0u64;
     loop {
         let due = start.elapsed().as_micros() as u64 * rate / 1_000_000;
         while sent < due {
-            let _ = s.send(&payload);
+            let _ = if flows <= 1 {
+                s.send(&payload)
+            } else {
+                s.send_to(&payload, targets[(sent % flows) as usize])
+            };
             sent += 1;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -40,7 +53,8 @@ fn send(rate: u64) {
 }
 
 fn sink() {
-    let s = UdpSocket::bind(("127.0.0.1", PORT)).expect("bind");
+    // Every loopback address: the sender's many flows all reach it.
+    let s = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
     let mut buf = [0u8; 2048];
     println!("ready");
     loop {
@@ -48,13 +62,14 @@ fn sink() {
     }
 }
 
-fn role(ns: &Netns, which: &str, rate: u64) -> Child {
+fn role(ns: &Netns, which: &str, rate: u64, flows: u64) -> Child {
     let me = std::env::current_exe().expect("the bench binary");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.0])
         .arg(me)
         .env("DEPMAP_UDP_ROLE", which)
         .env("DEPMAP_UDP_RATE", rate.to_string())
+        .env("DEPMAP_UDP_FLOWS", flows.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .expect("load process");
@@ -154,15 +169,17 @@ fn measure(ns: &Netns, collect: &str, load: &[u32], secs: u64) -> Cost {
 
 fn main() {
     let rate = env_or("DEPMAP_UDP_RATE", 50_000);
+    // Distinct flows the sender spreads its datagrams over (default 1).
+    let flows = env_or("DEPMAP_UDP_FLOWS", 1);
     match std::env::var("DEPMAP_UDP_ROLE").as_deref() {
-        Ok("send") => return send(rate),
+        Ok("send") => return send(rate, flows),
         Ok("sink") => return sink(),
         _ => {}
     }
     let secs = env_or("DEPMAP_UDP_SECS", 20);
     let ns = Netns::new("dmudp");
-    let mut sink = role(&ns, "sink", rate);
-    let mut sender = role(&ns, "send", rate);
+    let mut sink = role(&ns, "sink", rate, flows);
+    let mut sender = role(&ns, "send", rate, flows);
     let load = [sink.id(), sender.id()];
     let modes = [
         ("events off (no programs)", "events = \"off\"\n"),
@@ -182,7 +199,7 @@ fn main() {
     let _ = sink.kill();
     let _ = sender.wait();
     let _ = sink.wait();
-    println!("{rate} datagrams/s of {SIZE} B over loopback, {secs} s per mode");
+    println!("{rate} datagrams/s of {SIZE} B over loopback in {flows} flows, {secs} s per mode");
     println!("| mode | depmap | sender + sink | UDP programs (bpf_stats) | program runs/s |");
     println!("|---|---|---|---|---|");
     for (name, c) in &rows {

@@ -46,6 +46,11 @@ const FINAL_SETTLE_MS: u64 = 2 * crate::collect::ebpf::DRAIN_PERIOD.as_millis() 
 
 /// Longest wait before a full dump for the event reader to drain the ring.
 const EVENTS_BEFORE_DUMP_WAIT: Duration = Duration::from_millis(100);
+/// Longest time between two reads of the UDP flow map (besides the full polls): a read costs
+/// two `bpf(2)` calls a flow (measured: depmap +3.5 % of a core with 5,000 flows read every
+/// second, BENCHMARKS.md); the creators of new sockets wait 30 s for their flows
+/// (`Attribution::udp_owner`), so reading less often loses no owner.
+const UDP_READ_PERIOD: Duration = Duration::from_secs(5);
 
 /// Longest wait at stop for the event reader to drain what the kernel queued.
 const LAST_EVENTS_WAIT: Duration = Duration::from_secs(1);
@@ -113,6 +118,8 @@ pub struct Agent {
     /// UDP flows (with the event source's UDP programs), and the last read (reused buffer).
     udp: UdpTracker,
     udp_read: Vec<(FlowKey, FlowCounts)>,
+    /// When the flow map was last read.
+    udp_read_at: Option<Instant>,
     /// This poll's sockets waiting for their process (a buffer reused from poll to poll).
     waiting: Vec<Waiting>,
     /// Sockets re-read between full dumps for response times (active in the last dump).
@@ -178,6 +185,7 @@ impl Agent {
             udp_sockets: HashMap::new(),
             udp: UdpTracker::new(crate::collect::udp_flows::MAX_UDP_FLOWS as usize),
             udp_read: Vec::new(),
+            udp_read_at: None,
             waiting: Vec::new(),
             hot: Vec::new(),
             counters: AgentCounters::default(),
@@ -297,7 +305,7 @@ impl Agent {
         self.apply_kernel_events();
         self.apply_proc_changes();
         self.apply_destroys(false, true);
-        self.apply_udp_flows();
+        self.apply_udp_flows(false);
         self.report_shedding();
         self.counters.polls += 1;
     }
@@ -319,7 +327,7 @@ impl Agent {
         let waiting = self.observe_attributed(&samples, dump.at_ms);
         self.resolve_processes(&samples, &waiting, hints);
         self.observe_waiting(&samples, &waiting, dump.at_ms);
-        self.apply_udp_flows();
+        self.apply_udp_flows(true);
         self.waiting = waiting;
         self.counters.sockets_last_poll = samples.len() as u64;
         self.choose_hot_set(&samples);
@@ -402,13 +410,19 @@ impl Agent {
         }
     }
 
-    /// The UDP flows' counters since the last read (with the event source's UDP programs).
-    /// Flows of sockets the last UDP dump did not have make a dump now, and their holders
-    /// are read from /proc.
-    fn apply_udp_flows(&mut self) {
-        if !self.config.collect.udp {
+    /// The UDP flows' counters since the last read (with the event source's UDP programs),
+    /// at every full poll and at most every [`UDP_READ_PERIOD`] between them (`full`: a full
+    /// poll's read). Flows of sockets the last UDP dump did not have make a dump now, and
+    /// their holders are read from /proc.
+    fn apply_udp_flows(&mut self, full: bool) {
+        let due = full
+            || self
+                .udp_read_at
+                .is_none_or(|at| at.elapsed() >= UDP_READ_PERIOD);
+        if !self.config.collect.udp || !due {
             return;
         }
+        self.udp_read_at = Some(Instant::now());
         let mut read = std::mem::take(&mut self.udp_read);
         if !self.sources.read_udp_flows(&mut read) {
             return;
