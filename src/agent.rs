@@ -427,8 +427,9 @@ impl Agent {
         if !self.sources.read_udp_flows(&mut read) {
             return;
         }
+        // A full poll's UDP dump was just made; between them, one now for new sockets.
         let unknown = |k: &FlowKey| !self.udp_sockets.contains_key(&k.cookie);
-        if read.iter().any(|(k, _)| unknown(k) && self.udp.is_new(k)) {
+        if !full && read.iter().any(|(k, _)| unknown(k) && self.udp.is_new(k)) {
             self.dump_udp();
         }
         let wanted: HashMap<u32, u32> = read

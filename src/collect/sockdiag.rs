@@ -242,10 +242,7 @@ impl SockDiag {
         family: Family,
         mut each: impl FnMut(TcpSample),
     ) -> io::Result<DumpStats> {
-        let socket_id = match family {
-            Family::V4 => SocketId::new_v4(),
-            Family::V6 => SocketId::new_v6(),
-        };
+        let socket_id = any_socket(family);
         self.request(socket_id, dumped_states(), true)?;
         self.read_dump(|m| {
             if let Message::Sample(s) = m {
@@ -261,10 +258,7 @@ impl SockDiag {
         family: Family,
         mut each: impl FnMut(UdpSample),
     ) -> io::Result<DumpStats> {
-        let socket_id = match family {
-            Family::V4 => SocketId::new_v4(),
-            Family::V6 => SocketId::new_v6(),
-        };
+        let socket_id = any_socket(family);
         self.request_of(IPPROTO_UDP, socket_id, StateFlags::all(), true)?;
         self.read_dump(|m| {
             if let Message::Sample(s) = m {
@@ -313,10 +307,7 @@ impl SockDiag {
     /// The same dump without parsing: walks netlink headers only and returns
     /// (messages, bytes). The kernel's own cost, for benchmarks.
     pub fn dump_unparsed(&mut self, family: Family) -> io::Result<(u64, u64)> {
-        let socket_id = match family {
-            Family::V4 => SocketId::new_v4(),
-            Family::V6 => SocketId::new_v6(),
-        };
+        let socket_id = any_socket(family);
         self.request(socket_id, dumped_states(), true)?;
         let (mut messages, mut bytes) = (0u64, 0u64);
         loop {
@@ -344,6 +335,14 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 /// `sizeof(struct inet_diag_msg)`: the attributes follow it.
 const INET_DIAG_MSG_LEN: usize = 72;
+
+/// A dump request's socket id: every socket of `family`.
+fn any_socket(family: Family) -> SocketId {
+    match family {
+        Family::V4 => SocketId::new_v4(),
+        Family::V6 => SocketId::new_v6(),
+    }
+}
 
 fn to_v6(ip: IpAddr) -> Ipv6Addr {
     match ip {

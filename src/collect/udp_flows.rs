@@ -167,42 +167,17 @@ impl UdpFlows {
             ("udp_egress", CgroupSkbAttachType::Egress),
             ("udp_ingress", CgroupSkbAttachType::Ingress),
         ] {
-            let refused = |source: aya::programs::ProgramError| UdpError::Program {
-                program,
-                cause: std::error::Error::source(&source)
-                    .map(|e| e.to_string())
-                    .unwrap_or_default(),
-                source,
-            };
-            let p: &mut CgroupSkb = ebpf
-                .program_mut(program)
-                .ok_or(UdpError::Missing(program))?
-                .try_into()
-                .map_err(refused)?;
-            p.load().map_err(refused)?;
+            let p: &mut CgroupSkb = loaded(ebpf, program)?;
             // A bpf_link (Linux ≥ 5.7) runs beside whatever else is attached there (systemd's,
             // a container runtime's); the kernel refuses any mode flag on one (EINVAL,
             // measured with AllowMultiple), so the default mode.
             p.attach(cgroup.as_fd(), kind, CgroupAttachMode::Single)
-                .map_err(refused)?;
+                .map_err(refused(program))?;
         }
         // The owners of UDP sockets (events of kind UDP_OWNER, read like TCP owners).
-        let program = "udp_create";
-        let refused = |source: aya::programs::ProgramError| UdpError::Program {
-            program,
-            cause: std::error::Error::source(&source)
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-            source,
-        };
-        let p: &mut CgroupSock = ebpf
-            .program_mut(program)
-            .ok_or(UdpError::Missing(program))?
-            .try_into()
-            .map_err(refused)?;
-        p.load().map_err(refused)?;
+        let p: &mut CgroupSock = loaded(ebpf, "udp_create")?;
         p.attach(cgroup.as_fd(), CgroupAttachMode::Single)
-            .map_err(refused)?;
+            .map_err(refused("udp_create"))?;
         let raw = ebpf
             .take_map("udp_flows")
             .ok_or(UdpError::Missing("udp_flows"))?;
@@ -244,6 +219,49 @@ pub fn own_netns_cookie() -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// Program `program` of the object as its type `P`, loaded into the kernel.
+fn loaded<'a, P>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut P, UdpError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: CgroupProgram,
+{
+    let p: &mut P = ebpf
+        .program_mut(program)
+        .ok_or(UdpError::Missing(program))?
+        .try_into()
+        .map_err(refused(program))?;
+    p.load_program().map_err(refused(program))?;
+    Ok(p)
+}
+
+/// The kernel's refusal of `program`, with its answer.
+fn refused(program: &'static str) -> impl Fn(aya::programs::ProgramError) -> UdpError {
+    move |source| UdpError::Program {
+        program,
+        cause: std::error::Error::source(&source)
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        source,
+    }
+}
+
+/// The two program types attached here, loaded the same way.
+trait CgroupProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl CgroupProgram for CgroupSkb {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl CgroupProgram for CgroupSock {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
 }
 
 /// The cgroup v2 root: as mounted here, else as PID 1 or the parent process sees it

@@ -144,7 +144,8 @@ impl UdpTracker {
     }
 
     /// Whether any flow has no process yet.
-    pub fn unattributed(&self) -> bool {
+    #[cfg(test)]
+    fn unattributed(&self) -> bool {
         self.flows.values().any(|f| f.key.process.is_none())
     }
 
