@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -51,17 +51,6 @@ fn depmap(ns: &Netns, dir: &TempDir, sink: &str) -> Proc {
     let mut cmd = ns.command(DEPMAP);
     cmd.args(["run", "--config"]).arg(&cfg);
     Proc::spawn(cmd)
-}
-
-fn wait(timeout: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn inbound_sums(records: &[Value], port: u16) -> (i64, i64, i64, i64) {
@@ -119,7 +108,7 @@ fn client_credentials_with_renewal_413_splits_and_a_429_deliver_every_record() {
     // and not counted (README "Attribution rules"); without this wait the test lost one of
     // its ten connections about one run in seven.
     let computers = out.join("Custom-VMComputer.ndjson");
-    assert!(wait(Duration::from_secs(30), || !lines(&computers).is_empty()));
+    assert!(wait_until(Duration::from_secs(30), || !lines(&computers).is_empty()));
     let (_srv, _) = server(&ns, "127.0.0.1", 9501, 0);
     let totals = client(
         &ns,
@@ -137,7 +126,7 @@ fn client_credentials_with_renewal_413_splits_and_a_429_deliver_every_record() {
         ],
     );
     let conns = out.join("Custom-VMConnection.ndjson");
-    assert!(wait(Duration::from_secs(30), || inbound_sums(
+    assert!(wait_until(Duration::from_secs(30), || inbound_sums(
         &lines(&conns),
         9501
     )
@@ -156,7 +145,7 @@ fn client_credentials_with_renewal_413_splits_and_a_429_deliver_every_record() {
         second_token.is_some_and(|i| requests[i..].iter().any(|r| r["kind"] == "ingest"))
     };
     assert!(
-        wait(Duration::from_secs(30), renewed_and_used),
+        wait_until(Duration::from_secs(30), renewed_and_used),
         "no token renewal while sending"
     );
     let status = dm.terminate(Duration::from_secs(20));
@@ -249,7 +238,7 @@ fn a_managed_identity_token_comes_from_imds_with_the_metadata_header() {
         ),
     );
     let computers = out.join("Custom-VMComputer.ndjson");
-    assert!(wait(Duration::from_secs(20), || !lines(&computers).is_empty()));
+    assert!(wait_until(Duration::from_secs(20), || !lines(&computers).is_empty()));
     assert!(
         dm.terminate(Duration::from_secs(20))
             .is_some_and(|s| s.success())

@@ -30,6 +30,17 @@ fn a_live_depmap_run_fills_clickhouse_and_sql_finds_the_connections() {
     let mut cmd = ns.command(DEPMAP);
     cmd.args(["run", "--config"]).arg(&cfg);
     let mut dm = Proc::spawn(cmd);
+    // The connections start once depmap's baseline poll is done (its first inventory is
+    // delivered after it): connections that close while depmap starts are older than depmap
+    // and not counted (README "Attribution rules"). Without this wait a fresh CI machine,
+    // where depmap's first start is slow, lost all twelve.
+    assert!(
+        wait_until(Duration::from_secs(30), || number(
+            &ns,
+            "SELECT count() FROM depmap.VMComputer"
+        ) >= 1),
+        "depmap's first inventory never reached ClickHouse"
+    );
 
     let (_srv, _) = server(&ns, "127.0.0.1", 9401, 0);
     let totals = client(

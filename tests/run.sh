@@ -76,11 +76,26 @@ step() {
 }
 step cargo fmt --check
 step cargo clippy --locked --all-targets -- -D warnings
-step cargo test --locked --no-fail-fast
+# The test output is kept (target/test-output.log) and, when a test failed, each failure's
+# message is printed again at the end: a CI log that shows only its tail still says why.
+tests() {
+    mkdir -p target
+    cargo test --locked --no-fail-fast 2>&1 | tee target/test-output.log
+}
+step tests
 # The systemd unit: `systemd-analyze verify` clean, `security` exposure 2.5 or lower.
 step systemd/check.sh target/debug/depmap
 
 if [ ${#failed[@]} -gt 0 ]; then
+    if [ -s target/test-output.log ]; then
+        echo "tests/run.sh: the failures' messages (all output: target/test-output.log):" >&2
+        # From each '---- <test> stdout ----' to the next one or 'failures:', 40 lines at
+        # most, without depmap's INFO log lines.
+        awk '/^---- .* ----$/ { p = 1; n = 0 }
+             /^failures:$/ { p = 0 }
+             p && !/^[0-9T:.-]+Z +INFO / && n < 40 { print; n++ }' \
+            target/test-output.log | grep -v '^ *[0-9]*: \|^ *at ' >&2
+    fi
     printf 'tests/run.sh: FAILED: %s\n' "${failed[@]}" >&2
     exit 1
 fi
