@@ -115,7 +115,12 @@ pub struct Agent {
     /// (inode, uid): the holders of UDP flows.
     udp_ports: Vec<UdpSample>,
     udp_sockets: HashMap<u64, (u32, u32)>,
-    /// UDP flows (with the event source's UDP programs), and the last read (reused buffer).
+    /// Without flow counters: the last UDP dump's connected sockets (the polling path's UDP
+    /// flows), and whether that dump was complete.
+    udp_connected: Vec<UdpSample>,
+    udp_dump_complete: bool,
+    /// UDP flows (with the event source's UDP programs, else from connected sockets), and
+    /// the last read (reused buffer).
     udp: UdpTracker,
     udp_read: Vec<(FlowKey, FlowCounts)>,
     /// When the flow map was last read.
@@ -183,6 +188,8 @@ impl Agent {
             samples: Vec::new(),
             udp_ports: Vec::new(),
             udp_sockets: HashMap::new(),
+            udp_connected: Vec::new(),
+            udp_dump_complete: true,
             udp: UdpTracker::new(crate::collect::udp_flows::MAX_UDP_FLOWS as usize),
             udp_read: Vec::new(),
             udp_read_at: None,
@@ -374,7 +381,15 @@ impl Agent {
         waiting: &[Waiting],
         mut hints: Vec<u32>,
     ) {
-        let udp = self.udp_ports.iter().map(|s| (s.inode, s.uid));
+        let udp = self
+            .udp_ports
+            .iter()
+            .chain(
+                self.udp_connected
+                    .iter()
+                    .filter(|s| self.udp.connected_needs_owner(s)),
+            )
+            .map(|s| (s.inode, s.uid));
         let wanted: HashMap<u32, u32> = samples
             .iter()
             .filter(|s| s.is_listener())
@@ -397,17 +412,46 @@ impl Agent {
     fn dump_udp(&mut self) {
         self.udp_ports.clear();
         self.udp_sockets.clear();
+        self.udp_connected.clear();
         if !self.config.collect.udp {
             return;
         }
         let mut all = Vec::new();
-        self.sources.dump_udp(&mut all);
+        self.udp_dump_complete = self.sources.dump_udp(&mut all);
+        let measured = self.sources.udp_flows_measured();
         for s in all {
             self.udp_sockets.insert(s.cookie, (s.inode, s.uid));
             if self.sources.is_udp_port(&s) {
                 self.udp_ports.push(s);
+            } else if !measured && s.remote.port() != 0 {
+                self.udp_connected.push(s);
             }
         }
+    }
+
+    /// Without flow counters, the UDP flows of the connected sockets the last full poll's
+    /// dump showed (`track::udp`: no bytes; inbound when the local port is a server's and
+    /// the remote's is ephemeral).
+    fn observe_connected_udp(&mut self) {
+        let sources = &self.sources;
+        let direction = |s: &UdpSample| {
+            let server = |port: u16| !sources.is_ephemeral(port);
+            if server(s.local.port()) && !server(s.remote.port()) {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            }
+        };
+        let attribution = &mut self.attribution;
+        self.udp.observe_connected(
+            self.udp_connected.iter().map(|s| (s, direction(s))),
+            self.udp_dump_complete,
+            |s| {
+                attribution
+                    .udp_owner(s.cookie)
+                    .or_else(|| attribution.pool_holding(s.inode))
+            },
+        );
     }
 
     /// The UDP flows' counters since the last read (with the event source's UDP programs),
@@ -425,6 +469,9 @@ impl Agent {
         self.udp_read_at = Some(Instant::now());
         let mut read = std::mem::take(&mut self.udp_read);
         if !self.sources.read_udp_flows(&mut read) {
+            if full {
+                self.observe_connected_udp();
+            }
             return;
         }
         // A full poll's UDP dump was just made; between them, one now for new sockets.
@@ -651,7 +698,7 @@ impl Agent {
             .map(|(_, s)| s.links_established + s.links_failed)
             .sum::<u64>();
         let window_listeners = self.attribution.take_window_listeners();
-        let ports = bound_ports(&window_listeners, &conns);
+        let ports = bound_ports(&window_listeners, &conns, self.sources.udp_flows_measured());
         let pools = self.attribution.pools();
         let name_of = |p: &PoolId| pools.get(p).map(|pool| pool.executable_name.clone());
         let enricher = &self.enricher;

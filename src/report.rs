@@ -88,7 +88,7 @@ pub fn capabilities(c: &Capabilities) -> String {
         &mut out,
         "UDP flows (eBPF cgroup programs)",
         &c.udp_flows,
-        "VMConnection records with Protocol = udp (bytes, links and remotes of UDP traffic: DNS, NTP, syslog, QUIC); sock_diag has no UDP byte counters",
+        "the bytes of UDP traffic (DNS, NTP, syslog, QUIC) and the flows of unconnected sockets (sendto/recvfrom); only connected UDP sockets are VMConnection records, with BytesSent/BytesReceived null (sock_diag has no UDP byte counters), and UDP ports' bytes are null",
         "the kernel event source with CAP_NET_ADMIN besides CAP_BPF and CAP_PERFMON, a cgroup v2 hierarchy, collect.udp = true (README \"UDP\": the drop-in)",
     );
     let (readable, total) = c.proc_fd_readable;

@@ -866,6 +866,61 @@ fn clickhouse_gives_the_map_the_files_give() {
             .any(|n| n["id"] == "p-nginx" && n["title"] == "nginx"),
         "{nodes:?}"
     );
+    // Unmeasured bytes (UDP without flow counters: the sink leaves the null columns out)
+    // stay null in ClickHouse, not 0, and the map says so.
+    let udp = conn(
+        "2026-12-02T10:30:00Z",
+        ("m-a", "vm-a"),
+        ("p-app", "app"),
+        "outbound",
+        ("10.80.0.1", "10.97.0.53", 53),
+        (1, 0),
+        (0, 0),
+        (0, 0),
+        json!({"Protocol": "udp"}),
+    );
+    let mut udp = udp.as_object().unwrap().clone();
+    udp.retain(|k, v| !v.is_null() && k != "BytesSent" && k != "BytesReceived");
+    let (status, answer) = sql(
+        &ns,
+        &format!(
+            "INSERT INTO depmap.VMConnection FORMAT JSONEachRow\n{}\n",
+            Value::Object(udp)
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        common::clickhouse::number(
+            &ns,
+            "SELECT count() FROM depmap.VMConnection WHERE Protocol = 'udp' \
+             AND BytesSent IS NULL AND BytesReceived IS NULL"
+        ),
+        1
+    );
+    let with_udp = map_from_clickhouse(&ns, &password)
+        .args(["--since", SINCE, "--until", UNTIL, "--format", "json"])
+        .output()
+        .unwrap();
+    let with_udp: Value = serde_json::from_str(&ok(&with_udp)).unwrap();
+    let dns = with_udp["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["detail__protocol"] == "udp")
+        .expect("the UDP edge");
+    assert_eq!(dns["secondarystat"], "bytes not measured", "{dns}");
+    let dashboard_dns: Vec<Value> = frame("edges")
+        .into_iter()
+        .filter(|e| e["id"].as_str().is_some_and(|id| id.ends_with(":53/udp")))
+        .collect();
+    assert_eq!(dashboard_dns.len(), 1, "{dashboard_dns:?}");
+    assert_eq!(dashboard_dns[0]["secondarystat"], "bytes not measured");
+    let app_nginx = frame("edges")
+        .into_iter()
+        .find(|e| e["id"] == "p-app->p-nginx:80/tcp")
+        .unwrap();
+    assert_eq!(app_nginx["secondarystat"], "↑1507 B ↓13570 B");
+
     // A wrong password, and a server that is not there: one line, exit 1.
     std::fs::write(&password, "wrong\n").unwrap();
     let refused = map_from_clickhouse(&ns, &password).output().unwrap();

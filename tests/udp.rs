@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::io::Write;
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -83,7 +85,10 @@ fn servers_udp_ports_are_bound_ports_and_clients_are_not() {
     }
     for p in dns.iter().chain(&syslog) {
         assert!(is_python(&p["ProcessName"]), "{p}");
-        assert_eq!(p["LinksEstablished"], 0, "UDP has no links from dumps: {p}");
+        assert_eq!(
+            p["LinksEstablished"], 0,
+            "the datagrams predate depmap: {p}"
+        );
         assert_ne!(p["Process"], Value::Null, "{p}");
     }
     // The client's ephemeral port, the connected socket's and nothing else.
@@ -283,4 +288,130 @@ fn short_udp_sockets_are_credited_to_the_process_that_created_them() {
             "credited to the process that created the sockets: {p}"
         );
     }
+}
+
+/// A connected socket that sends 500 datagrams of 100 B to the sink and a `sendto` query to
+/// the DNS-like server; the connected one is closed when a line arrives on stdin.
+const CONNECTED_CLIENT: &str = r#"
+import socket, sys
+k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); k.connect(("127.0.0.1", 5514))
+for _ in range(500):
+    k.send(b"x" * 100)
+q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.settimeout(5)
+q.sendto(b"q" * 40, ("127.0.0.1", 5353)); q.recvfrom(2048)
+print("ready", k.getsockname()[1], flush=True)
+sys.stdin.readline(); k.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"#;
+
+/// Without the event source there are no UDP byte counters: the dumps' connected sockets are
+/// the flows (established, live, terminated when gone) with BytesSent/BytesReceived null —
+/// not 0 — an unconnected socket's traffic is not a flow (no remote in a dump), the ports'
+/// bytes are null too, and `depmap once` says what is missing.
+#[test]
+fn without_the_event_source_connected_udp_sockets_are_flows_without_bytes() {
+    let _serial = serial();
+    let ns = Netns::new("udppoll");
+    let (_servers, _) = hold(&ns, UDP_SERVERS);
+    let mut depmap = Depmap::start_with(&ns, "events = \"off\"\n");
+    let mut cmd = ns.command("python3");
+    cmd.args(["-c", CONNECTED_CLIENT]).stdin(Stdio::piped());
+    let mut client = Proc::spawn(cmd);
+    let ready = client.line(Duration::from_secs(20));
+    assert!(ready.starts_with("ready "), "{ready}");
+    let mut stdin = client.child.stdin.take().expect("stdin");
+    let to_sink = |r: &Value| {
+        r["Protocol"] == "udp" && r["Direction"] == "outbound" && r["DestinationPort"] == 5514
+    };
+    assert!(
+        depmap.wait_for(Duration::from_secs(20), |r| conn_sums(r, to_sink)
+            .get("LinksLive")
+            .is_some_and(|n| *n >= 1)),
+        "the connected socket never showed as a live flow"
+    );
+    // Closed: terminated at the next dump.
+    writeln!(stdin, "close").expect("signal the client");
+    assert_eq!(client.line(Duration::from_secs(10)), "closed");
+    assert!(
+        depmap.wait_for(Duration::from_secs(20), |r| conn_sums(r, to_sink)
+            .get("LinksTerminated")
+            == Some(&1)),
+        "the closed socket's flow never terminated"
+    );
+    let records = depmap.stop();
+    let flows: Vec<&Value> = of_type(&records, "VMConnection")
+        .into_iter()
+        .filter(|r| to_sink(r))
+        .collect();
+    let sums = conn_sums(&records, to_sink);
+    assert_eq!(
+        (sums["LinksEstablished"], sums["LinksTerminated"]),
+        (1, 1),
+        "{flows:?}"
+    );
+    for r in &flows {
+        assert_eq!(r["BytesSent"], Value::Null, "{r}");
+        assert_eq!(r["BytesReceived"], Value::Null, "{r}");
+        assert_eq!(r["ResponseTimeSum"], Value::Null, "{r}");
+        assert!(is_python(&r["ProcessName"]), "{r}");
+        assert_eq!(
+            (&r["SourceIp"], &r["DestinationIp"]),
+            (&Value::from("127.0.0.1"), &Value::from("127.0.0.1"))
+        );
+    }
+    // The sendto query is no flow; nothing inbound (the servers' sockets are unconnected).
+    let others: Vec<&Value> = of_type(&records, "VMConnection")
+        .into_iter()
+        .filter(|r| r["Protocol"] == "udp" && !to_sink(r))
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+    // The ports are there, their bytes null.
+    let ports = udp_ports(&records);
+    for port in [5353, 5514] {
+        assert!(ports.iter().any(|p| p["Port"] == port), "{ports:?}");
+    }
+    for p in &ports {
+        assert_eq!(
+            (&p["BytesSent"], &p["BytesReceived"]),
+            (&Value::Null, &Value::Null),
+            "{p}"
+        );
+    }
+    drop(stdin);
+
+    // `depmap once` says what is missing.
+    let (_dir, cfg) = config_in(&["[collect]", "events = \"off\""]);
+    let out = ns
+        .command(DEPMAP)
+        .args([
+            "once",
+            "--duration",
+            "300ms",
+            "--format",
+            "ndjson",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .expect("depmap once");
+    assert!(out.status.success());
+    let report = String::from_utf8_lossy(&out.stderr);
+    let line = report
+        .lines()
+        .skip_while(|l| !l.contains("UDP flows"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        line.contains("[--]") && line.contains("BytesSent/BytesReceived null"),
+        "{report}"
+    );
+}
+
+/// A config file of these lines (and a private state directory).
+fn config_in(lines: &[&str]) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new("udpcfg");
+    let cfg = config_file(&dir, &format!("{}\n", lines.join("\n")));
+    (dir, cfg)
 }

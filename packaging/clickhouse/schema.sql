@@ -14,7 +14,7 @@
 --     in one request): split this file at semicolons. The only semicolons in this file end
 --     statements (never inside a comment or a string), so a plain split is safe. Comment
 --     lines may be sent along with a statement or dropped.
--- Every statement is idempotent (IF NOT EXISTS).
+-- Every statement is idempotent (IF NOT EXISTS, and the ALTERs change a column once).
 --
 -- Type mapping (from src/records/tables.rs):
 --   String -> String, Option<String> -> Nullable(String),
@@ -26,6 +26,10 @@
 --     18.16),
 --   datetime strings ("2026-11-25T12:34:00.000Z") -> DateTime('UTC') (whole seconds:
 --     milliseconds are dropped), Nullable(DateTime('UTC')) where the record may hold null.
+--   BytesSent / BytesReceived are Option<i64>: null where not measured (UDP without the
+--     event source's flow counters), so Nullable(Int64). A table an earlier schema made with
+--     Int64 is changed by the ALTER statements after each CREATE (a no-op when already
+--     Nullable, and on a large table ClickHouse rewrites those two columns once).
 --   FirstReportedDateTime / LastReportedDateTime / IsActive are `string` in Azure's VMConnection
 --   and Option<String> in depmap, so they stay Nullable(String).
 --   RemoteDnsQuestions / RemoteDnsCanonicalNames hold JSON text: Nullable(String)
@@ -39,8 +43,8 @@ CREATE DATABASE IF NOT EXISTS depmap;
 CREATE TABLE IF NOT EXISTS depmap.VMConnection
 (
     AgentId String,
-    BytesReceived Int64,
-    BytesSent Int64,
+    BytesReceived Nullable(Int64),
+    BytesSent Nullable(Int64),
     Computer String,
     Confidence Nullable(String),
     ConnectionId String,
@@ -84,11 +88,14 @@ ENGINE = MergeTree()
 PARTITION BY toYYYYMMDD(TimeGenerated)
 ORDER BY (Machine, TimeGenerated);
 
+ALTER TABLE depmap.VMConnection MODIFY COLUMN BytesReceived Nullable(Int64);
+ALTER TABLE depmap.VMConnection MODIFY COLUMN BytesSent Nullable(Int64);
+
 CREATE TABLE IF NOT EXISTS depmap.VMBoundPort
 (
     AgentId String,
-    BytesReceived Int64,
-    BytesSent Int64,
+    BytesReceived Nullable(Int64),
+    BytesSent Nullable(Int64),
     Computer String,
     Ip String,
     IsWildcardBind UInt8,
@@ -113,6 +120,9 @@ CREATE TABLE IF NOT EXISTS depmap.VMBoundPort
 ENGINE = MergeTree()
 PARTITION BY toYYYYMMDD(TimeGenerated)
 ORDER BY (Machine, TimeGenerated);
+
+ALTER TABLE depmap.VMBoundPort MODIFY COLUMN BytesReceived Nullable(Int64);
+ALTER TABLE depmap.VMBoundPort MODIFY COLUMN BytesSent Nullable(Int64);
 
 CREATE TABLE IF NOT EXISTS depmap.VMProcess
 (

@@ -454,9 +454,11 @@ impl Sources {
     }
 
     /// Every UDP socket of every namespace read, into `out` (cleared first): the bound ports
-    /// among them ([`Sources::is_udp_port`]) and the holders of UDP flows.
-    pub fn dump_udp(&mut self, out: &mut Vec<UdpSample>) {
+    /// among them ([`Sources::is_udp_port`]) and the holders of UDP flows. False when a dump
+    /// failed (`out` is partial).
+    pub fn dump_udp(&mut self, out: &mut Vec<UdpSample>) -> bool {
         out.clear();
+        let mut complete = true;
         let families = self.families();
         for (netns, diag) in readers(&mut self.diag, &mut self.namespaces) {
             for &family in &families {
@@ -467,6 +469,7 @@ impl Sources {
                 match dumped {
                     Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
                     Err(e) => {
+                        complete = false;
                         self.counters.dump_errors += 1;
                         if let Some(more) = self.dump_failures.ready() {
                             tracing::warn!(error = %e, ?family, netns, also_since_last_log = more, "sock_diag UDP dump failed; this poll's UDP ports are partial");
@@ -475,13 +478,19 @@ impl Sources {
                 }
             }
         }
+        complete
+    }
+
+    /// Whether `port` is in the ephemeral range (the ports the kernel picks for clients).
+    pub fn is_ephemeral(&self, port: u16) -> bool {
+        self.ephemeral.contains(&port)
     }
 
     /// Whether a UDP socket is a bound port: unconnected, on a port outside the ephemeral
     /// range — a server's; a client's socket that sends with `sendto` is bound to an
     /// ephemeral port, and a connected socket is a flow's end, not a port.
     pub fn is_udp_port(&self, s: &UdpSample) -> bool {
-        s.is_unconnected() && !self.ephemeral.contains(&s.local.port())
+        s.is_unconnected() && !self.is_ephemeral(s.local.port())
     }
 
     /// The UDP flows' counters now, into `out`; false where they are not measured (no event
@@ -506,6 +515,11 @@ impl Sources {
     }
 
     /// Whether UDP flows are measured here, or why not (the capability report).
+    /// Whether UDP flows are measured (the event source's UDP programs run).
+    pub fn udp_flows_measured(&self) -> bool {
+        matches!(self.events.as_ref().map(|e| &e.udp_flows), Some(Ok(_)))
+    }
+
     pub fn udp_flows_status(&self) -> Availability {
         match self.events.as_ref().map(|e| &e.udp_flows) {
             Some(Ok(_)) => Availability::YES,

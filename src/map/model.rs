@@ -20,6 +20,9 @@ pub struct Traffic {
     pub live: i64,
     pub bytes_sent: i64,
     pub bytes_received: i64,
+    /// Some of its records had no bytes (null: UDP without the event source's flow
+    /// counters): the sums are a lower bound, or unknown when 0.
+    pub bytes_unmeasured: bool,
     pub responses: i64,
     /// Milliseconds.
     pub response_time_sum: i64,
@@ -35,6 +38,7 @@ impl Traffic {
         self.failed += o.failed;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
+        self.bytes_unmeasured |= o.bytes_unmeasured;
         self.responses += o.responses;
         self.response_time_sum += o.response_time_sum;
         if self.first.is_none() || (o.first.is_some() && o.first < self.first) {
@@ -47,6 +51,11 @@ impl Traffic {
             // The same window twice (a record delivered twice): live once.
             self.live = self.live.max(o.live);
         }
+    }
+
+    /// Whether no byte of it was measured (every record's bytes null).
+    pub fn bytes_unknown(&self) -> bool {
+        self.bytes_unmeasured && self.bytes_sent == 0 && self.bytes_received == 0
     }
 
     /// Mean response time in milliseconds, when any exchange was timed.
@@ -270,6 +279,7 @@ impl Model {
             live: c.links_live.unwrap_or(0),
             bytes_sent: c.bytes_sent.unwrap_or(0),
             bytes_received: c.bytes_received.unwrap_or(0),
+            bytes_unmeasured: c.bytes_sent.is_none() || c.bytes_received.is_none(),
             responses: c.responses.unwrap_or(0),
             response_time_sum: c.response_time_sum.unwrap_or(0),
             first: t,

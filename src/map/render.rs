@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use super::graph::{Edge, Graph, NodeKind};
 use super::layout::{self, Layout};
+use super::model::Traffic;
 
 /// What the page's header says besides the graph.
 pub struct Caption {
@@ -40,11 +41,7 @@ pub fn edge_label(e: &Edge) -> String {
             thousands(t.established),
             if t.established == 1 { "" } else { "s" }
         ));
-        parts.push(format!(
-            "↑{} B ↓{} B",
-            thousands(t.bytes_sent),
-            thousands(t.bytes_received)
-        ));
+        parts.push(bytes_label(t));
     }
     if let Some(ms) = t.mean_response_ms() {
         parts.push(format!("{ms:.1} ms"));
@@ -53,6 +50,20 @@ pub fn edge_label(e: &Edge) -> String {
         parts.push(format!("{} failed", thousands(t.failed)));
     }
     parts.join(" · ")
+}
+
+/// Bytes each way from the client's side; "≥" where some records had no bytes, "bytes not
+/// measured" where none had (UDP without the event source's flow counters).
+fn bytes_label(t: &Traffic) -> String {
+    if t.bytes_unknown() {
+        return "bytes not measured".into();
+    }
+    let at_least = if t.bytes_unmeasured { "≥" } else { "" };
+    format!(
+        "↑{at_least}{} B ↓{at_least}{} B",
+        thousands(t.bytes_sent),
+        thousands(t.bytes_received)
+    )
 }
 
 fn esc(s: &str) -> String {
@@ -334,7 +345,7 @@ pub fn json(g: &Graph) -> String {
                 "source": e.source,
                 "target": e.target,
                 "mainstat": format!("{} links", thousands(e.traffic.established)),
-                "secondarystat": format!("↑{} B ↓{} B", thousands(e.traffic.bytes_sent), thousands(e.traffic.bytes_received)),
+                "secondarystat": bytes_label(&e.traffic),
                 "detail__port": e.port,
                 "detail__protocol": e.protocol,
                 "detail__links_failed": e.traffic.failed,
@@ -403,8 +414,17 @@ pub fn csv(g: &Graph) -> Result<String, csv::Error> {
             e.protocol.clone(),
             tr.established.to_string(),
             tr.failed.to_string(),
-            tr.bytes_sent.to_string(),
-            tr.bytes_received.to_string(),
+            // Empty where no byte was measured.
+            if tr.bytes_unknown() {
+                String::new()
+            } else {
+                tr.bytes_sent.to_string()
+            },
+            if tr.bytes_unknown() {
+                String::new()
+            } else {
+                tr.bytes_received.to_string()
+            },
             tr.mean_response_ms()
                 .map(|m| format!("{m:.3}"))
                 .unwrap_or_default(),
@@ -415,4 +435,28 @@ pub fn csv(g: &Graph) -> Result<String, csv::Error> {
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmeasured_bytes_are_said_so() {
+        let mut t = Traffic {
+            bytes_sent: 1_500,
+            bytes_received: 20,
+            ..Default::default()
+        };
+        assert_eq!(bytes_label(&t), "↑1,500 B ↓20 B");
+        // Some of its records had null bytes: a lower bound.
+        t.bytes_unmeasured = true;
+        assert_eq!(bytes_label(&t), "↑≥1,500 B ↓≥20 B");
+        // None measured.
+        let none = Traffic {
+            bytes_unmeasured: true,
+            ..Default::default()
+        };
+        assert_eq!(bytes_label(&none), "bytes not measured");
+    }
 }

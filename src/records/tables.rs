@@ -43,8 +43,9 @@ pub struct Origin {
 pub struct VmConnection {
     #[serde(flatten)]
     pub origin: Origin,
-    pub bytes_received: i64,
-    pub bytes_sent: i64,
+    /// Null where not measured (UDP without the event source's flow counters).
+    pub bytes_received: Option<i64>,
+    pub bytes_sent: Option<i64>,
     pub confidence: Option<String>,
     pub connection_id: String,
     pub description: Option<String>,
@@ -86,8 +87,9 @@ pub struct VmConnection {
 pub struct VmBoundPort {
     #[serde(flatten)]
     pub origin: Origin,
-    pub bytes_received: i64,
-    pub bytes_sent: i64,
+    /// Null where not measured (UDP without the event source's flow counters).
+    pub bytes_received: Option<i64>,
+    pub bytes_sent: Option<i64>,
     pub ip: Ip,
     pub is_wildcard_bind: bool,
     pub links_established: i64,

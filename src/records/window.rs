@@ -36,8 +36,8 @@ pub fn records(
         };
         let mut record = VmConnection {
             origin: Origin::new(id, time.clone()),
-            bytes_received: st.bytes_received as i64,
-            bytes_sent: st.bytes_sent as i64,
+            bytes_received: bytes(st, st.bytes_received),
+            bytes_sent: bytes(st, st.bytes_sent),
             connection_id: connection_id(
                 key.direction.as_str(),
                 &id.machine,
@@ -74,8 +74,8 @@ pub fn records(
         let process = key.process.as_deref().unwrap_or("");
         out.push(Record::BoundPort(Box::new(VmBoundPort {
             origin: Origin::new(id, time.clone()),
-            bytes_received: p.stats.bytes_received as i64,
-            bytes_sent: p.stats.bytes_sent as i64,
+            bytes_received: bytes(&p.stats, p.stats.bytes_received),
+            bytes_sent: bytes(&p.stats, p.stats.bytes_sent),
             port_id: port_id(
                 &id.machine,
                 process,
@@ -101,7 +101,11 @@ pub fn records(
     out
 }
 
-/// A response-time column: null when no response was measured.
+/// A bytes column: null when the bytes were not measured.
+fn bytes(st: &ConnStats, value: u64) -> Option<i64> {
+    (!st.bytes_unmeasured).then_some(value as i64)
+}
+
 /// A response-time column in milliseconds (rounded), from microseconds.
 fn rt_value(rt: &RtStats, us: u64) -> Option<i64> {
     (rt.responses > 0).then_some(us.saturating_add(500) as i64 / 1000)

@@ -114,7 +114,7 @@ mod tests {
                 resource_id: "/subscriptions/s/vm-1".into(),
                 ..Default::default()
             },
-            bytes_sent: 7,
+            bytes_sent: Some(7),
             ..Default::default()
         };
         vec![

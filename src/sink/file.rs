@@ -263,7 +263,7 @@ mod tests {
         let mut sink = FileSink::open(dir.clone(), 1000, 3).unwrap().0;
         let rec = |i: i64| {
             Record::Connection(Box::new(VmConnection {
-                bytes_sent: i,
+                bytes_sent: Some(i),
                 ..Default::default()
             }))
         };

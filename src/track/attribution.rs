@@ -262,8 +262,8 @@ impl Attribution {
     /// window.
     fn accepting(&self, netns: u64, local: SocketAddr) -> Option<&Listener> {
         self.listeners
-            .accepting(netns, local)
-            .or_else(|| self.window_listeners.accepting(netns, local))
+            .accepting(netns, local, Protocol::Tcp)
+            .or_else(|| self.window_listeners.accepting(netns, local, Protocol::Tcp))
     }
 
     /// The grouping key of a socket seen for the first time (see the module comment).
@@ -302,7 +302,7 @@ impl Attribution {
             return None;
         }
         let pool = self.pools_holding(s.inode).into_iter().next()?;
-        if let Some(l) = self.listeners.accepting(s.netns, s.local)
+        if let Some(l) = self.listeners.accepting(s.netns, s.local, Protocol::Tcp)
             && l.owners.contains(&pool)
         {
             self.acceptors.insert((l.netns, l.addr), pool.clone());

@@ -49,14 +49,19 @@ impl Listeners {
         }
     }
 
-    /// The listener that accepts connections for local endpoint `local` in namespace `netns`:
-    /// the one bound to that address, else a wildcard one of a compatible family (`::`
-    /// accepts IPv4 too).
-    pub fn accepting(&self, netns: u64, local: SocketAddr) -> Option<&Listener> {
+    /// The listener (TCP) or bound port (UDP) of `protocol` that takes the traffic for local
+    /// endpoint `local` in namespace `netns`: the one bound to that address, else a wildcard
+    /// one of a compatible family (`::` accepts IPv4 too).
+    pub fn accepting(
+        &self,
+        netns: u64,
+        local: SocketAddr,
+        protocol: Protocol,
+    ) -> Option<&Listener> {
         let at = self.by_port.get(&local.port())?;
         let here = || {
             at.iter()
-                .filter(|l| l.netns == netns && l.protocol == Protocol::Tcp)
+                .filter(|l| l.netns == netns && l.protocol == protocol)
         };
         here().find(|l| l.addr.ip() == local.ip()).or_else(|| {
             here().find(|l| {
@@ -68,14 +73,16 @@ impl Listeners {
 
     /// For a record (which names no namespace): the listener accepting on `local` in the
     /// namespace of `process`'s listener, else in any namespace, own first.
-    fn accepting_for(&self, local: SocketAddr, process: Option<&PoolId>) -> Option<&Listener> {
+    fn accepting_for(&self, key: &ConnKey) -> Option<&Listener> {
+        let local = SocketAddr::new(key.destination_ip, key.destination_port);
+        let process = key.process.as_ref();
         let at = self.by_port.get(&local.port())?;
         let mut namespaces: Vec<u64> = at.iter().map(|l| l.netns).collect();
         namespaces.sort_unstable();
         namespaces.dedup();
         let mut candidates = namespaces
             .iter()
-            .filter_map(|&ns| self.accepting(ns, local));
+            .filter_map(|&ns| self.accepting(ns, local, key.protocol));
         match process {
             Some(p) => {
                 let all: Vec<&Listener> = candidates.collect();
@@ -115,10 +122,14 @@ pub struct PortStats {
     pub stats: ConnStats,
 }
 
-/// The window's bound-port records from the listeners seen in it and its connection sums.
+/// The window's bound-port records from the listeners seen in it and its connection sums
+/// (inbound TCP connections to a listener, inbound UDP flows to a bound UDP port).
+/// `udp_bytes_measured`: whether UDP flows' bytes are measured (the event source's flow
+/// counters); without them a UDP port's bytes are null, not 0.
 pub fn bound_ports(
     listeners: &Listeners,
     conns: &HashMap<ConnKey, ConnStats>,
+    udp_bytes_measured: bool,
 ) -> BTreeMap<PortKey, PortStats> {
     let mut out: BTreeMap<PortKey, PortStats> = BTreeMap::new();
     let owners_or_none = |l: &Listener| -> Vec<Option<PoolId>> {
@@ -143,8 +154,7 @@ pub fn bound_ports(
         .iter()
         .filter(|(k, _)| k.direction == Direction::Inbound)
     {
-        let local = SocketAddr::new(key.destination_ip, key.destination_port);
-        let Some(l) = listeners.accepting_for(local, key.process.as_ref()) else {
+        let Some(l) = listeners.accepting_for(key) else {
             continue;
         };
         let process = match &key.process {
@@ -186,6 +196,11 @@ pub fn bound_ports(
             }
         }
     }
+    if !udp_bytes_measured {
+        for (_, p) in out.iter_mut().filter(|(k, _)| k.protocol == Protocol::Udp) {
+            p.stats.bytes_unmeasured = true;
+        }
+    }
     out
 }
 
@@ -220,7 +235,7 @@ mod tests {
         ls.insert(listener("127.0.0.1:5432", "p-b"));
         let mut conns = HashMap::new();
         // Idle window: the wildcard record and the specific one.
-        let idle = bound_ports(&ls, &conns);
+        let idle = bound_ports(&ls, &conns, true);
         let keys: Vec<_> = idle
             .iter()
             .map(|(k, v)| (k.ip.to_string(), k.port, v.is_wildcard_bind))
@@ -240,7 +255,7 @@ mod tests {
         };
         conns.insert(inbound("10.0.0.1", 80, "p-a"), stats);
         conns.insert(inbound("10.0.1.1", 80, "p-a"), stats);
-        let busy = bound_ports(&ls, &conns);
+        let busy = bound_ports(&ls, &conns, true);
         let keys: Vec<_> = busy
             .iter()
             .map(|(k, v)| {
@@ -268,23 +283,29 @@ mod tests {
         ls.insert(listener("[::]:8080", "p-a"));
         ls.insert(listener("10.0.0.1:8080", "p-b"));
         assert_eq!(
-            ls.accepting(0, "10.0.0.1:8080".parse().unwrap())
+            ls.accepting(0, "10.0.0.1:8080".parse().unwrap(), Protocol::Tcp)
                 .unwrap()
                 .owners[0]
                 .as_ref(),
             "p-b"
         );
         assert_eq!(
-            ls.accepting(0, "10.0.0.2:8080".parse().unwrap())
+            ls.accepting(0, "10.0.0.2:8080".parse().unwrap(), Protocol::Tcp)
                 .unwrap()
                 .owners[0]
                 .as_ref(),
             "p-a"
         );
-        assert!(ls.accepting(0, "10.0.0.2:8081".parse().unwrap()).is_none());
+        assert!(
+            ls.accepting(0, "10.0.0.2:8081".parse().unwrap(), Protocol::Tcp)
+                .is_none()
+        );
         let mut v4 = Listeners::default();
         v4.insert(listener("0.0.0.0:22", "p-c"));
-        assert!(v4.accepting(0, "[fd00::1]:22".parse().unwrap()).is_none());
+        assert!(
+            v4.accepting(0, "[fd00::1]:22".parse().unwrap(), Protocol::Tcp)
+                .is_none()
+        );
     }
 
     #[test]
@@ -297,7 +318,7 @@ mod tests {
         ls.insert(listener("0.0.0.0:53", "p-dns"));
         // A TCP connection to 53 is accepted by the TCP listener only.
         assert_eq!(
-            ls.accepting(0, "10.0.0.1:53".parse().unwrap())
+            ls.accepting(0, "10.0.0.1:53".parse().unwrap(), Protocol::Tcp)
                 .unwrap()
                 .protocol,
             Protocol::Tcp
@@ -310,7 +331,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let ports = bound_ports(&ls, &conns);
+        let ports = bound_ports(&ls, &conns, true);
         let keys: Vec<_> = ports
             .iter()
             .map(|(k, v)| (k.ip.to_string(), k.protocol, v.stats.links_established))
@@ -323,6 +344,36 @@ mod tests {
                 ("10.0.0.1".into(), Protocol::Tcp, 1)
             ]
         );
+        // An inbound UDP flow to 53 is the UDP port's, on the address it arrived at.
+        conns.insert(
+            ConnKey {
+                protocol: Protocol::Udp,
+                ..inbound("10.0.0.1", 53, "p-dns")
+            },
+            ConnStats {
+                links_established: 2,
+                bytes_received: 80,
+                ..Default::default()
+            },
+        );
+        let ports = bound_ports(&ls, &conns, true);
+        let udp: Vec<_> = ports
+            .iter()
+            .filter(|(k, _)| k.protocol == Protocol::Udp)
+            .map(|(k, v)| (k.ip.to_string(), v.is_wildcard_bind, v.stats))
+            .collect();
+        assert_eq!(udp.len(), 1);
+        assert_eq!((udp[0].0.as_str(), udp[0].1), ("10.0.0.1", true));
+        assert_eq!(
+            (udp[0].2.links_established, udp[0].2.bytes_received),
+            (2, 80)
+        );
+        assert!(!udp[0].2.bytes_unmeasured);
+        // Without flow counters a UDP port's bytes are unmeasured (null), a TCP one's not.
+        let ports = bound_ports(&ls, &conns, false);
+        for (k, v) in &ports {
+            assert_eq!(v.stats.bytes_unmeasured, k.protocol == Protocol::Udp);
+        }
     }
 
     #[test]
@@ -334,9 +385,15 @@ mod tests {
             ..listener("0.0.0.0:80", "p-b")
         });
         let local = "172.17.0.2:80".parse().unwrap();
-        assert_eq!(ls.accepting(0, local).unwrap().owners[0].as_ref(), "p-a");
-        assert_eq!(ls.accepting(7, local).unwrap().owners[0].as_ref(), "p-b");
-        assert!(ls.accepting(8, local).is_none());
+        assert_eq!(
+            ls.accepting(0, local, Protocol::Tcp).unwrap().owners[0].as_ref(),
+            "p-a"
+        );
+        assert_eq!(
+            ls.accepting(7, local, Protocol::Tcp).unwrap().owners[0].as_ref(),
+            "p-b"
+        );
+        assert!(ls.accepting(8, local, Protocol::Tcp).is_none());
         // The bound-port sums of an inbound connection of p-b go to p-b's listener.
         let mut conns = HashMap::new();
         let stats = ConnStats {
@@ -345,7 +402,7 @@ mod tests {
             ..Default::default()
         };
         conns.insert(inbound("172.17.0.2", 80, "p-b"), stats);
-        let ports = bound_ports(&ls, &conns);
+        let ports = bound_ports(&ls, &conns, true);
         let b = ports
             .iter()
             .find(|(k, _)| k.process.as_deref() == Some("p-b") && k.ip == local.ip())

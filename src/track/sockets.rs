@@ -105,6 +105,9 @@ pub struct ConnStats {
     pub links_failed: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The bytes were not measured (UDP without the event source's flow counters: the
+    /// records' `BytesSent`/`BytesReceived` are null, not 0).
+    pub bytes_unmeasured: bool,
     /// Measured response times.
     pub rt: RtStats,
 }
@@ -117,6 +120,7 @@ impl ConnStats {
         self.links_failed += o.links_failed;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
+        self.bytes_unmeasured |= o.bytes_unmeasured;
         self.rt.add(&o.rt);
     }
 }

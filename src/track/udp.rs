@@ -11,11 +11,22 @@
 //! * bytes: UDP payload each way, the deltas of the kernel's sums; `Responses` 0 (no
 //!   request/response pairing yet), response times null.
 //!
+//! Without the flow counters (no event source, or its UDP programs cannot run), the polling
+//! path's dumps still show *connected* UDP sockets, each one flow to its one remote
+//! ([`UdpTracker::observe_connected`]): established when a dump first shows it (not in the
+//! first dump: older than depmap, like TCP's baseline), terminated when a complete dump no
+//! longer does, live while dumps show it; bytes unmeasured (null); inbound when its local
+//! port is a server's (outside the ephemeral range) and its remote's is not, else outbound.
+//! Unconnected sockets have no remote in a dump: only their bound ports are known.
+//!
 //! No I/O: the poll loop hands it each read and the owners it knows.
 
 use std::collections::HashMap;
 
+use std::net::SocketAddr;
+
 use super::sockets::{ConnKey, ConnStats, Direction, PoolId, Protocol};
+use crate::collect::sockdiag::UdpSample;
 use crate::collect::udp_flows::{FlowCounts, FlowKey};
 
 /// How long a flow may be idle before it is terminated (conntrack's timeout for a UDP
@@ -43,6 +54,9 @@ pub struct UdpStats {
 
 pub struct UdpTracker {
     flows: HashMap<FlowKey, Flow>,
+    /// Connected sockets from dumps (no flow counters): by cookie and remote.
+    connected: HashMap<(u64, SocketAddr), ConnKey>,
+    connected_baseline_done: bool,
     /// New flows waiting for their owner: when first seen.
     pending: HashMap<FlowKey, u64>,
     window: HashMap<ConnKey, ConnStats>,
@@ -54,6 +68,8 @@ impl UdpTracker {
     pub fn new(max_flows: usize) -> UdpTracker {
         UdpTracker {
             flows: HashMap::new(),
+            connected: HashMap::new(),
+            connected_baseline_done: false,
             pending: HashMap::new(),
             window: HashMap::new(),
             max_flows,
@@ -133,6 +149,66 @@ impl UdpTracker {
         idle
     }
 
+    /// Applies one UDP dump's connected sockets, each with its direction (see the module
+    /// comment); `complete`: no dump failed, so a socket missing from it is gone. Until the
+    /// first complete dump the sockets are a baseline (older than depmap: live, not
+    /// established). `owner` names a socket's pool where known.
+    pub fn observe_connected<'a>(
+        &mut self,
+        sockets: impl Iterator<Item = (&'a UdpSample, Direction)>,
+        complete: bool,
+        mut owner: impl FnMut(&UdpSample) -> Option<PoolId>,
+    ) {
+        let baseline = !self.connected_baseline_done;
+        self.connected_baseline_done |= complete;
+        let mut seen = std::collections::HashSet::new();
+        for (s, direction) in sockets {
+            let id = (s.cookie, s.remote);
+            seen.insert(id);
+            match self.connected.get_mut(&id) {
+                Some(key) => {
+                    if key.process.is_none() {
+                        key.process = owner(s);
+                    }
+                }
+                None => {
+                    if self.flows.len() + self.connected.len() >= self.max_flows {
+                        self.stats.shed += 1;
+                        continue;
+                    }
+                    self.stats.flows_seen += 1;
+                    let key =
+                        ConnKey::between(direction, owner(s), s.local, s.remote, Protocol::Udp);
+                    let w = self.window.entry(key.clone()).or_default();
+                    w.bytes_unmeasured = true;
+                    if !baseline {
+                        w.links_established += 1;
+                    }
+                    self.connected.insert(id, key);
+                }
+            }
+        }
+        if complete {
+            let window = &mut self.window;
+            self.connected.retain(|id, key| {
+                let present = seen.contains(id);
+                if !present {
+                    let w = window.entry(key.clone()).or_default();
+                    w.links_terminated += 1;
+                    w.bytes_unmeasured = true;
+                }
+                present
+            });
+        }
+    }
+
+    /// Whether connected socket `s` is not tracked yet or has no process yet.
+    pub fn connected_needs_owner(&self, s: &UdpSample) -> bool {
+        self.connected
+            .get(&(s.cookie, s.remote))
+            .is_none_or(|k| k.process.is_none())
+    }
+
     /// Whether `k` is not tracked yet.
     pub fn is_new(&self, k: &FlowKey) -> bool {
         !self.flows.contains_key(k)
@@ -151,7 +227,11 @@ impl UdpTracker {
 
     /// The processes of the flows tracked (their pools are kept).
     pub fn processes(&self) -> impl Iterator<Item = &PoolId> {
-        self.flows.values().filter_map(|f| f.key.process.as_ref())
+        self.flows
+            .values()
+            .map(|f| &f.key)
+            .chain(self.connected.values())
+            .filter_map(|k| k.process.as_ref())
     }
 
     /// The window's sums (flows not terminated count as live), and a fresh window.
@@ -159,6 +239,11 @@ impl UdpTracker {
         let mut out = std::mem::take(&mut self.window);
         for f in self.flows.values() {
             out.entry(f.key.clone()).or_default().links_live += 1;
+        }
+        for key in self.connected.values() {
+            let w = out.entry(key.clone()).or_default();
+            w.links_live += 1;
+            w.bytes_unmeasured = true;
         }
         out
     }
@@ -298,5 +383,62 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    fn connected(cookie: u64, remote: &str) -> UdpSample {
+        UdpSample {
+            cookie,
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            uid: 0,
+            inode: 9,
+            netns: 0,
+        }
+    }
+
+    #[test]
+    fn connected_sockets_are_flows_without_bytes() {
+        let mut t = UdpTracker::new(10);
+        let (old, new) = (connected(1, "10.0.0.2:53"), connected(2, "10.0.0.3:123"));
+        fn out(s: &UdpSample) -> (&UdpSample, Direction) {
+            (s, Direction::Outbound)
+        }
+        // The first dump is the baseline: live, not established.
+        t.observe_connected([&old].into_iter().map(out), true, |_| None);
+        let w = t.close_window();
+        let s = w.values().next().unwrap();
+        assert_eq!((s.links_established, s.links_live), (0, 1));
+        assert!(s.bytes_unmeasured);
+        // A new one, its owner found later; a failed dump terminates nothing.
+        t.observe_connected([&new].into_iter().map(out), false, |_| None);
+        assert!(t.connected_needs_owner(&new));
+        t.observe_connected([&old, &new].into_iter().map(out), true, |s| {
+            (s.cookie == 2).then(|| PoolId::from("p-ntp"))
+        });
+        assert!(!t.connected_needs_owner(&new));
+        // Gone from a complete dump: terminated.
+        t.observe_connected([&new].into_iter().map(out), true, |_| None);
+        let w = t.close_window();
+        let by_port = |port: u16| {
+            w.iter()
+                .filter(|(k, _)| k.destination_port == port)
+                .map(|(k, s)| (k.process.clone(), *s))
+                .fold((None, ConnStats::default()), |(p, mut a), (q, s)| {
+                    a.add(&s);
+                    (p.or(q), a)
+                })
+        };
+        let (p53, s53) = by_port(53);
+        assert_eq!(p53, None);
+        assert_eq!(
+            (s53.links_established, s53.links_terminated, s53.links_live),
+            (0, 1, 0)
+        );
+        let (p123, s123) = by_port(123);
+        assert_eq!(p123.as_deref(), Some("p-ntp"));
+        // Established without a process (first dump), live with it at the window's end.
+        assert_eq!((s123.links_established, s123.links_live), (1, 1));
+        assert!(s53.bytes_unmeasured && s123.bytes_unmeasured);
+        assert_eq!(t.processes().count(), 1);
     }
 }

@@ -422,6 +422,7 @@ pub fn conn_sums(records: &[Value], filter: impl Fn(&Value) -> bool) -> HashMap<
         for col in [
             "LinksEstablished",
             "LinksTerminated",
+            "LinksLive",
             "BytesSent",
             "BytesReceived",
         ] {
