@@ -67,6 +67,8 @@ struct Figures {
     dump: Duration,
     /// The kernel's share: the same dumps read unparsed.
     kernel: Duration,
+    /// The same with a dump per family.
+    kernel_per_family: Duration,
     /// A dump of an empty namespace beside them (unparsed): what each dump pays for the
     /// others' sockets.
     empty: Duration,
@@ -92,11 +94,17 @@ fn measure(spaces: &[Netns], per: usize, port: u16) -> Figures {
     let dump = time(|| {
         sockets = 0;
         for d in &mut diags {
-            d.dump(Family::V4, |_| sockets += 1).expect("dump");
-            d.dump(Family::V6, |_| sockets += 1).expect("dump");
+            d.dump_all(true, |_| sockets += 1).expect("dump");
         }
     });
+    // Both families in one walk each, as depmap dumps.
     let kernel = time(|| {
+        for d in &mut diags {
+            d.dump_all_unparsed().expect("dump");
+        }
+    });
+    // A dump per family (a walk each), as depmap dumped before.
+    let kernel_per_family = time(|| {
         for d in &mut diags {
             d.dump_unparsed(Family::V4).expect("dump");
             d.dump_unparsed(Family::V6).expect("dump");
@@ -105,8 +113,7 @@ fn measure(spaces: &[Netns], per: usize, port: u16) -> Figures {
     // The bench's own (home) namespace is empty.
     let mut home = SockDiag::open().expect("sock_diag");
     let empty = time(|| {
-        home.dump_unparsed(Family::V4).expect("dump");
-        home.dump_unparsed(Family::V6).expect("dump");
+        home.dump_all_unparsed().expect("dump");
     });
     let mut config = Config::default();
     config.collect.namespaces = NamespacesMode::All;
@@ -119,6 +126,7 @@ fn measure(spaces: &[Netns], per: usize, port: u16) -> Figures {
     Figures {
         dump,
         kernel,
+        kernel_per_family,
         empty,
         poll,
         sockets,
@@ -154,9 +162,9 @@ fn main() {
     let _ = std::fs::write(sysctl, before.trim());
 
     println!(
-        "| layout | sockets dumped | kernel (unparsed) | dump (parsed) | an empty namespace's dump beside them | Agent::poll |"
+        "| layout | sockets dumped | kernel (unparsed, one walk) | kernel, a dump per family | dump (parsed) | an empty namespace's dump beside them | Agent::poll |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut rows = vec![("1 namespace", &one_ns), ("10 namespaces", &ten_ns)];
     if let Some(f) = &own_tables {
         rows.push((
@@ -166,9 +174,10 @@ fn main() {
     }
     for (name, f) in rows {
         println!(
-            "| {name} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} |",
             f.sockets,
             ms(f.kernel),
+            ms(f.kernel_per_family),
             ms(f.dump),
             ms(f.empty),
             ms(f.poll)
@@ -176,15 +185,17 @@ fn main() {
     }
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!(
-        "| ratio (10 / 1) | | {:.2} × | {:.2} × | | {:.2} × |",
+        "| ratio (10 / 1) | | {:.2} × | {:.2} × | {:.2} × | | {:.2} × |",
         ratio(ten_ns.kernel, one_ns.kernel),
+        ratio(ten_ns.kernel_per_family, one_ns.kernel_per_family),
         ratio(ten_ns.dump, one_ns.dump),
         ratio(ten_ns.poll, one_ns.poll)
     );
     if let Some(f) = &own_tables {
         println!(
-            "| ratio (10 with own tables / 1) | | {:.2} × | {:.2} × | | {:.2} × |",
+            "| ratio (10 with own tables / 1) | | {:.2} × | {:.2} × | {:.2} × | | {:.2} × |",
             ratio(f.kernel, one_ns.kernel),
+            ratio(f.kernel_per_family, one_ns.kernel_per_family),
             ratio(f.dump, one_ns.dump),
             ratio(f.poll, one_ns.poll)
         );

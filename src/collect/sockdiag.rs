@@ -141,11 +141,28 @@ fn dumped_states() -> StateFlags {
     StateFlags::all() & !StateFlags::TIME_WAIT & !StateFlags::SYN_RECV
 }
 
+/// `TCPDIAG_GETSOCK`: the original inet_diag request type, still served by the kernel
+/// (`inet_diag_rcv_msg_compat`). Its dumps run with family `AF_UNSPEC`: one walk of the TCP
+/// hash table gives both families' sockets, where `SOCK_DIAG_BY_FAMILY` needs a walk per
+/// family. The walk is most of a dump's cost on a host with few sockets, since the table is
+/// sized by memory, not by use: measured here (262,144 buckets), 2.8 ms for one walk against
+/// 5.8 ms for the two per-family dumps of the same empty namespace. The answers are
+/// `inet_diag_msg`s like those of `SOCK_DIAG_BY_FAMILY`, with this message type.
+/// netlink-packet-sock-diag has no type for the request (`struct inet_diag_req`), so
+/// [`compat_dump_request`] writes its 60 bytes.
+const TCPDIAG_GETSOCK: u16 = 18;
+/// `sizeof(struct inet_diag_req)`: family, src_len, dst_len, ext, the 48-byte socket id,
+/// states, dbs.
+const INET_DIAG_REQ_LEN: usize = 60;
+
 /// A netlink socket used for dump requests.
 pub struct SockDiag {
     socket: Socket,
     buf: Vec<u8>,
     seq: u32,
+    /// Whether one-walk dumps ([`TCPDIAG_GETSOCK`]) are answered; false after a kernel
+    /// refused one (then a dump per family).
+    one_walk: bool,
 }
 
 impl SockDiag {
@@ -157,6 +174,7 @@ impl SockDiag {
             socket,
             buf: vec![0u8; 256 * 1024],
             seq: 0,
+            one_walk: true,
         })
     }
 
@@ -251,6 +269,45 @@ impl SockDiag {
         })
     }
 
+    /// Dumps every TCP socket of both families (`ipv6`) or of IPv4 only, calling `each` per
+    /// socket: one walk of the kernel's table where it answers [`TCPDIAG_GETSOCK`], else a
+    /// dump per family.
+    pub fn dump_all(
+        &mut self,
+        ipv6: bool,
+        mut each: impl FnMut(TcpSample),
+    ) -> io::Result<DumpStats> {
+        if ipv6 && self.one_walk {
+            self.send_compat_dump()?;
+            match self.read_dump(|m| {
+                if let Message::Sample(s) = m {
+                    each(s)
+                }
+            }) {
+                // Refused before any answer: this kernel has no compat handler.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
+                    self.one_walk = false;
+                    tracing::debug!(error = %e, "one-walk sock_diag dumps refused; a dump per family");
+                }
+                other => return other,
+            }
+        }
+        let mut stats = self.dump(Family::V4, &mut each)?;
+        if ipv6 {
+            let v6 = self.dump(Family::V6, &mut each)?;
+            stats.messages += v6.messages;
+            stats.unparsable += v6.unparsable;
+        }
+        Ok(stats)
+    }
+
+    fn send_compat_dump(&mut self) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = compat_dump_request(self.seq, dumped_states().bits());
+        self.socket.send(&request, 0)?;
+        Ok(())
+    }
+
     /// Dumps every UDP socket of one family (bound or connected; UDP has no counters to ask
     /// for), calling `each` per socket.
     pub fn dump_udp(
@@ -309,6 +366,17 @@ impl SockDiag {
     pub fn dump_unparsed(&mut self, family: Family) -> io::Result<(u64, u64)> {
         let socket_id = any_socket(family);
         self.request(socket_id, dumped_states(), true)?;
+        self.read_unparsed()
+    }
+
+    /// As [`SockDiag::dump_unparsed`], of both families in one walk (as
+    /// [`SockDiag::dump_all`] makes it).
+    pub fn dump_all_unparsed(&mut self) -> io::Result<(u64, u64)> {
+        self.send_compat_dump()?;
+        self.read_unparsed()
+    }
+
+    fn read_unparsed(&mut self) -> io::Result<(u64, u64)> {
         let (mut messages, mut bytes) = (0u64, 0u64);
         loop {
             let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
@@ -335,6 +403,24 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 /// `sizeof(struct inet_diag_msg)`: the attributes follow it.
 const INET_DIAG_MSG_LEN: usize = 72;
+
+/// A `TCPDIAG_GETSOCK` dump request: netlink header, then `struct inet_diag_req` with
+/// family `AF_INET` (the kernel dumps with `AF_UNSPEC` whatever it says), `tcp_info` asked
+/// for, a zero socket id (no filter) and `states`.
+fn compat_dump_request(seq: u32, states: u32) -> [u8; 16 + INET_DIAG_REQ_LEN] {
+    let mut out = [0u8; 16 + INET_DIAG_REQ_LEN];
+    out[0..4].copy_from_slice(&((16 + INET_DIAG_REQ_LEN) as u32).to_ne_bytes());
+    out[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    out[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    out[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // Port id 0: the kernel fills it in.
+    let req = &mut out[16..];
+    req[0] = AF_INET;
+    req[3] = ExtensionFlags::INFO.bits();
+    // req[4..52]: the socket id, all zero.
+    req[52..56].copy_from_slice(&states.to_ne_bytes());
+    out
+}
 
 /// A dump request's socket id: every socket of `family`.
 fn any_socket(family: Family) -> SocketId {
@@ -383,7 +469,7 @@ pub fn for_each_message(data: &[u8], stats: &mut DumpStats, mut f: impl FnMut(Me
                     .unwrap_or(0);
                 f(Message::Error(code))
             }
-            SOCK_DIAG_BY_FAMILY => match parse_sample(msg.payload()) {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match parse_sample(msg.payload()) {
                 Some(sample) => f(Message::Sample(sample)),
                 None => stats.unparsable += 1,
             },
@@ -514,5 +600,49 @@ mod tests {
         assert!(s.is_listener());
         assert_ne!(s.inode, 0);
         assert_ne!(s.cookie, 0);
+    }
+
+    #[test]
+    fn one_walk_gives_both_families_as_the_per_family_dumps_do() {
+        let l4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let l6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let c4 = std::net::TcpStream::connect(l4.local_addr().unwrap()).unwrap();
+        let c6 = std::net::TcpStream::connect(l6.local_addr().unwrap()).unwrap();
+        let (_a4, _a6) = (l4.accept().unwrap(), l6.accept().unwrap());
+        let ports = [
+            l4.local_addr().unwrap().port(),
+            l6.local_addr().unwrap().port(),
+        ];
+        let ours =
+            |s: &TcpSample| ports.contains(&s.local.port()) || ports.contains(&s.remote.port());
+        let mut diag = SockDiag::open().unwrap();
+        let mut one = Vec::new();
+        diag.dump_all(true, |s| {
+            if ours(&s) {
+                one.push((s.cookie, s.local, s.remote, s.state, s.counters.is_some()))
+            }
+        })
+        .unwrap();
+        assert!(diag.one_walk, "this kernel answers TCPDIAG_GETSOCK");
+        let mut two = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            diag.dump(family, |s| {
+                if ours(&s) {
+                    two.push((s.cookie, s.local, s.remote, s.state, s.counters.is_some()))
+                }
+            })
+            .unwrap();
+        }
+        one.sort();
+        two.sort();
+        // Two listeners, and both ends of each connection, with their tcp_info.
+        assert_eq!(one.len(), 6, "{one:?}");
+        assert_eq!(one, two);
+        assert!(one.iter().all(|s| s.4));
+        for c in [&c4, &c6] {
+            let a = c.local_addr().unwrap();
+            let local = SocketAddr::new(canonical_ip(a.ip()), a.port());
+            assert!(one.iter().any(|s| s.1 == local), "{local} in {one:?}");
+        }
     }
 }

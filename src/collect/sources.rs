@@ -426,23 +426,21 @@ impl Sources {
         let begin = self.clock_ms();
         let mut complete = true;
         samples.clear();
-        let families = self.families();
+        let both = self.families().contains(&Family::V6);
         let ipv6 = self.ipv6;
         for (netns, diag) in readers(&mut self.diag, &mut self.namespaces) {
-            for &family in &families {
-                match diag.dump(family, |mut s| {
-                    if s.is_listener() || kept(ipv6, &s) {
-                        s.netns = netns;
-                        samples.push(s)
-                    }
-                }) {
-                    Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
-                    Err(e) => {
-                        complete = false;
-                        self.counters.dump_errors += 1;
-                        if let Some(more) = self.dump_failures.ready() {
-                            tracing::warn!(error = %e, ?family, netns, also_since_last_log = more, "sock_diag dump failed; this poll is partial");
-                        }
+            match diag.dump_all(both, |mut s| {
+                if s.is_listener() || kept(ipv6, &s) {
+                    s.netns = netns;
+                    samples.push(s)
+                }
+            }) {
+                Ok(stats) => self.counters.unparsable_messages += stats.unparsable,
+                Err(e) => {
+                    complete = false;
+                    self.counters.dump_errors += 1;
+                    if let Some(more) = self.dump_failures.ready() {
+                        tracing::warn!(error = %e, netns, also_since_last_log = more, "sock_diag dump failed; this poll is partial");
                     }
                 }
             }
