@@ -145,8 +145,9 @@ fn dumped_states() -> StateFlags {
 /// (`inet_diag_rcv_msg_compat`). Its dumps run with family `AF_UNSPEC`: one walk of the TCP
 /// hash table gives both families' sockets, where `SOCK_DIAG_BY_FAMILY` needs a walk per
 /// family. The walk is most of a dump's cost on a host with few sockets, since the table is
-/// sized by memory, not by use: measured here (262,144 buckets), 2.8 ms for one walk against
-/// 5.8 ms for the two per-family dumps of the same empty namespace. The answers are
+/// sized by memory, not by use: measured here (262,144 buckets; `benches/namespaces.rs`,
+/// BENCHMARKS.md), 2.37 ms for one walk against 4.35 ms for the two per-family dumps of the
+/// same near-empty namespace, 20.2 ms against 25.9 ms with 20,004 sockets. The answers are
 /// `inet_diag_msg`s like those of `SOCK_DIAG_BY_FAMILY`, with this message type.
 /// netlink-packet-sock-diag has no type for the request (`struct inet_diag_req`), so
 /// [`compat_dump_request`] writes its 60 bytes.
