@@ -19,8 +19,10 @@
 //
 // Two cgroup_skb programs on the cgroup v2 root see every UDP datagram of every process
 // (collect.udp): they sum its payload per (socket cookie, local and remote address and port)
-// in the udp_flows map, which the poll loop reads (UDP has no counters in sock_diag); a
-// cgroup/sock_create program names the process that creates each UDP socket (UDP_OWNER).
+// in the udp_flows map, which the poll loop reads (UDP has no counters in sock_diag), and
+// time DNS exchanges (port 53): a query's datagram to the flow's pending time, the next
+// datagram back a UDP_RESPONSE event. A cgroup/sock_create program names the process that
+// creates each UDP socket (UDP_OWNER).
 //
 // Built by bpf/build.sh (clang -target bpf); the object is committed beside this file and the
 // test suite checks that it matches. The kernel types below are declared with only the fields
@@ -105,7 +107,7 @@ struct task_struct {
 } __attribute__((preserve_access_index));
 
 // Event kinds; the first field of every event (src/collect/ebpf.rs decodes them).
-enum kind { CONNECT = 1, OWNER = 2, RESPONSE = 3, CLOSED = 4, UDP_OWNER = 5 };
+enum kind { CONNECT = 1, OWNER = 2, RESPONSE = 3, CLOSED = 4, UDP_OWNER = 5, UDP_RESPONSE = 6 };
 
 // CONNECT and OWNER: the process that opened, or first used, the socket.
 struct owner_event {
@@ -415,7 +417,20 @@ struct udp_flow {
 	__u64 datagrams_in;
 	__u32 first_in; // 1: its first datagram was received (an inbound flow)
 	__u32 _pad;
+	// A DNS flow's unanswered query: when its datagram went out (client) or came in
+	// (server), boot clock; 0 when none waits.
+	__u64 query_ns;
 };
+
+// UDP_RESPONSE: one DNS exchange's time (query's datagram → the answer's), on its flow.
+struct udp_response_event {
+	__u32 kind;
+	__u32 _pad;
+	__u64 nanos;
+	struct udp_flow_key flow;
+};
+
+#define DNS_PORT 53
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -438,6 +453,26 @@ static __always_inline void udp_add(struct udp_flow *f, int in, __u64 payload)
 		__sync_fetch_and_add(&f->bytes_out, payload);
 		__sync_fetch_and_add(&f->datagrams_out, 1);
 	}
+}
+
+// A DNS answer on flow `k` whose query waits in `f`: its time as a UDP_RESPONSE event (the
+// poll loop adds it to the flow's window). With concurrent queries on one flow (a
+// resolver's A and AAAA), the first answer is timed from the first query; the second
+// query's answer finds none waiting and is not timed.
+static __always_inline void udp_answered(struct udp_flow *f, const struct udp_flow_key *k)
+{
+	__u64 since = f->query_ns;
+	f->query_ns = 0;
+	struct udp_response_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		lost(RING_FULL);
+		return;
+	}
+	e->kind = UDP_RESPONSE;
+	e->_pad = 0;
+	e->nanos = bpf_ktime_get_boot_ns() - since;
+	__builtin_memcpy(&e->flow, k, sizeof(*k));
+	bpf_ringbuf_submit(e, NO_WAKEUP);
 }
 
 static __always_inline int udp_account(struct __sk_buff *skb, int in)
@@ -479,9 +514,17 @@ static __always_inline int udp_account(struct __sk_buff *skb, int in)
 	k.lport = __builtin_bswap16(in ? uh.dest : uh.source);
 	k.rport = __builtin_bswap16(in ? uh.source : uh.dest);
 	k.cookie = bpf_get_socket_cookie(skb);
+	// DNS: a query goes to port 53 (client) or arrives on it (server); the answer is the
+	// datagram the other way.
+	int query = (!in && k.rport == DNS_PORT) || (in && k.lport == DNS_PORT);
+	int answer = (in && k.rport == DNS_PORT) || (!in && k.lport == DNS_PORT);
 	struct udp_flow *f = bpf_map_lookup_elem(&udp_flows, &k);
 	if (f) {
 		udp_add(f, in, payload);
+		if (query && !f->query_ns)
+			f->query_ns = bpf_ktime_get_boot_ns();
+		else if (answer && f->query_ns)
+			udp_answered(f, &k);
 		return 1;
 	}
 	struct udp_flow n = {};
@@ -493,6 +536,8 @@ static __always_inline int udp_account(struct __sk_buff *skb, int in)
 		n.datagrams_out = 1;
 	}
 	n.first_in = in;
+	if (query)
+		n.query_ns = bpf_ktime_get_boot_ns();
 	// Two CPUs may create the same flow at once: the loser adds to the winner's entry.
 	if (bpf_map_update_elem(&udp_flows, &k, &n, BPF_NOEXIST)) {
 		f = bpf_map_lookup_elem(&udp_flows, &k);

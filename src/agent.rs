@@ -292,6 +292,10 @@ impl Agent {
                 }
                 // Kept by the sources for the socket's destroy notification.
                 KernelEvent::Closed { .. } => {}
+                KernelEvent::UdpResponse { flow, micros } => {
+                    let at = self.sources.clock_ms();
+                    self.udp.response_measured(flow, micros, at)
+                }
             }
         }
     }
@@ -913,7 +917,10 @@ impl Agent {
                 "event_owners_unmatched_total",
                 self.attribution.event_stats.unmatched,
             ),
-            ("event_responses_unmatched_total", t.responses_unmatched),
+            (
+                "event_responses_unmatched_total",
+                t.responses_unmatched + self.udp.stats.responses_unmatched,
+            ),
             (
                 "unattributed_connections_total",
                 self.counters.unattributed_links,

@@ -415,3 +415,96 @@ fn config_in(lines: &[&str]) -> (TempDir, std::path::PathBuf) {
     let cfg = config_file(&dir, &format!("{}\n", lines.join("\n")));
     (dir, cfg)
 }
+
+/// A DNS-like server on port 53 (inside the test's namespace) answering each query after
+/// 20 ms, and a client making 100 queries one after the other on one socket.
+const DNS_SERVER: &str = r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 53))
+print("ready 53", flush=True)
+while True:
+    q, peer = s.recvfrom(2048)
+    time.sleep(0.02)
+    s.sendto(b"a" * 100, peer)
+"#;
+
+const DNS_CLIENT: &str = r#"
+import socket, time
+q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.settimeout(5)
+waits = []
+for _ in range(100):
+    t = time.monotonic()
+    q.sendto(b"q" * 40, ("127.0.0.1", 53))
+    q.recvfrom(2048)
+    waits.append(time.monotonic() - t)
+print("ready", int(sum(waits) / len(waits) * 1e5), flush=True)  # hundredths of a ms
+time.sleep(600)
+"#;
+
+/// DNS flows carry response times (one per answered query, query's datagram to answer's)
+/// on both ends; other UDP flows do not (tested above).
+#[test]
+fn dns_flows_have_response_times_on_both_ends() {
+    let _serial = serial();
+    let ns = Netns::new("udpdns");
+    let (_server, _) = hold(&ns, DNS_SERVER);
+    let mut depmap = Depmap::start_with(&ns, "events = \"ebpf\"\n");
+    let (_client, client_mean_centi_ms) = hold(&ns, DNS_CLIENT);
+    let dns = |direction: &'static str| {
+        move |r: &Value| {
+            r["Protocol"] == "udp" && r["Direction"] == direction && r["DestinationPort"] == 53
+        }
+    };
+    let responses = |records: &[Value], f: &dyn Fn(&Value) -> bool| -> (i64, i64, i64, i64) {
+        let mut out = (0, 0, i64::MAX, 0);
+        for r in of_type(records, "VMConnection")
+            .into_iter()
+            .filter(|r| f(r))
+        {
+            let n = r["Responses"].as_i64().unwrap_or(0);
+            if n > 0 {
+                out.0 += n;
+                out.1 += r["ResponseTimeSum"].as_i64().unwrap();
+                out.2 = out.2.min(r["ResponseTimeMin"].as_i64().unwrap());
+                out.3 = out.3.max(r["ResponseTimeMax"].as_i64().unwrap());
+            }
+        }
+        out
+    };
+    let done = depmap.wait_for(Duration::from_secs(30), |r| {
+        responses(r, &dns("outbound")).0 == 100 && responses(r, &dns("inbound")).0 == 100
+    });
+    let records = depmap.stop();
+    let (client, server) = (
+        responses(&records, &dns("outbound")),
+        responses(&records, &dns("inbound")),
+    );
+    assert!(done, "client {client:?}, server {server:?}");
+    assert_eq!((client.0, server.0), (100, 100));
+    // Means within 5 % or 1 ms of the truth: the client's measured wait, the server's delay.
+    let mean = |(n, sum, ..): (i64, i64, i64, i64)| sum as f64 / n as f64;
+    let client_truth = f64::from(client_mean_centi_ms) / 100.0;
+    let near = |got: f64, truth: f64| (got - truth).abs() <= (truth * 0.05).max(1.0);
+    assert!(
+        near(mean(client), client_truth),
+        "client mean {} ms, measured {client_truth} ms",
+        mean(client)
+    );
+    assert!(near(mean(server), 20.0), "server mean {} ms", mean(server));
+    println!(
+        "DNS response times: client {} of 100, mean {:.2} ms (measured {client_truth} ms), \
+         min {} max {}; server {} of 100, mean {:.2} ms (delay 20 ms), min {} max {}",
+        client.0,
+        mean(client),
+        client.2,
+        client.3,
+        server.0,
+        mean(server),
+        server.2,
+        server.3
+    );
+    assert!(server.2 >= 20 && client.2 >= 20, "{client:?} {server:?}");
+    // Bytes as ever: 100 queries of 40 B, 100 answers of 100 B.
+    let sums = conn_sums(&records, dns("outbound"));
+    assert_eq!((sums["BytesSent"], sums["BytesReceived"]), (4_000, 10_000));
+}

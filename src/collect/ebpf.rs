@@ -41,7 +41,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use super::procinfo::ProcessInfo;
 use super::queue::{NotQueued, QueueReceiver, QueueSender, bounded};
 use super::reader::{ReadNow, Reader, Wake, Woken};
-use super::udp_flows::{MAX_UDP_FLOWS, UdpError, UdpFlows, own_netns_cookie};
+use super::udp_flows::{FlowKey, MAX_UDP_FLOWS, UdpError, UdpFlows, own_netns_cookie};
 
 /// The compiled programs (bpf/build.sh; tests/bpf_object.rs checks it matches its source).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/depmap.bpf.o");
@@ -75,10 +75,13 @@ const OWNER: u32 = 2;
 const RESPONSE: u32 = 3;
 const CLOSED: u32 = 4;
 const UDP_OWNER: u32 = 5;
-/// Sizes of `struct owner_event`, `struct response_event` and `struct closed_event`.
+const UDP_RESPONSE: u32 = 6;
+/// Sizes of `struct owner_event`, `struct response_event`, `struct closed_event` and
+/// `struct udp_response_event`.
 const OWNER_EVENT_LEN: usize = 64;
 const RESPONSE_EVENT_LEN: usize = 24;
 const CLOSED_EVENT_LEN: usize = 16;
+const UDP_RESPONSE_EVENT_LEN: usize = 16 + FlowKey::LEN;
 
 /// Why the event source does not run here.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,8 @@ pub enum KernelEvent {
     /// A socket reached CLOSE; whether its peer's FIN had been received (then its final
     /// `bytes_received` counts the FIN).
     Closed { cookie: u64, fin_received: bool },
+    /// One DNS exchange's time on a UDP flow (query's datagram → answer's).
+    UdpResponse { flow: FlowKey, micros: u64 },
 }
 
 /// Counters of the event source's work and losses.
@@ -467,6 +472,13 @@ fn decode(b: &[u8], ticks_per_second: u64) -> Option<(KernelEvent, bool)> {
             },
             false,
         )),
+        UDP_RESPONSE if b.len() >= UDP_RESPONSE_EVENT_LEN => Some((
+            KernelEvent::UdpResponse {
+                flow: FlowKey::from_ne_bytes(&b[16..])?,
+                micros: u64_at(8)? / 1000,
+            },
+            false,
+        )),
         CLOSED if b.len() >= CLOSED_EVENT_LEN => Some((
             KernelEvent::Closed {
                 cookie: u64_at(8)?,
@@ -628,6 +640,26 @@ mod tests {
             ))
         ));
         assert!(decode(&c[..15], 100).is_none());
+
+        let flow = FlowKey::new(
+            11,
+            "[fd00::1]:40000".parse().unwrap(),
+            "[fd00::53]:53".parse().unwrap(),
+        );
+        let u = [
+            UDP_RESPONSE.to_ne_bytes().as_slice(),
+            &0u32.to_ne_bytes(),
+            &3_000_500u64.to_ne_bytes(),
+            &flow.to_ne_bytes(),
+        ]
+        .concat();
+        assert_eq!(u.len(), UDP_RESPONSE_EVENT_LEN);
+        let Some((KernelEvent::UdpResponse { flow: got, micros }, false)) = decode(&u, 100) else {
+            panic!("not a UDP response");
+        };
+        assert_eq!((got, micros), (flow, 3_000));
+        assert_eq!(got.remote(), "[fd00::53]:53".parse().unwrap());
+        assert!(decode(&u[..UDP_RESPONSE_EVENT_LEN - 1], 100).is_none());
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //!   of the window that sees it idle; the kernel forgets it then, and a later datagram is a
 //!   new flow);
 //! * **live** at a window's end when not terminated (`LinksLive`);
-//! * bytes: UDP payload each way, the deltas of the kernel's sums; `Responses` 0 (no
-//!   request/response pairing yet), response times null.
+//! * bytes: UDP payload each way, the deltas of the kernel's sums;
+//! * response times: DNS only (a flow to or from port 53), one per answered query, timed by
+//!   the programs from the query's datagram to the answer's, in the window of the read that
+//!   sees the flow (an answer's event can arrive before the flow's first read: it waits
+//!   for it, [`PENDING_RESPONSES_MAX`] at most, [`PENDING_RESPONSE_MS`] long); other flows
+//!   have `Responses` 0 and null times (no request/response pairing to trust).
 //!
 //! Without the flow counters (no event source, or its UDP programs cannot run), the polling
 //! path's dumps still show *connected* UDP sockets, each one flow to its one remote
@@ -25,6 +29,7 @@ use std::collections::HashMap;
 
 use std::net::SocketAddr;
 
+use super::response::RtStats;
 use super::sockets::{ConnKey, ConnStats, Direction, PoolId, Protocol};
 use crate::collect::sockdiag::UdpSample;
 use crate::collect::udp_flows::{FlowCounts, FlowKey};
@@ -36,6 +41,11 @@ pub const IDLE_AFTER_MS: u64 = 60_000;
 /// event may wait in the ring for a drain, 200 ms) before it is keyed without a process. The
 /// kernel's sums are cumulative: waiting loses no byte.
 pub const OWNER_WAIT_MS: u64 = 600;
+/// Most DNS response times kept for flows not read yet (the map is read every few seconds;
+/// a resolver's answers come in milliseconds), and how long one waits before it is counted
+/// unmatched (longer than the owner wait and the read period together).
+pub const PENDING_RESPONSES_MAX: usize = 4096;
+pub const PENDING_RESPONSE_MS: u64 = 30_000;
 
 struct Flow {
     key: ConnKey,
@@ -50,6 +60,8 @@ pub struct UdpStats {
     pub flows_seen: u64,
     /// Flows beyond [`UdpTracker::max_flows`] (not tracked; their bytes are missing).
     pub shed: u64,
+    /// DNS response times whose flow was never tracked (or beyond the pending cap).
+    pub responses_unmatched: u64,
 }
 
 pub struct UdpTracker {
@@ -59,6 +71,8 @@ pub struct UdpTracker {
     connected_baseline_done: bool,
     /// New flows waiting for their owner: when first seen.
     pending: HashMap<FlowKey, u64>,
+    /// Response times of flows not tracked yet, and when the first arrived.
+    pending_rt: HashMap<FlowKey, (RtStats, u64)>,
     window: HashMap<ConnKey, ConnStats>,
     max_flows: usize,
     pub stats: UdpStats,
@@ -71,6 +85,7 @@ impl UdpTracker {
             connected: HashMap::new(),
             connected_baseline_done: false,
             pending: HashMap::new(),
+            pending_rt: HashMap::new(),
             window: HashMap::new(),
             max_flows,
             stats: UdpStats::default(),
@@ -124,6 +139,9 @@ impl UdpTracker {
                     w.links_established += 1;
                     w.bytes_sent += c.bytes_out;
                     w.bytes_received += c.bytes_in;
+                    if let Some((rt, _)) = self.pending_rt.remove(k) {
+                        w.rt.add(&rt);
+                    }
                     self.flows.insert(
                         *k,
                         Flow {
@@ -135,6 +153,10 @@ impl UdpTracker {
                 }
             }
         }
+        let before = self.pending_rt.len();
+        self.pending_rt
+            .retain(|_, (_, at)| now_ms.saturating_sub(*at) < PENDING_RESPONSE_MS);
+        self.stats.responses_unmatched += (before - self.pending_rt.len()) as u64;
         let idle: Vec<FlowKey> = self
             .flows
             .iter()
@@ -147,6 +169,29 @@ impl UdpTracker {
             }
         }
         idle
+    }
+
+    /// One DNS exchange's time on `flow` (its answer's event, at `now_ms`): in the window of
+    /// the flow's key, or kept until the flow's first read.
+    pub fn response_measured(&mut self, flow: FlowKey, micros: u64, now_ms: u64) {
+        if let Some(f) = self.flows.get(&flow) {
+            self.window
+                .entry(f.key.clone())
+                .or_default()
+                .rt
+                .record_us(micros, 1);
+            return;
+        }
+        let full = self.pending_rt.len() >= PENDING_RESPONSES_MAX;
+        match self.pending_rt.get_mut(&flow) {
+            Some((rt, _)) => rt.record_us(micros, 1),
+            None if full => self.stats.responses_unmatched += 1,
+            None => {
+                let mut rt = RtStats::default();
+                rt.record_us(micros, 1);
+                self.pending_rt.insert(flow, (rt, now_ms));
+            }
+        }
     }
 
     /// Applies one UDP dump's connected sockets, each with its direction (see the module
@@ -440,5 +485,32 @@ mod tests {
         assert_eq!((s123.links_established, s123.links_live), (1, 1));
         assert!(s53.bytes_unmeasured && s123.bytes_unmeasured);
         assert_eq!(t.processes().count(), 1);
+    }
+
+    #[test]
+    fn dns_response_times_go_to_their_flow_even_before_its_first_read() {
+        let mut t = UdpTracker::new(10);
+        let owner = |_: u64| Some(PoolId::from("p-resolver"));
+        // Two answers before the flow's first read (the map is read every few seconds).
+        t.response_measured(key(1), 20_000, 0);
+        t.response_measured(key(1), 30_000, 10);
+        t.observe(
+            &[(key(1), FlowCounts::new((80, 200), (2, 2), false))],
+            100,
+            owner,
+        );
+        // One after.
+        t.response_measured(key(1), 10_000, 200);
+        // A flow never read: counted unmatched once it waited too long.
+        t.response_measured(key(2), 5_000, 300);
+        t.observe(&[], 300 + PENDING_RESPONSE_MS, owner);
+        assert_eq!(t.stats.responses_unmatched, 1);
+        let w = t.close_window();
+        let s = w.values().next().unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            (s.rt.responses, s.rt.sum_us, s.rt.min_us, s.rt.max_us),
+            (3, 60_000, 10_000, 30_000)
+        );
     }
 }
