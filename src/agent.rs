@@ -460,7 +460,7 @@ impl Agent {
     fn observe_connected_udp(&mut self) {
         let sources = &self.sources;
         let direction = |s: &UdpSample| {
-            let server = |port: u16| !sources.is_ephemeral(port);
+            let server = |port: u16| !sources.is_ephemeral(s.netns, port);
             if server(s.local.port()) && !server(s.remote.port()) {
                 Direction::Inbound
             } else {

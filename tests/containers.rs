@@ -26,6 +26,8 @@ const IP_B: &str = "10.231.0.2";
 const PORT_A: u16 = 8181;
 const PORT_B: u16 = 8282;
 const PORT_UDP: u16 = 5353;
+/// In the host's ephemeral range (32768–60999), not in container A's.
+const PORT_UDP_HOST_EPHEMERAL: u16 = 33053;
 
 /// The cgroup v2 mount (`/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a
 /// hybrid one like this kind of machine).
@@ -211,8 +213,17 @@ fn containers_with(events: &str, metrics_port: u16) {
     .unwrap();
 
     let a = Container::new("ctra", &parent.0, ID_A);
+    // A's ephemeral range is its own (the sysctl is per namespace): a server on a port of the
+    // host's range but outside A's is a bound port of A, not a client's socket.
+    let set =
+        a.ns.command("sysctl")
+            .args(["-qw", "net.ipv4.ip_local_port_range=40000 40999"])
+            .status()
+            .expect("sysctl");
+    assert!(set.success());
     let _server_a = a.serve(PORT_A);
     let _udp_a = a.serve_udp(PORT_UDP);
+    let _udp_a_high = a.serve_udp(PORT_UDP_HOST_EPHEMERAL);
     let mut depmap = Depmap::start_in_initial_namespace(&format!(
         "[collect]\nwindow = \"2s\"\nsocket_poll = \"200ms\"\ncpu_budget = \"0%\"\n\
          namespaces = \"all\"\nevents = \"{events}\"\n\
@@ -336,6 +347,20 @@ fn containers_with(events: &str, metrics_port: u16) {
         // Not from the host's package database: the executable is the container's.
         assert_eq!(r["ProductName"], Value::Null, "{r}");
     }
+    // A's server on a port of the host's ephemeral range: a bound port by A's own range.
+    let high: Vec<&Value> = of_type(&records, "VMBoundPort")
+        .into_iter()
+        .filter(|r| r["Protocol"] == "udp" && r["Port"] == PORT_UDP_HOST_EPHEMERAL)
+        .collect();
+    assert!(
+        !high.is_empty(),
+        "A's UDP port {PORT_UDP_HOST_EPHEMERAL} is missing"
+    );
+    assert!(
+        high.iter()
+            .all(|r| process(&records, &r["Process"])["Group"] == "web-a"),
+        "{high:?}"
+    );
     // UDP: each container's server is a bound port of its own namespace (the same port
     // number in both), and with the event source each flow is exact on both ends.
     for (group, id) in [("web-a", ID_A), (&ID_B[..12], ID_B)] {

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
+use std::ops::RangeInclusive;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -161,8 +162,24 @@ pub struct Namespace {
     /// `None` where the destroy groups could not be joined (the namespace is then read by
     /// dumps alone, like the own one without its subscription).
     pub destroys: Option<DestroyListener>,
+    /// Its `net.ipv4.ip_local_port_range` (read in it when it was entered).
+    pub ephemeral: RangeInclusive<u16>,
     /// Scans it was missing from, in a row.
     missed: u32,
+}
+
+/// `net.ipv4.ip_local_port_range` of the calling thread's network namespace (the kernel's
+/// default, 32768–60999, when unreadable): `/proc/sys/net` shows the reader's namespace.
+pub fn ephemeral_ports() -> RangeInclusive<u16> {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut ports = text
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u16>().ok());
+    match (ports.next(), ports.next()) {
+        (Some(lo), Some(hi)) if lo <= hi => lo..=hi,
+        _ => 32768..=60999,
+    }
 }
 
 /// How each namespace's destroy subscription is made (the own one's settings).
@@ -272,13 +289,13 @@ impl Namespaces {
 
     fn open(&self, id: NetnsId, path: &Path) -> Result<Namespace, EnterError> {
         let settings = self.destroy;
-        let (diag, destroys) = within(id, path, move || {
+        let (diag, destroys, ephemeral) = within(id, path, move || {
             let diag = SockDiag::open()?;
             // The reader thread starts here, so it is in the namespace too (it never opens
             // another socket).
             let destroys =
                 DestroyListener::start(settings.ipv6, settings.fin_lookups, settings.batch);
-            Ok((diag, destroys))
+            Ok((diag, destroys, ephemeral_ports()))
         })?;
         let destroys = match destroys {
             Ok(d) => Some(d),
@@ -290,6 +307,7 @@ impl Namespaces {
         Ok(Namespace {
             diag,
             destroys,
+            ephemeral,
             missed: 0,
         })
     }

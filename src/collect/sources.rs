@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use super::destroy::{self, DestroyListener, Final, fin_received};
 use super::ebpf::{EventSource, KernelEvent, LoadError};
-use super::namespaces::{DestroySettings, NamespaceCounters, Namespaces, NetnsId, SCAN_PERIOD};
+use super::namespaces::{
+    DestroySettings, NamespaceCounters, Namespaces, NetnsId, SCAN_PERIOD, ephemeral_ports,
+};
 use super::proc_events::{ProcChange, ProcEvents, Status as ProcStatus};
 use super::sockdiag::{Family, SockDiag, TcpSample, UdpSample};
 use super::udp_flows::{FlowCounts, FlowKey};
@@ -191,8 +193,9 @@ pub struct Sources {
     closed_fins: HashMap<u64, (bool, std::time::Duration)>,
     /// Keep connections with IPv6 remote addresses (`collect.ipv6`).
     ipv6: bool,
-    /// The ephemeral port range (`net.ipv4.ip_local_port_range` of depmap's namespace): an
-    /// unconnected UDP socket bound in it is a client's, not a bound port.
+    /// The ephemeral port range (`net.ipv4.ip_local_port_range` of depmap's namespace; each
+    /// other namespace has its own, `Namespace::ephemeral`): an unconnected UDP socket bound
+    /// in it is a client's, not a bound port.
     ephemeral: std::ops::RangeInclusive<u16>,
     /// The monotonic clock origin; sample times are milliseconds since it.
     epoch: Instant,
@@ -479,16 +482,21 @@ impl Sources {
         complete
     }
 
-    /// Whether `port` is in the ephemeral range (the ports the kernel picks for clients).
-    pub fn is_ephemeral(&self, port: u16) -> bool {
-        self.ephemeral.contains(&port)
+    /// Whether `port` is in namespace `netns`'s ephemeral range (the ports the kernel picks
+    /// for clients there; the sysctl is per namespace).
+    pub fn is_ephemeral(&self, netns: NetnsId, port: u16) -> bool {
+        let range = match &self.namespaces {
+            Some(n) if netns != 0 => n.followed.get(&netns).map(|ns| &ns.ephemeral),
+            _ => None,
+        };
+        range.unwrap_or(&self.ephemeral).contains(&port)
     }
 
-    /// Whether a UDP socket is a bound port: unconnected, on a port outside the ephemeral
-    /// range — a server's; a client's socket that sends with `sendto` is bound to an
-    /// ephemeral port, and a connected socket is a flow's end, not a port.
+    /// Whether a UDP socket is a bound port: unconnected, on a port outside its namespace's
+    /// ephemeral range — a server's; a client's socket that sends with `sendto` is bound to
+    /// an ephemeral port, and a connected socket is a flow's end, not a port.
     pub fn is_udp_port(&self, s: &UdpSample) -> bool {
-        s.is_unconnected() && !self.is_ephemeral(s.local.port())
+        s.is_unconnected() && !self.is_ephemeral(s.netns, s.local.port())
     }
 
     /// The UDP flows' counters now, into `out`; false where they are not measured (no event
@@ -712,19 +720,6 @@ impl Sources {
                 .map_or(0, |n| n.followed.len() as u64),
             ..self.counters
         }
-    }
-}
-
-/// `net.ipv4.ip_local_port_range` (the kernel's default, 32768–60999, when unreadable).
-fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
-    let text =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut ports = text
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u16>().ok());
-    match (ports.next(), ports.next()) {
-        (Some(lo), Some(hi)) if lo <= hi => lo..=hi,
-        _ => 32768..=60999,
     }
 }
 
