@@ -263,11 +263,7 @@ impl SockDiag {
     ) -> io::Result<DumpStats> {
         let socket_id = any_socket(family);
         self.request(socket_id, dumped_states(), true)?;
-        self.read_dump(|m| {
-            if let Message::Sample(s) = m {
-                each(s)
-            }
-        })
+        self.read_samples(&mut each)
     }
 
     /// Dumps every TCP socket of both families (`ipv6`) or of IPv4 only, calling `each` per
@@ -280,11 +276,7 @@ impl SockDiag {
     ) -> io::Result<DumpStats> {
         if ipv6 && self.one_walk {
             self.send_compat_dump()?;
-            match self.read_dump(|m| {
-                if let Message::Sample(s) = m {
-                    each(s)
-                }
-            }) {
+            match self.read_samples(&mut each) {
                 // Refused before any answer: this kernel has no compat handler.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
                     self.one_walk = false;
@@ -300,6 +292,15 @@ impl SockDiag {
             stats.unparsable += v6.unparsable;
         }
         Ok(stats)
+    }
+
+    /// Reads a dump's answers until its end, calling `each` per socket.
+    fn read_samples(&mut self, each: &mut impl FnMut(TcpSample)) -> io::Result<DumpStats> {
+        self.read_dump(|m| {
+            if let Message::Sample(s) = m {
+                each(s)
+            }
+        })
     }
 
     fn send_compat_dump(&mut self) -> io::Result<()> {
