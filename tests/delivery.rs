@@ -65,6 +65,11 @@ impl Bed {
         {
             std::thread::sleep(Duration::from_millis(50));
         }
+        assert!(
+            metric(&self.metrics(), "depmap_polls_total") >= 1.0,
+            "depmap made no poll in 20 s; its log:\n{}",
+            self.depmap_log()
+        );
         p
     }
 
@@ -360,11 +365,19 @@ fn kill_9_mid_send_loses_no_spooled_batch() {
     // Let batches pile up behind the slow collector (the window of the connections among
     // them), then kill depmap while it sends.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !(seen_anywhere(&bed, "\"DestinationPort\":9305") && spooled(&bed.spool()).len() >= 2)
-        && Instant::now() < deadline
-    {
+    let piled =
+        || seen_anywhere(&bed, "\"DestinationPort\":9305") && spooled(&bed.spool()).len() >= 2;
+    while !piled() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Records still pending in memory are lost to kill -9 by design (README "Delivery"): the
+    // connections' must be spooled (or sent) before the kill for this test to mean anything.
+    assert!(
+        piled(),
+        "the connections' window never reached the spool in 30 s (spooled: {:?}); depmap's log:\n{}",
+        spooled(&bed.spool()),
+        bed.depmap_log()
+    );
     assert!(bed.wait_requests(Duration::from_secs(10), |r| !r.is_empty()));
     let _ = dm.child.kill();
     let _ = dm.child.wait();
