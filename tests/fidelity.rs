@@ -143,31 +143,6 @@ fn reported_by_window(
     out
 }
 
-fn response_stats(records: &[Value], filter: impl Fn(&Value) -> bool) -> (i64, i64, i64, i64) {
-    let mut n = 0;
-    let mut sum = 0;
-    let mut min = i64::MAX;
-    let mut max = 0;
-    for r in of_type(records, "VMConnection")
-        .into_iter()
-        .filter(|r| filter(r))
-    {
-        let k = r["Responses"].as_i64().unwrap();
-        if k > 0 {
-            n += k;
-            sum += r["ResponseTimeSum"].as_i64().unwrap();
-            min = min.min(r["ResponseTimeMin"].as_i64().unwrap());
-            max = max.max(r["ResponseTimeMax"].as_i64().unwrap());
-        } else {
-            assert!(
-                r["ResponseTimeSum"].is_null() && r["ResponseTimeMin"].is_null(),
-                "{r}"
-            );
-        }
-    }
-    (n, sum, if n > 0 { min } else { 0 }, max)
-}
-
 /// The polling path (tcp_info estimators; `collect.events = "off"`).
 #[test]
 fn every_column_against_the_truth_by_polling() {

@@ -381,7 +381,8 @@ fn without_the_event_source_connected_udp_sockets_are_flows_without_bytes() {
     drop(stdin);
 
     // `depmap once` says what is missing.
-    let (_dir, cfg) = config_in(&["[collect]", "events = \"off\""]);
+    let dir = TempDir::new("udpcfg");
+    let cfg = config_file(&dir, "[collect]\nevents = \"off\"\n");
     let out = ns
         .command(DEPMAP)
         .args([
@@ -407,13 +408,6 @@ fn without_the_event_source_connected_udp_sockets_are_flows_without_bytes() {
         line.contains("[--]") && line.contains("BytesSent/BytesReceived null"),
         "{report}"
     );
-}
-
-/// A config file of these lines (and a private state directory).
-fn config_in(lines: &[&str]) -> (TempDir, std::path::PathBuf) {
-    let dir = TempDir::new("udpcfg");
-    let cfg = config_file(&dir, &format!("{}\n", lines.join("\n")));
-    (dir, cfg)
 }
 
 /// A DNS-like server on port 53 (inside the test's namespace) answering each query after
@@ -455,29 +449,13 @@ fn dns_flows_have_response_times_on_both_ends() {
             r["Protocol"] == "udp" && r["Direction"] == direction && r["DestinationPort"] == 53
         }
     };
-    let responses = |records: &[Value], f: &dyn Fn(&Value) -> bool| -> (i64, i64, i64, i64) {
-        let mut out = (0, 0, i64::MAX, 0);
-        for r in of_type(records, "VMConnection")
-            .into_iter()
-            .filter(|r| f(r))
-        {
-            let n = r["Responses"].as_i64().unwrap_or(0);
-            if n > 0 {
-                out.0 += n;
-                out.1 += r["ResponseTimeSum"].as_i64().unwrap();
-                out.2 = out.2.min(r["ResponseTimeMin"].as_i64().unwrap());
-                out.3 = out.3.max(r["ResponseTimeMax"].as_i64().unwrap());
-            }
-        }
-        out
-    };
     let done = depmap.wait_for(Duration::from_secs(30), |r| {
-        responses(r, &dns("outbound")).0 == 100 && responses(r, &dns("inbound")).0 == 100
+        response_stats(r, dns("outbound")).0 == 100 && response_stats(r, dns("inbound")).0 == 100
     });
     let records = depmap.stop();
     let (client, server) = (
-        responses(&records, &dns("outbound")),
-        responses(&records, &dns("inbound")),
+        response_stats(&records, dns("outbound")),
+        response_stats(&records, dns("inbound")),
     );
     assert!(done, "client {client:?}, server {server:?}");
     assert_eq!((client.0, server.0), (100, 100));

@@ -613,3 +613,30 @@ pub fn replace_section(path: &str, name: &str, content: &str) {
     let new = format!("{}{begin}{content}{}", &text[..a], &text[b..]);
     std::fs::write(path, new).expect("write the document");
 }
+
+/// Responses, and the sum, min and max of their times (ms), of the VMConnection records
+/// matching `filter` (0s when none); a record without responses must have null times.
+pub fn response_stats(records: &[Value], filter: impl Fn(&Value) -> bool) -> (i64, i64, i64, i64) {
+    let mut n = 0;
+    let mut sum = 0;
+    let mut min = i64::MAX;
+    let mut max = 0;
+    for r in of_type(records, "VMConnection")
+        .into_iter()
+        .filter(|r| filter(r))
+    {
+        let k = r["Responses"].as_i64().unwrap();
+        if k > 0 {
+            n += k;
+            sum += r["ResponseTimeSum"].as_i64().unwrap();
+            min = min.min(r["ResponseTimeMin"].as_i64().unwrap());
+            max = max.max(r["ResponseTimeMax"].as_i64().unwrap());
+        } else {
+            assert!(
+                r["ResponseTimeSum"].is_null() && r["ResponseTimeMin"].is_null(),
+                "{r}"
+            );
+        }
+    }
+    (n, sum, if n > 0 { min } else { 0 }, max)
+}
